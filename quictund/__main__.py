@@ -1,0 +1,3 @@
+from quictund.cli import main
+
+main()

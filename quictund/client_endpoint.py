@@ -1,0 +1,159 @@
+"""The client endpoint: accept app connections and carry each over one QUIC stream.
+
+Per app connection (``_open_tunnel``, one task each): get the token for the app's address,
+wait (bounded) for the QUIC connection, open a stream, send the 512-byte token, wait for the
+one-byte ack, then splice.  Any failure refuses that one app connection with an RST and a log
+line; the listener and every other tunnel carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from quictund.addresses import format_host_port
+from quictund.config import ClientSettings
+from quictund.errors import TokenError
+from quictund.listeners import StreamListener, listen
+from quictund.quic import engine
+from quictund.quic.client import Connector
+from quictund.splice import Splice
+from quictund.tokens import TokenSource
+from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.wire import Ack, ErrorCode, TokenTooLong, encode_token
+
+logger = logging.getLogger(__name__)
+
+_ACK_NAMES = {Ack.BAD_TOKEN: "server could not parse the token",
+              Ack.UNREACHABLE: "server could not reach (or may not reach) the destination"}
+
+
+class ClientEndpoint:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        source: TokenSource,
+        configuration: Callable[[], engine.QuicConfiguration],
+        table: TunnelTable,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.table = table
+        s = settings
+        self.connector = Connector(
+            name=s.name,
+            host=s.server_endpoint.host,
+            port=s.server_endpoint.port,
+            configuration=configuration,
+            settings=s.engine_settings(),
+            keepalive_s=s.keep_alive_s,
+            dead_after_s=s.dead_after_s,
+            handshake_timeout_s=s.handshake_timeout_s,
+            socket_buffer=s.socket_buffer,
+        )
+        self.listener: StreamListener | None = None
+        self.splices: set[Splice] = set()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        """Bind the listener and start the connector (as tasks of ``tg``)."""
+        self._tg = tg
+        self.listener = await listen(self.settings.listen_on, self._new_splice,
+                                     unix_mode=self.settings.unix_socket_mode)
+        self._track(tg.create_task(self.connector.run(), name=f"connector-{self.settings.name}"))
+        logger.info("[%s] client endpoint listening on %s, server %s", self.settings.name,
+                    self.listener.bound, self.settings.server_endpoint)
+
+    def stop_accepting(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+    def close(self, error_code: int = ErrorCode.SHUTDOWN, reason: str = "shutdown") -> None:
+        self.stop_accepting()
+        self.connector.close(error_code, reason)
+        for task in list(self._tasks):
+            task.cancel()
+        for splice in list(self.splices):
+            splice.abort(reason, error_code)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- private -------------------------------------------------------------------------
+
+    def _new_splice(self) -> Splice:
+        record = TunnelRecord(endpoint="client", listener=self.settings.name,
+                              remote_endpoint_addr=str(self.settings.server_endpoint))
+        return Splice(record, self._finished, on_connected=self._accepted, app_is_client=True)
+
+    def _accepted(self, splice: Splice) -> None:
+        assert splice.transport is not None and self._tg is not None
+        splice.record.client_app_addr = _app_addr(splice.transport)
+        self.table.add(splice.record)
+        self.splices.add(splice)
+        self._track(self._tg.create_task(self._guarded(splice),
+                                         name=f"tunnel-{splice.record.uuid[:8]}"))
+
+    def _finished(self, splice: Splice, reason: str) -> None:
+        self.splices.discard(splice)
+        self.table.closed(splice.record, reason)
+
+    async def _guarded(self, splice: Splice) -> None:
+        try:
+            await self._open_tunnel(splice)
+        except Exception:
+            logger.exception("tunnel set-up failed")
+            splice.abort("internal error")
+
+    async def _open_tunnel(self, splice: Splice) -> None:
+        s = self.settings
+        try:
+            token = await self.source.fetch(splice.record.client_app_addr)
+            block = encode_token(token)
+        except (TokenError, TokenTooLong) as exc:
+            splice.abort(f"no token: {exc}")
+            return
+        if splice.finished:
+            return
+        try:
+            session = await self.connector.get_session(s.connect_wait_s)
+        except TimeoutError:
+            splice.abort(f"server {s.server_endpoint} unreachable for {s.connect_wait_s:g} s "
+                         f"({self.connector.last_error or self.connector.state})")
+            return
+        if splice.finished:
+            return
+        sid = session.open_stream(splice)
+        ack_future = splice.begin_handshake(session, sid)
+        session.send(sid, block)
+        try:
+            async with asyncio.timeout(s.handshake_timeout_s):
+                ack = await ack_future
+        except TimeoutError:
+            splice.abort(f"no ack from the server in {s.handshake_timeout_s:g} s",
+                         ErrorCode.TIMEOUT)
+            return
+        if splice.finished:
+            return
+        if ack != Ack.OK:
+            why = _ACK_NAMES.get(ack, f"unknown ack 0x{ack:02x}" if ack >= 0 else "stream ended")
+            splice.abort(f"refused: {why}", ErrorCode.REFUSED)
+            return
+        splice.attach(session, sid)
+        self.table.opened(splice.record)
+
+
+def _app_addr(transport: asyncio.BaseTransport) -> str:
+    """The app's address in quic-tun's format: ``ip:port``, ``[v6]:port``, or ``@`` (UNIX)."""
+    peer = transport.get_extra_info("peername")
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return peer if isinstance(peer, str) and peer else "@"
+    if isinstance(peer, tuple):
+        return format_host_port(str(peer[0]), int(peer[1]))
+    return "@"

@@ -1,0 +1,104 @@
+"""Listener definitions as pydantic models (the TOML format and the quic-tun flags share them).
+
+Field aliases are quic-tun's flag names (``listen-on``, ``token-source``, …) so a quic-tun user
+recognises them; unknown keys are refused (``extra="forbid"``) so typos fail loudly.  Durations
+end in ``_s`` and are written in seconds.  Every model is frozen: a reload builds new ones and
+compares them to decide which listeners changed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
+from quictund.quic.engine import EngineSettings
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class QuicKnobs(_Model):
+    """QUIC settings shared by both roles; the defaults are documented in docs/configuration.md."""
+
+    idle_timeout_s: Annotated[float, Field(alias="idle-timeout", gt=0, le=600)] = 30.0
+    keep_alive_s: Annotated[float, Field(alias="keep-alive", ge=0, le=300)] = 5.0
+    dead_after_s: Annotated[float, Field(alias="dead-after", gt=0, le=600)] = 15.0
+    handshake_timeout_s: Annotated[float, Field(alias="handshake-timeout", gt=0, le=120)] = 10.0
+    congestion_control: Annotated[Literal["reno", "cubic"],
+                                  Field(alias="congestion-control")] = "cubic"
+    max_datagram_size: Annotated[int, Field(alias="max-datagram-size", ge=1200, le=1452)] = 1350
+    stream_window: Annotated[int, Field(alias="stream-window", ge=64 * KiB, le=64 * MiB)] = 2 * MiB
+    connection_window: Annotated[int, Field(alias="connection-window", ge=256 * KiB,
+                                            le=1024 * MiB)] = 16 * MiB
+    max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
+    socket_buffer: Annotated[int, Field(alias="socket-buffer", ge=64 * KiB, le=256 * MiB)] = 4 * MiB
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            idle_timeout_s=self.idle_timeout_s,
+            max_datagram_size=self.max_datagram_size,
+            congestion_control=self.congestion_control,
+            stream_window=self.stream_window,
+            connection_window=self.connection_window,
+            max_streams=self.max_tunnels,
+        )
+
+
+def _stream_address(value: object) -> object:
+    if isinstance(value, str):
+        return parse_stream_address(value, allow_port_zero=True)
+    return value
+
+
+def _host_port(value: object) -> object:
+    if isinstance(value, str):
+        return parse_host_port(value)
+    return value
+
+
+class ClientSettings(QuicKnobs):
+    name: str = "client"
+    listen_on: Annotated[StreamAddress, Field(alias="listen-on")] = StreamAddress(
+        "tcp", "127.0.0.1", 6500
+    )
+    server_endpoint: Annotated[HostPort, Field(alias="server-endpoint")]
+    server_name: Annotated[str | None, Field(alias="server-name")] = None
+    token_source_plugin: Annotated[str, Field(alias="token-source-plugin")] = "Fixed"
+    token_source: Annotated[str | None, Field(alias="token-source")] = None
+    token_map: Annotated[dict[str, str] | None, Field(alias="token-map")] = None
+    token_timeout_s: Annotated[float, Field(alias="token-timeout", gt=0, le=120)] = 5.0
+    cert_file: Annotated[str | None, Field(alias="cert-file")] = None
+    key_file: Annotated[str | None, Field(alias="key-file")] = None
+    ca_file: Annotated[str | None, Field(alias="ca-file")] = None
+    verify_remote_endpoint: Annotated[bool, Field(alias="verify-remote-endpoint")] = True
+    connect_wait_s: Annotated[float, Field(alias="connect-wait", ge=0, le=300)] = 10.0
+    unix_socket_mode: Annotated[int, Field(alias="unix-socket-mode", ge=0, le=0o777)] = 0o660
+
+    _v_listen = field_validator("listen_on", mode="before")(_stream_address)
+    _v_server = field_validator("server_endpoint", mode="before")(_host_port)
+
+
+class ServerSettings(QuicKnobs):
+    name: str = "server"
+    listen_on: Annotated[HostPort, Field(alias="listen-on")] = HostPort("0.0.0.0", 7500)
+    token_parser_plugin: Annotated[str, Field(alias="token-parser-plugin")] = "Cleartext"
+    token_parser_key: Annotated[str | None, Field(alias="token-parser-key")] = None
+    cert_file: Annotated[str | None, Field(alias="cert-file")] = None
+    key_file: Annotated[str | None, Field(alias="key-file")] = None
+    ca_file: Annotated[str | None, Field(alias="ca-file")] = None
+    verify_remote_endpoint: Annotated[bool, Field(alias="verify-remote-endpoint")] = False
+    allow: list[str] | None = None
+    connect_timeout_s: Annotated[float, Field(alias="connect-timeout", gt=0, le=300)] = 10.0
+    token_timeout_s: Annotated[float, Field(alias="token-timeout", gt=0, le=300)] = 10.0
+    max_connections: Annotated[int, Field(alias="max-connections", ge=1)] = 10000
+    state_dir: Annotated[str | None, Field(alias="state-dir")] = None
+
+    _v_listen = field_validator("listen_on", mode="before")(
+        lambda v: parse_host_port(v, allow_port_zero=True) if isinstance(v, str) else v
+    )

@@ -1,0 +1,79 @@
+"""TCP and UNIX listening sockets for client endpoints.
+
+A UNIX socket file left behind by a crashed process is replaced only if nothing accepts on it
+(we try to connect first); a live one is an error, never silently stolen.  The file is removed
+when the listener closes, but only if it is still ours (same inode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+
+from quictund.addresses import StreamAddress
+from quictund.errors import ConfigError
+
+
+class StreamListener:
+    def __init__(self, server: asyncio.Server, address: StreamAddress, inode: int | None) -> None:
+        self.server = server
+        self.address = address
+        self._inode = inode
+
+    @property
+    def bound(self) -> str:
+        """The address actually bound (port 0 resolved), as ``tcp:host:port`` / ``unix:path``."""
+        if self.address.is_unix:
+            return str(self.address)
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return str(StreamAddress(self.address.network, host, port))
+
+    def close(self) -> None:
+        self.server.close()
+        if self.address.is_unix and self._inode is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.address.path).st_ino == self._inode:
+                    os.unlink(self.address.path)
+
+
+async def listen(address: StreamAddress, factory: Callable[[], asyncio.Protocol], *,
+                 unix_mode: int = 0o660, backlog: int = 1024) -> StreamListener:
+    loop = asyncio.get_running_loop()
+    if address.is_unix:
+        _remove_stale(address.path)
+        server = await loop.create_unix_server(factory, address.path, backlog=backlog)
+        os.chmod(address.path, unix_mode)
+        return StreamListener(server, address, os.stat(address.path).st_ino)
+    family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(address.network,
+                                                                   socket.AF_UNSPEC)
+    try:
+        server = await loop.create_server(factory, address.host or None, address.port,
+                                          family=family, backlog=backlog, reuse_address=True)
+    except OSError as exc:
+        raise ConfigError(f"listen-on {address}: {exc.strerror or exc}") from None
+    return StreamListener(server, address, None)
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"listen-on unix:{path}: exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            os.unlink(path)  # stale: nobody accepts on it
+            return
+        raise ConfigError(f"listen-on unix:{path}: cannot probe existing socket: {exc}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"listen-on unix:{path}: another process is listening on it")

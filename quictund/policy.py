@@ -1,0 +1,110 @@
+"""Destination policy: which addresses a server endpoint may connect to (pure).
+
+An entry is ``*`` (anything: quic-tun's open-proxy behaviour) or ``tcp:HOST:PORTS`` /
+``unix:PATH``:
+
+* HOST is an IP, a CIDR (``10.0.0.0/8``), a host name (matched case-insensitively against the
+  name in the token), or ``*``; IPv6 in brackets (``tcp:[2001:db8::/32]:443``).
+* PORTS is a port, a range ``8000-8100``, or ``*``.
+* PATH is an exact path or a glob (``/run/postgresql/*``).
+
+The server resolves a name once, checks **every** address it resolved against IP/CIDR entries,
+and connects to a checked address (so DNS cannot change the answer between check and
+connect).  A host-name entry allows the name's addresses whatever they are.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from dataclasses import dataclass
+
+from quictund.addresses import StreamAddress
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    network: str  # "tcp" | "unix" | "*"
+    net: IPNetwork | None = None
+    name: str | None = None  # host name, or "*" for any host
+    port_lo: int = 0
+    port_hi: int = 65535
+    path_glob: str = ""
+
+
+def parse_rule(text: str) -> Rule:
+    text = text.strip()
+    if text == "*":
+        return Rule("*")
+    network, sep, rest = text.partition(":")
+    network = network.lower()
+    if network == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"unix: rule needs an absolute path or glob (got {text!r})")
+        return Rule("unix", path_glob=rest)
+    if network not in ("tcp", "tcp4", "tcp6") or not sep:
+        raise ValueError(f"not a tcp:HOST:PORTS or unix:PATH rule (got {text!r})")
+    if rest.startswith("["):
+        end = rest.find("]")
+        host, ports = rest[1:end], rest[end + 2 :]
+        if end < 0 or rest[end + 1 : end + 2] != ":":
+            raise ValueError(f"bad bracketed host in rule (got {text!r})")
+    else:
+        host, sep2, ports = rest.rpartition(":")
+        if not sep2:
+            raise ValueError(f"rule needs HOST:PORTS (got {text!r})")
+    lo, hi = _ports(ports, text)
+    if host == "*":
+        return Rule("tcp", name="*", port_lo=lo, port_hi=hi)
+    try:
+        return Rule("tcp", net=ipaddress.ip_network(host, strict=False), port_lo=lo, port_hi=hi)
+    except ValueError:
+        pass
+    if not host or any(c in host for c in "/ *?"):
+        raise ValueError(f"not an IP, CIDR or host name: {host!r} (in {text!r})")
+    return Rule("tcp", name=host.lower().rstrip("."), port_lo=lo, port_hi=hi)
+
+
+def _ports(text: str, rule: str) -> tuple[int, int]:
+    if text == "*":
+        return 0, 65535
+    lo_s, dash, hi_s = text.partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if dash else lo
+    except ValueError:
+        raise ValueError(f"ports must be N, N-M or * (got {text!r} in {rule!r})") from None
+    if not (1 <= lo <= hi <= 65535):
+        raise ValueError(f"port range out of order or bounds (got {text!r} in {rule!r})")
+    return lo, hi
+
+
+class Policy:
+    def __init__(self, rules: list[str]) -> None:
+        self.rules = [parse_rule(r) for r in rules]
+        self.open = any(r.network == "*" for r in self.rules)
+
+    def allows(self, dest: StreamAddress, addresses: list[IPAddress]) -> bool:
+        """``addresses``: what ``dest.host`` resolved to (every one must be allowed)."""
+        if self.open:
+            return True
+        if dest.is_unix:
+            return any(r.network == "unix" and fnmatch.fnmatchcase(dest.path, r.path_glob)
+                       for r in self.rules)
+        if not addresses:
+            return False
+        name = dest.host.lower().rstrip(".")
+        tcp = [r for r in self.rules
+               if r.network == "tcp" and r.port_lo <= dest.port <= r.port_hi]
+        if any(r.name is not None and r.name in ("*", name) for r in tcp):
+            return True
+        return all(any(r.net is not None and _contains(r.net, a) for r in tcp) for a in addresses)
+
+
+def _contains(net: IPNetwork, addr: IPAddress) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.version == net.version and addr in net

@@ -1,0 +1,300 @@
+"""The one seam between quictund and the QUIC engine (aioquic 1.7).
+
+Everything here reaches into aioquic beyond its public API; nothing else in quictund may.  A
+second engine with the same API shape (qh3) slots in by providing this module's names.
+
+What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
+
+* **Receive credit follows consumption.**  aioquic doubles MAX_STREAM_DATA / MAX_DATA whenever
+  the peer's highest offset passes half the limit, i.e. it grants credit for bytes nobody has
+  read.  Here a stream's limit is ``consumed + stream_window`` and the connection's is
+  ``received - held + connection_window``, where *held* counts bytes handed to a tunnel but not
+  yet drained into its TCP/UNIX socket.  A slow reader therefore costs at most one stream window
+  (plus the socket's write buffer), and out-of-window offsets are a FLOW_CONTROL_ERROR instead
+  of a huge sparse allocation.
+* **Send backlog is observable** (``unsent``), so a tunnel can pause reading its socket.
+* **The peer may open ``max_streams`` bidirectional streams at once** (aioquic hard-codes 128).
+* **No pacer.**  aioquic's pacer reads ``now`` and is useless on uvloop's 1 ms clock (it
+  collapses a bulk transfer to ~18 Mbit/s); the session feeds a high-resolution clock and the
+  congestion window bounds bursts instead.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic import tls
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
+from aioquic.quic.packet import (
+    QuicFrameType,
+    QuicHeader,
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
+
+__all__ = [
+    "ALPN",
+    "EngineConnection",
+    "EngineSettings",
+    "QuicHeader",
+    "QuicPacketType",
+    "events",
+    "make_configuration",
+    "parse_header",
+    "supported_versions",
+    "version_negotiation",
+]
+
+ALPN = "quic-tun"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The engine knobs a listener sets (validated upstream in config.py)."""
+
+    idle_timeout_s: float = 30.0
+    max_datagram_size: int = 1350
+    congestion_control: str = "cubic"
+    stream_window: int = 2 * 1024 * 1024
+    connection_window: int = 16 * 1024 * 1024
+    max_streams: int = 16384
+
+
+def make_configuration(
+    *,
+    is_client: bool,
+    settings: EngineSettings,
+    server_name: str | None = None,
+    verify: bool = True,
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> QuicConfiguration:
+    """Build the engine configuration for one endpoint (TLS 1.3, ALPN ``quic-tun``)."""
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=settings.idle_timeout_s,
+        max_datagram_size=settings.max_datagram_size,
+        congestion_control_algorithm=settings.congestion_control,
+        max_data=settings.connection_window,
+        max_stream_data=settings.stream_window,
+        server_name=server_name,
+    )
+    if is_client:
+        config.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if cafile:
+            config.load_verify_locations(cafile=cafile)
+    if certfile and keyfile:
+        config.load_cert_chain(certfile, keyfile)
+    return config
+
+
+def supported_versions(config: QuicConfiguration) -> list[int]:
+    return list(config.supported_versions)
+
+
+def parse_header(data: bytes, cid_length: int) -> QuicHeader:
+    """Parse a datagram's first QUIC header; raises ``ValueError`` on garbage."""
+    return pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
+
+
+def version_negotiation(header: QuicHeader, versions: list[int]) -> bytes:
+    return encode_quic_version_negotiation(
+        source_cid=header.destination_cid,
+        destination_cid=header.source_cid,
+        supported_versions=versions,
+    )
+
+
+class EngineConnection(QuicConnection):
+    """aioquic's ``QuicConnection`` with consumption-based credit and no pacer.
+
+    The tunnel layer must call ``consume(stream_id, n)`` once ``n`` delivered bytes have left
+    quictund (written to the socket and drained below its high-water mark), and ``release``
+    when it stops caring about a stream.  Call ``session.transmit_soon()`` after either.
+    """
+
+    def __init__(self, *, configuration: QuicConfiguration, settings: EngineSettings,
+                 client_cafile: str | None = None, **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        self._client_cafile = client_cafile
+        self._stream_window = settings.stream_window
+        self._connection_window = settings.connection_window
+        self._consumed: dict[int, int] = {}
+        self._held: dict[int, int] = {}
+        self._held_total = 0
+        self._released: set[int] = set()
+        self._credit_dirty: set[int] = set()
+        # aioquic hard-codes 128 peer-opened streams of each kind; tunnels need thousands.
+        # Both ``value`` and ``sent`` so the transport parameters announce it up front.
+        self._local_max_streams_bidi.value = settings.max_streams
+        self._local_max_streams_bidi.sent = settings.max_streams
+        # quic-tun uses no unidirectional streams; refuse them outright.
+        self._local_max_streams_uni.value = 0
+        self._local_max_streams_uni.sent = 0
+        self._loss._pacer.next_send_time = _never_wait  # type: ignore[method-assign]
+
+    # ---- public API used by the session ------------------------------------------------
+
+    def next_event(self) -> events.QuicEvent | None:
+        event = super().next_event()
+        if isinstance(event, events.StreamDataReceived) and event.data:
+            sid = event.stream_id
+            if sid not in self._released:
+                self._held[sid] = self._held.get(sid, 0) + len(event.data)
+                self._held_total += len(event.data)
+        return event
+
+    def consume(self, stream_id: int, count: int) -> None:
+        """``count`` bytes of ``stream_id`` have been drained: the peer may send that many more."""
+        held = self._held.get(stream_id)
+        if held is None:
+            return
+        count = min(count, held)
+        self._held[stream_id] = held - count
+        self._held_total -= count
+        self._consumed[stream_id] = self._consumed.get(stream_id, 0) + count
+        self._credit_dirty.add(stream_id)
+
+    def release(self, stream_id: int) -> None:
+        """Stop tracking ``stream_id``: bytes it still holds no longer count against the connection."""
+        self._released.add(stream_id)
+        self._held_total -= self._held.pop(stream_id, 0)
+        self._consumed.pop(stream_id, None)
+        self._credit_dirty.discard(stream_id)
+        if len(self._released) > 4096:
+            # Streams already discarded by aioquic can never deliver again: forget them.
+            self._released = {s for s in self._released if s in self._streams}
+
+    def is_released(self, stream_id: int) -> bool:
+        return stream_id in self._released
+
+    @property
+    def is_client(self) -> bool:
+        return bool(self._is_client)
+
+    def unsent(self, stream_id: int) -> int:
+        """Bytes queued on ``stream_id`` that have not been sent once yet."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender.highest_offset)
+
+    def open_stream(self) -> int:
+        return self.get_next_available_stream_id()
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held_total
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state not in (QuicConnectionState.FIRSTFLIGHT, QuicConnectionState.CONNECTED)
+
+    def stats(self) -> dict[str, float | int]:
+        loss = self._loss
+        return {
+            "rtt_s": float(loss._rtt_smoothed),
+            "cwnd_bytes": int(loss.congestion_window),
+            "bytes_in_flight": int(loss.bytes_in_flight),
+            "streams": len(self._streams),
+        }
+
+    @property
+    def peer_certificate(self) -> Any:
+        tls_ctx = getattr(self, "tls", None)
+        return None if tls_ctx is None else tls_ctx._peer_certificate
+
+    # ---- aioquic overrides --------------------------------------------------------------
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if not self._is_client and self._client_cafile is not None:
+            # aioquic requests a client certificate only through this private flag, accepts
+            # an empty one, and never verifies the chain: _ClientAuthContext closes both gaps
+            # so a bad client fails *inside* the handshake with a TLS alert.
+            self.tls.__class__ = _ClientAuthContext
+            self.tls._request_client_certificate = True
+            self.tls._client_cafile = self._client_cafile  # type: ignore[attr-defined]
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        max_data = self._local_max_data
+        target = max_data.used - self._held_total + self._connection_window
+        if target - max_data.value >= self._connection_window // 4:
+            max_data.value = target
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # batch MAX_STREAMS, as aioquic does
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery,
+                    handler_args=(limit,),
+                )
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        sid = stream.stream_id
+        if sid in self._credit_dirty:
+            self._credit_dirty.discard(sid)
+            if stream.max_stream_data_local and not stream.receiver.is_finished:
+                target = self._consumed.get(sid, 0) + self._stream_window
+                if target - stream.max_stream_data_local >= self._stream_window // 4:
+                    stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(sid)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+class _ClientAuthContext(tls.Context):
+    """Server TLS context that requires and verifies a client certificate chain."""
+
+    _client_cafile: str
+
+    def _server_handle_certificate(self, input_buf: Buffer) -> None:
+        start = input_buf.tell()
+        certificate = tls.pull_certificate(input_buf)
+        if not certificate.certificates:
+            raise tls.AlertHandshakeFailure("client certificate required")
+        input_buf.seek(start)
+        super()._server_handle_certificate(input_buf)
+
+    def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
+        super()._server_handle_certificate_verify(input_buf)  # checks the signature
+        assert self._peer_certificate is not None
+        tls.verify_certificate(
+            certificate=self._peer_certificate,
+            chain=self._peer_certificate_chain,
+            cafile=self._client_cafile,
+        )
+
+
+def _never_wait(now: float) -> None:
+    return None

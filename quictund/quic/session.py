@@ -1,0 +1,304 @@
+"""One QUIC connection driven on asyncio: the only caller of the engine's I/O methods.
+
+Responsibilities, and the rules that keep them cheap:
+
+* Feed datagrams to the engine with a **high-resolution** ``now`` (``time.monotonic``), never
+  ``loop.time()``: uvloop's clock moves in 1 ms steps and breaks RTT estimates.
+* **Coalesce transmits**: any number of writes or received datagrams in one loop turn lead to
+  one ``datagrams_to_send`` pass (``transmit_soon``).
+* Keep **one timer** for the engine, re-armed only when its deadline changes.
+* Dispatch engine events to one ``StreamHandler`` per stream id.  Handlers are plain objects
+  whose callbacks never await; an exception in one is logged and resets only that stream.
+* Resume senders whose backlog fell below the low-water mark after each transmit.
+* **Keep-alive and liveness**: PING when nothing was heard for ``keepalive_s``; declare the
+  peer dead after ``dead_after_s`` of silence.  aioquic neither pings nor notices stateless
+  resets, so without this a restarted server is only noticed at the idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from quictund.quic.engine import EngineConnection, events
+from quictund.wire import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+class StreamHandler(Protocol):
+    def on_stream_data(self, data: bytes, end_stream: bool) -> None: ...
+    def on_stream_reset(self, error_code: int) -> None: ...
+    def on_stop_sending(self, error_code: int) -> None: ...
+    def on_send_ready(self) -> None: ...
+    def on_session_lost(self, reason: str) -> None: ...
+
+
+class SessionOwner(Protocol):
+    def stream_opened(self, session: QuicSession, stream_id: int) -> StreamHandler | None: ...
+    def session_closed(self, session: QuicSession, reason: str) -> None: ...
+
+
+class QuicSession:
+    SEND_LOW_WATER = 256 * 1024
+
+    def __init__(
+        self,
+        conn: EngineConnection,
+        send: Callable[[bytes, Address], None],
+        owner: SessionOwner,
+        *,
+        peer: Address,
+        keepalive_s: float,
+        dead_after_s: float,
+        on_cid: Callable[[bytes, bool], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.peer = peer
+        self._send = send
+        self._owner = owner
+        self._on_cid = on_cid
+        self._loop = asyncio.get_running_loop()
+        self._handlers: dict[int, StreamHandler] = {}
+        self._blocked: dict[int, StreamHandler] = {}
+        self._transmit_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._keepalive_s = keepalive_s
+        self._dead_after_s = dead_after_s
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_uid = 0
+        self.last_rx = time.monotonic()
+        self.created_at = self.last_rx
+        self.handshake_done: asyncio.Future[None] = self._loop.create_future()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        if keepalive_s > 0:
+            self._keepalive = self._loop.call_later(keepalive_s, self._on_keepalive)
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self.closed.is_set():
+            return
+        now = time.monotonic()
+        self.last_rx = now
+        self.datagrams_in += 1
+        self.conn.receive_datagram(data, addr, now)
+        self._process_events()
+        self.transmit_soon()
+
+    # ---- stream API for tunnels ----------------------------------------------------------
+
+    def open_stream(self, handler: StreamHandler) -> int:
+        sid = self.conn.open_stream()
+        self._handlers[sid] = handler
+        return sid
+
+    def register(self, stream_id: int, handler: StreamHandler) -> None:
+        self._handlers[stream_id] = handler
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        self.conn.send_stream_data(stream_id, data, end_stream)
+        self.transmit_soon()
+
+    def unsent(self, stream_id: int) -> int:
+        return self.conn.unsent(stream_id)
+
+    def wait_send_ready(self, stream_id: int, handler: StreamHandler) -> None:
+        """Call ``handler.on_send_ready()`` once the stream's backlog drains below low water."""
+        self._blocked[stream_id] = handler
+
+    def consume(self, stream_id: int, count: int) -> None:
+        self.conn.consume(stream_id, count)
+        self.transmit_soon()
+
+    def reset(self, stream_id: int, error_code: int) -> None:
+        """Abort both directions of ``stream_id`` (RESET_STREAM + STOP_SENDING), quietly."""
+        for op in (self.conn.reset_stream, self.conn.stop_stream):
+            try:
+                op(stream_id, error_code)
+            except (ValueError, AssertionError):
+                pass  # that direction is already finished or the stream discarded
+        self.transmit_soon()
+
+    def stop(self, stream_id: int, error_code: int) -> None:
+        try:
+            self.conn.stop_stream(stream_id, error_code)
+        except (ValueError, AssertionError):
+            pass
+        self.transmit_soon()
+
+    def forget(self, stream_id: int) -> None:
+        """The tunnel on ``stream_id`` is over: drop its handler and its credit accounting."""
+        self._handlers.pop(stream_id, None)
+        self._blocked.pop(stream_id, None)
+        self.conn.release(stream_id)
+        self.transmit_soon()
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._handlers)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "closed") -> None:
+        """Send CONNECTION_CLOSE and reset every tunnel on this connection."""
+        if self.closed.is_set():
+            return
+        self.conn.close(error_code=error_code, reason_phrase=reason)
+        self._transmit()
+        self._terminate(reason)
+
+    def _terminate(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        for handle in (self._timer, self._keepalive):
+            if handle is not None:
+                handle.cancel()
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(ConnectionError(reason))
+            self.handshake_done.exception()  # mark retrieved; the connector reads close_reason
+        handlers = list(self._handlers.values())
+        self._handlers.clear()
+        self._blocked.clear()
+        for handler in handlers:
+            self._guard(handler.on_session_lost, reason)
+        self._owner.session_closed(self, reason)
+
+    # ---- private -------------------------------------------------------------------------
+
+    def transmit_soon(self) -> None:
+        if not self._transmit_scheduled and not self.closed.is_set():
+            self._transmit_scheduled = True
+            self._loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._transmit_scheduled = False
+        now = time.monotonic()
+        try:
+            datagrams = self.conn.datagrams_to_send(now)
+        except Exception:
+            logger.exception("QUIC engine failed while sending to %s", self.peer)
+            self._terminate("internal error")
+            return
+        for data, addr in datagrams:
+            self._send(data, addr)
+        self.datagrams_out += len(datagrams)
+        self._arm_timer()
+        if self._blocked:
+            self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        ready = [
+            (sid, h) for sid, h in self._blocked.items()
+            if self.conn.unsent(sid) <= self.SEND_LOW_WATER
+        ]
+        for sid, handler in ready:
+            del self._blocked[sid]
+            self._guard(handler.on_send_ready)
+
+    def _arm_timer(self) -> None:
+        at = self.conn.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.conn.handle_timer(time.monotonic())
+        self._process_events()
+        self._transmit()
+
+    def _on_keepalive(self) -> None:
+        now = time.monotonic()
+        silent = now - self.last_rx
+        if silent >= self._dead_after_s:
+            logger.warning("QUIC peer %s:%d silent for %.1f s; connection declared lost",
+                           *self.peer, silent)
+            self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
+            self._transmit()
+            self._terminate("peer unresponsive")
+            return
+        if silent >= self._keepalive_s * 0.9:
+            self._ping_uid += 1
+            self.conn.send_ping(self._ping_uid)
+            self.transmit_soon()
+        self._keepalive = self._loop.call_later(self._keepalive_s, self._on_keepalive)
+
+    def _process_events(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                handler = self._handlers.get(event.stream_id)
+                if handler is None:
+                    handler = self._new_peer_stream(event.stream_id)
+                    if handler is None:
+                        continue
+                self._guard_stream(event.stream_id, handler.on_stream_data,
+                                   event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset):
+                handler = self._handlers.get(event.stream_id)
+                if handler is not None:
+                    self._guard_stream(event.stream_id, handler.on_stream_reset, event.error_code)
+                else:
+                    self.conn.release(event.stream_id)
+            elif isinstance(event, events.StopSendingReceived):
+                handler = self._handlers.get(event.stream_id)
+                if handler is not None:
+                    self._guard_stream(event.stream_id, handler.on_stop_sending,
+                                       event.error_code)
+            elif isinstance(event, events.HandshakeCompleted):
+                if not self.handshake_done.done():
+                    self.handshake_done.set_result(None)
+            elif isinstance(event, events.ConnectionTerminated):
+                reason = event.reason_phrase or f"error 0x{event.error_code:x}"
+                self._terminate(f"closed by peer or engine: {reason}")
+                return
+            elif isinstance(event, events.ConnectionIdIssued):
+                if self._on_cid is not None:
+                    self._on_cid(event.connection_id, True)
+            elif isinstance(event, events.ConnectionIdRetired):
+                if self._on_cid is not None:
+                    self._on_cid(event.connection_id, False)
+
+    def _new_peer_stream(self, stream_id: int) -> StreamHandler | None:
+        # Only the server accepts peer-opened streams; data for a stream we already forgot
+        # (late frames after a reset) is simply dropped.
+        if self.conn.is_client or stream_id % 4 != 0 or self.conn.is_released(stream_id):
+            self.conn.release(stream_id)
+            return None
+        handler = self._owner.stream_opened(self, stream_id)
+        if handler is None:
+            self.conn.release(stream_id)
+            return None
+        self._handlers[stream_id] = handler
+        return handler
+
+    def _guard_stream(self, stream_id: int, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("tunnel on stream %d failed; resetting it", stream_id)
+            self.reset(stream_id, ErrorCode.INTERNAL)
+            self.forget(stream_id)
+
+    def _guard(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("tunnel callback failed")
