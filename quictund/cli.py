@@ -16,6 +16,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -174,6 +175,33 @@ def main(argv: Sequence[str] | None = None) -> None:
                    "quictun-server)", add_help=False)
     sub.add_parser("client", help="run a quic-tun compatible client endpoint (flags as "
                    "quictun-client)", add_help=False)
+    demo = sub.add_parser("demo", help="run a server, a client and an echo app on loopback")
+    demo.add_argument("--client-port", type=int, default=6500)
+    demo.add_argument("--server-port", type=int, default=7500)
+    demo.add_argument("--state-dir", default=None, help="where the demo certificate is kept")
+    demo.add_argument("--once", action="store_true", help="exit after proving the tunnel")
     if argv and argv[0] in ("server", "client"):
         sys.exit(_run_compat(argv[0], argv[1:]))
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        sys.exit(_demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from quictund.demo import run_demo
+    from quictund.tls import default_state_dir
+
+    setup_logging("info", "console")
+    state = Path(args.state_dir) if args.state_dir else default_state_dir()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            ok = runner.run(run_demo(client_port=args.client_port, server_port=args.server_port,
+                                     state_dir=state, once=args.once))
+        except KeyboardInterrupt:
+            return 0
+        except ConfigError as exc:
+            print(f"quictund demo: {exc}", file=sys.stderr)
+            return EX_CONFIG
+    return 0 if ok else 1
