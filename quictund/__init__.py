@@ -1,3 +1,3 @@
-"""quictund: a QUIC tunnel daemon for TCP and UNIX-socket applications, wire-compatible with quic-tun."""
+"""quictund: a QUIC tunnel daemon for TCP and UNIX-socket apps, wire-compatible with quic-tun."""
 
 __version__ = "0.1.0"

@@ -69,7 +69,7 @@ def parse_host_port(text: str, *, allow_port_zero: bool = False) -> HostPort:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host or ":" in host:
             raise ValueError(f"not a host:port address (got {text!r})")
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"port is not a number (got {text!r})")
     port = int(port_text)
     if not (0 if allow_port_zero else 1) <= port <= 65535:
@@ -90,4 +90,4 @@ def parse_stream_address(text: str, *, allow_port_zero: bool = False) -> StreamA
             raise ValueError(f"unix socket path longer than 107 bytes (got {text!r})")
         return StreamAddress("unix", path=rest)
     hp = parse_host_port(rest, allow_port_zero=allow_port_zero)
-    return StreamAddress(network, hp.host, hp.port)  # type: ignore[arg-type]
+    return StreamAddress(network, hp.host, hp.port)

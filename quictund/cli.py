@@ -43,47 +43,89 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert-file", help="PEM certificate (chain) of this endpoint")
     p.add_argument("--key-file", help="PEM private key of this endpoint")
     p.add_argument("--ca-file", help="PEM CA bundle used to verify the remote endpoint")
-    p.add_argument("--verify-remote-endpoint", type=_bool, nargs="?", const=True, default=False,
-                   metavar="BOOL", help="verify the remote endpoint's certificate (default false,"
-                   " as in quic-tun; the TOML format verifies by default)")
+    p.add_argument(
+        "--verify-remote-endpoint",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="verify the remote endpoint's certificate (default false,"
+        " as in quic-tun; the TOML format verifies by default)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.add_argument("--log-format", default="console", help="console or json")
-    p.add_argument("--httpd-listen-on", default=None,
-                   help="address of the tunnel API (not available in this version; ignored)")
+    p.add_argument(
+        "--httpd-listen-on",
+        default=None,
+        help="address of the tunnel API (not available in this version; ignored)",
+    )
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS")
-    p.add_argument("--keep-alive", type=float, default=5.0, metavar="SECONDS",
-                   help="PING interval when idle; 0 disables")
-    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
-                   help="how long open tunnels may finish after SIGTERM")
+    p.add_argument(
+        "--keep-alive",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="PING interval when idle; 0 disables",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long open tunnels may finish after SIGTERM",
+    )
 
 
 def server_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quictun-server",
-                                description="quic-tun compatible server endpoint (quictund)")
+    p = argparse.ArgumentParser(
+        prog="quictun-server", description="quic-tun compatible server endpoint (quictund)"
+    )
     p.add_argument("--listen-on", default="0.0.0.0:7500", help="UDP host:port to listen on")
     p.add_argument("--token-parser-plugin", default="Cleartext")
-    p.add_argument("--token-parser-key", default="",
-                   help="'base64' to base64-decode tokens; empty for plain tokens")
-    p.add_argument("--allow", action="append", default=None, metavar="RULE",
-                   help="destination this server may reach (repeatable): tcp:CIDR|HOST:PORTS, "
-                   "unix:PATH-GLOB or *; default: anything (quic-tun's open proxy, warned)")
-    p.add_argument("--state-dir", default=None,
-                   help="where the self-signed certificate is kept when no --cert-file")
+    p.add_argument(
+        "--token-parser-key",
+        default="",
+        help="'base64' to base64-decode tokens; empty for plain tokens",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="RULE",
+        help="destination this server may reach (repeatable): tcp:CIDR|HOST:PORTS, "
+        "unix:PATH-GLOB or *; default: anything (quic-tun's open proxy, warned)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the self-signed certificate is kept when no --cert-file",
+    )
     _common(p)
     return p
 
 
 def client_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quictun-client",
-                                description="quic-tun compatible client endpoint (quictund)")
-    p.add_argument("--listen-on", default="tcp:127.0.0.1:6500",
-                   help="tcp:HOST:PORT or unix:/path to accept app connections on")
+    p = argparse.ArgumentParser(
+        prog="quictun-client", description="quic-tun compatible client endpoint (quictund)"
+    )
+    p.add_argument(
+        "--listen-on",
+        default="tcp:127.0.0.1:6500",
+        help="tcp:HOST:PORT or unix:/path to accept app connections on",
+    )
     p.add_argument("--server-endpoint", required=True, help="UDP host:port of the server")
-    p.add_argument("--server-name", default=None,
-                   help="TLS name to verify (default: the host of --server-endpoint)")
+    p.add_argument(
+        "--server-name",
+        default=None,
+        help="TLS name to verify (default: the host of --server-endpoint)",
+    )
     p.add_argument("--token-source-plugin", default="Fixed", help="Fixed, File or Http")
-    p.add_argument("--token-source", default=None,
-                   help="the token (Fixed), a token file (File) or a URL (Http)")
+    p.add_argument(
+        "--token-source",
+        default=None,
+        help="the token (Fixed), a token file (File) or a URL (Http)",
+    )
     _common(p)
     return p
 
@@ -105,42 +147,52 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
     try:
         setup_logging(args.log_level, args.log_format)
         if args.httpd_listen_on:
-            logger.warning("--httpd-listen-on: the tunnel API is not available in this "
-                           "version; ignoring %s", args.httpd_listen_on)
+            logger.warning(
+                "--httpd-listen-on: the tunnel API is not available in this version; ignoring %s",
+                args.httpd_listen_on,
+            )
         clients: list[ClientSettings] = []
         servers: list[ServerSettings] = []
         if role == "server":
-            servers.append(ServerSettings.model_validate({
-                "listen-on": args.listen_on,
-                "token-parser-plugin": args.token_parser_plugin,
-                "token-parser-key": args.token_parser_key or None,
-                "allow": args.allow,
-                "state-dir": args.state_dir,
-                **_knobs(args),
-            }))
+            servers.append(
+                ServerSettings.model_validate(
+                    {
+                        "listen-on": args.listen_on,
+                        "token-parser-plugin": args.token_parser_plugin,
+                        "token-parser-key": args.token_parser_key or None,
+                        "allow": args.allow,
+                        "state-dir": args.state_dir,
+                        **_knobs(args),
+                    }
+                )
+            )
         else:
-            clients.append(ClientSettings.model_validate({
-                "listen-on": args.listen_on,
-                "server-endpoint": args.server_endpoint,
-                "server-name": args.server_name,
-                "token-source-plugin": args.token_source_plugin,
-                "token-source": args.token_source,
-                **_knobs(args),
-            }))
+            clients.append(
+                ClientSettings.model_validate(
+                    {
+                        "listen-on": args.listen_on,
+                        "server-endpoint": args.server_endpoint,
+                        "server-name": args.server_name,
+                        "token-source-plugin": args.token_source_plugin,
+                        "token-source": args.token_source,
+                        **_knobs(args),
+                    }
+                )
+            )
         return _serve(clients, servers, grace_s=args.shutdown_grace)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            print(f"{parser.prog}: --{loc}: {err['msg']} (got {err.get('input')!r})",
-                  file=sys.stderr)
+            print(
+                f"{parser.prog}: --{loc}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr
+            )
         return EX_CONFIG
     except ConfigError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
 
 
-def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *,
-           grace_s: float) -> int:
+def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *, grace_s: float) -> int:
     import uvloop
 
     from quictund.daemon import Daemon
@@ -171,10 +223,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="quictund", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"quictund {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("server", help="run a quic-tun compatible server endpoint (flags as "
-                   "quictun-server)", add_help=False)
-    sub.add_parser("client", help="run a quic-tun compatible client endpoint (flags as "
-                   "quictun-client)", add_help=False)
+    sub.add_parser(
+        "server",
+        help="run a quic-tun compatible server endpoint (flags as quictun-server)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "client",
+        help="run a quic-tun compatible client endpoint (flags as quictun-client)",
+        add_help=False,
+    )
     demo = sub.add_parser("demo", help="run a server, a client and an echo app on loopback")
     demo.add_argument("--client-port", type=int, default=6500)
     demo.add_argument("--server-port", type=int, default=7500)
@@ -197,8 +255,14 @@ def _demo(args: argparse.Namespace) -> int:
     state = Path(args.state_dir) if args.state_dir else default_state_dir()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
-            ok = runner.run(run_demo(client_port=args.client_port, server_port=args.server_port,
-                                     state_dir=state, once=args.once))
+            ok = runner.run(
+                run_demo(
+                    client_port=args.client_port,
+                    server_port=args.server_port,
+                    state_dir=state,
+                    once=args.once,
+                )
+            )
         except KeyboardInterrupt:
             return 0
         except ConfigError as exc:

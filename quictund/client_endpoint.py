@@ -26,8 +26,10 @@ from quictund.wire import Ack, ErrorCode, TokenTooLong, encode_token
 
 logger = logging.getLogger(__name__)
 
-_ACK_NAMES = {Ack.BAD_TOKEN: "server could not parse the token",
-              Ack.UNREACHABLE: "server could not reach (or may not reach) the destination"}
+_ACK_NAMES: dict[int, str] = {
+    Ack.BAD_TOKEN: "server could not parse the token",
+    Ack.UNREACHABLE: "server could not reach (or may not reach) the destination",
+}
 
 
 class ClientEndpoint:
@@ -62,11 +64,16 @@ class ClientEndpoint:
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the listener and start the connector (as tasks of ``tg``)."""
         self._tg = tg
-        self.listener = await listen(self.settings.listen_on, self._new_splice,
-                                     unix_mode=self.settings.unix_socket_mode)
+        self.listener = await listen(
+            self.settings.listen_on, self._new_splice, unix_mode=self.settings.unix_socket_mode
+        )
         self._track(tg.create_task(self.connector.run(), name=f"connector-{self.settings.name}"))
-        logger.info("[%s] client endpoint listening on %s, server %s", self.settings.name,
-                    self.listener.bound, self.settings.server_endpoint)
+        logger.info(
+            "[%s] client endpoint listening on %s, server %s",
+            self.settings.name,
+            self.listener.bound,
+            self.settings.server_endpoint,
+        )
 
     def stop_accepting(self) -> None:
         if self.listener is not None:
@@ -87,8 +94,11 @@ class ClientEndpoint:
     # ---- private -------------------------------------------------------------------------
 
     def _new_splice(self) -> Splice:
-        record = TunnelRecord(endpoint="client", listener=self.settings.name,
-                              remote_endpoint_addr=str(self.settings.server_endpoint))
+        record = TunnelRecord(
+            endpoint="client",
+            listener=self.settings.name,
+            remote_endpoint_addr=str(self.settings.server_endpoint),
+        )
         return Splice(record, self._finished, on_connected=self._accepted, app_is_client=True)
 
     def _accepted(self, splice: Splice) -> None:
@@ -96,8 +106,9 @@ class ClientEndpoint:
         splice.record.client_app_addr = _app_addr(splice.transport)
         self.table.add(splice.record)
         self.splices.add(splice)
-        self._track(self._tg.create_task(self._guarded(splice),
-                                         name=f"tunnel-{splice.record.uuid[:8]}"))
+        self._track(
+            self._tg.create_task(self._guarded(splice), name=f"tunnel-{splice.record.uuid[:8]}")
+        )
 
     def _finished(self, splice: Splice, reason: str) -> None:
         self.splices.discard(splice)
@@ -123,8 +134,10 @@ class ClientEndpoint:
         try:
             session = await self.connector.get_session(s.connect_wait_s)
         except TimeoutError:
-            splice.abort(f"server {s.server_endpoint} unreachable for {s.connect_wait_s:g} s "
-                         f"({self.connector.last_error or self.connector.state})")
+            splice.abort(
+                f"server {s.server_endpoint} unreachable for {s.connect_wait_s:g} s "
+                f"({self.connector.last_error or self.connector.state})"
+            )
             return
         if splice.finished:
             return
@@ -135,8 +148,9 @@ class ClientEndpoint:
             async with asyncio.timeout(s.handshake_timeout_s):
                 ack = await ack_future
         except TimeoutError:
-            splice.abort(f"no ack from the server in {s.handshake_timeout_s:g} s",
-                         ErrorCode.TIMEOUT)
+            splice.abort(
+                f"no ack from the server in {s.handshake_timeout_s:g} s", ErrorCode.TIMEOUT
+            )
             return
         if splice.finished:
             return

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from quictund import tls
 from quictund._tasks import spawn
+from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
 from quictund.errors import ConfigError
 from quictund.policy import Policy
 from quictund.quic import engine
-from quictund.client_endpoint import ClientEndpoint
 from quictund.server_endpoint import ServerEndpoint
 from quictund.tokens import make_parser, make_source
 from quictund.tunnels import TunnelTable
@@ -48,26 +48,31 @@ class Daemon:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        # Warnings wait until everything validated: a refused start prints only its error.
+        self._warnings: list[str] = []
         self.clients = [self._build_client(c) for c in clients]
         self.servers = [self._build_server(s, open_by_default) for s in servers]
+        for warning in self._warnings:
+            logger.warning("%s", warning)
 
     # ---- building (no I/O beyond reading files) ------------------------------------------
 
     def _build_client(self, s: ClientSettings) -> ClientEndpoint:
-        source = make_source(s.token_source_plugin, s.token_source, mapping=s.token_map,
-                             timeout_s=s.token_timeout_s)
+        source = make_source(
+            s.token_source_plugin, s.token_source, mapping=s.token_map, timeout_s=s.token_timeout_s
+        )
         if s.cert_file or s.key_file:
             if not (s.cert_file and s.key_file):
-                raise ConfigError(f"client {s.name}: cert-file and key-file go together")
+                raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
             tls.load_certificate_chain(s.cert_file, s.key_file)
         if s.ca_file:
             _check_ca(s.ca_file)
         if not s.verify_remote_endpoint:
-            logger.warning(
-                "[%s] NOT verifying the server's certificate: anyone on the path can "
-                "impersonate %s. Turn verification on with --verify-remote-endpoint "
-                "--ca-file FILE (TOML: verify-remote-endpoint = true, ca-file = ...)",
-                s.name, s.server_endpoint,
+            self._warnings.append(
+                f"[{s.name}] NOT verifying the server's certificate: anyone on the path can "
+                f"impersonate {s.server_endpoint}. Turn verification on with "
+                "--verify-remote-endpoint --ca-file FILE (TOML: verify-remote-endpoint = true, "
+                "ca-file = ...)"
             )
         server_name = s.server_name or s.server_endpoint.host
         config = engine.make_configuration(
@@ -87,23 +92,31 @@ class Daemon:
         if allow is None:
             if not open_by_default:
                 raise ConfigError(
-                    f"server {s.name}: no allow list; say which destinations this server may "
-                    "reach, e.g. allow = [\"tcp:10.0.0.0/8:22\", \"unix:/run/app.sock\"] "
-                    "(allow = [\"*\"] reproduces quic-tun's open proxy)"
+                    f"server '{s.name}': no allow list; say which destinations this server may "
+                    'reach, e.g. allow = ["tcp:10.0.0.0/8:22", "unix:/run/app.sock"] '
+                    '(allow = ["*"] reproduces quic-tun\'s open proxy)'
                 )
             allow = ["*"]
         try:
             policy = Policy(allow)
         except ValueError as exc:
-            raise ConfigError(f"server {s.name}: allow: {exc}") from None
+            raise ConfigError(f"server '{s.name}': allow: {exc}") from None
         if policy.open:
-            logger.warning(
-                "[%s] OPEN PROXY: any client that completes the QUIC handshake may reach any "
-                "address this host can reach. Restrict it with --allow / allow = [...]", s.name
+            self._warnings.append(
+                f"[{s.name}] OPEN PROXY: any client that completes the QUIC handshake may "
+                "reach any address this host can reach. Restrict it with --allow RULE "
+                "(TOML: allow = [...])"
             )
+        if s.verify_remote_endpoint:
+            if not s.ca_file:
+                raise ConfigError(
+                    f"server '{s.name}': verify-remote-endpoint needs ca-file "
+                    "(the CA that signs client certificates)"
+                )
+            _check_ca(s.ca_file)
         if s.cert_file or s.key_file:
             if not (s.cert_file and s.key_file):
-                raise ConfigError(f"server {s.name}: cert-file and key-file go together")
+                raise ConfigError(f"server '{s.name}': cert-file and key-file go together")
             certfile, keyfile = s.cert_file, s.key_file
             tls.load_certificate_chain(certfile, keyfile)
         else:
@@ -113,19 +126,19 @@ class Daemon:
                 names.insert(0, s.listen_on.host)
             cert_path, key_path = tls.ensure_self_signed(state, names)
             certfile, keyfile = str(cert_path), str(key_path)
-            logger.info("[%s] no cert-file given: using the self-signed certificate %s "
-                        "(%s); give it to clients as their ca-file", s.name, certfile,
-                        tls.fingerprint_file(certfile))
-        if s.verify_remote_endpoint:
-            if not s.ca_file:
-                raise ConfigError(f"server {s.name}: verify-remote-endpoint needs ca-file "
-                                  "(the CA that signs client certificates)")
-            _check_ca(s.ca_file)
+            logger.info(
+                "[%s] no cert-file given: using the self-signed certificate %s "
+                "(%s); give it to clients as their ca-file",
+                s.name,
+                certfile,
+                tls.fingerprint_file(certfile),
+            )
         config = engine.make_configuration(
             is_client=False, settings=s.engine_settings(), certfile=certfile, keyfile=keyfile
         )
-        return ServerEndpoint(s, parser=parser, policy=policy, configuration=lambda: config,
-                              table=self.table)
+        return ServerEndpoint(
+            s, parser=parser, policy=policy, configuration=lambda: config, table=self.table
+        )
 
     # ---- running -------------------------------------------------------------------------
 
@@ -163,15 +176,18 @@ class Daemon:
         self.request_stop()
 
     async def _shutdown(self) -> None:
-        logger.info("shutting down: %d tunnel(s) open, waiting up to %g s", len(self.table),
-                    self.grace_s)
+        logger.info(
+            "shutting down: %d tunnel(s) open, waiting up to %g s", len(self.table), self.grace_s
+        )
         for client in self.clients:
             client.stop_accepting()
         for server in self.servers:
             server.stop_accepting()
         if len(self.table) and not self._force.is_set():
-            waiters = [spawn(self.table.wait_empty(), name="drain-wait"),
-                       spawn(self._force.wait(), name="force-wait")]
+            waiters = [
+                spawn(self.table.wait_empty(), name="drain-wait"),
+                spawn(self._force.wait(), name="force-wait"),
+            ]
             await asyncio.wait(waiters, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()

@@ -35,23 +35,27 @@ async def run_demo(*, client_port: int, server_port: int, state_dir: Path, once:
     echo = await loop.create_server(_Echo, "127.0.0.1", 0)
     echo_port = echo.sockets[0].getsockname()[1]
     cert, key = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
-    server = ServerSettings.model_validate({
-        "name": "demo-server",
-        "listen-on": f"127.0.0.1:{server_port}",
-        "cert-file": str(cert),
-        "key-file": str(key),
-        "allow": [f"tcp:127.0.0.1:{echo_port}"],
-    })
-    client = ClientSettings.model_validate({
-        "name": "demo-client",
-        "listen-on": f"tcp:127.0.0.1:{client_port}",
-        "server-endpoint": f"127.0.0.1:{server_port}",
-        "server-name": "localhost",
-        "token-source-plugin": "Fixed",
-        "token-source": f"tcp:127.0.0.1:{echo_port}",
-        "ca-file": str(cert),
-        "verify-remote-endpoint": True,
-    })
+    server = ServerSettings.model_validate(
+        {
+            "name": "demo-server",
+            "listen-on": f"127.0.0.1:{server_port}",
+            "cert-file": str(cert),
+            "key-file": str(key),
+            "allow": [f"tcp:127.0.0.1:{echo_port}"],
+        }
+    )
+    client = ClientSettings.model_validate(
+        {
+            "name": "demo-client",
+            "listen-on": f"tcp:127.0.0.1:{client_port}",
+            "server-endpoint": f"127.0.0.1:{server_port}",
+            "server-name": "localhost",
+            "token-source-plugin": "Fixed",
+            "token-source": f"tcp:127.0.0.1:{echo_port}",
+            "ca-file": str(cert),
+            "verify-remote-endpoint": True,
+        }
+    )
     daemon = Daemon([client], [server], grace_s=1.0)
     stop = asyncio.Event()
     ok = False
@@ -66,11 +70,16 @@ async def run_demo(*, client_port: int, server_port: int, state_dir: Path, once:
         writer.close()
         await writer.wait_closed()
         if ok:
-            print(f"demo: tunnel works: 127.0.0.1:{client_port} -> QUIC udp/{server_port} "
-                  f"-> echo app on 127.0.0.1:{echo_port}", flush=True)
+            print(
+                f"demo: tunnel works: 127.0.0.1:{client_port} -> QUIC udp/{server_port} "
+                f"-> echo app on 127.0.0.1:{echo_port}",
+                flush=True,
+            )
             if not once:
-                print(f"demo: try it:  nc 127.0.0.1 {client_port}   (Ctrl-C stops the demo)",
-                      flush=True)
+                print(
+                    f"demo: try it:  nc 127.0.0.1 {client_port}   (Ctrl-C stops the demo)",
+                    flush=True,
+                )
         else:
             print("demo: the echo did not come back", flush=True)
         if once or not ok:

@@ -41,19 +41,31 @@ class StreamListener:
                     os.unlink(self.address.path)
 
 
-async def listen(address: StreamAddress, factory: Callable[[], asyncio.Protocol], *,
-                 unix_mode: int = 0o660, backlog: int = 1024) -> StreamListener:
+async def listen(
+    address: StreamAddress,
+    factory: Callable[[], asyncio.Protocol],
+    *,
+    unix_mode: int = 0o660,
+    backlog: int = 1024,
+) -> StreamListener:
     loop = asyncio.get_running_loop()
     if address.is_unix:
         _remove_stale(address.path)
         server = await loop.create_unix_server(factory, address.path, backlog=backlog)
         os.chmod(address.path, unix_mode)
         return StreamListener(server, address, os.stat(address.path).st_ino)
-    family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(address.network,
-                                                                   socket.AF_UNSPEC)
+    family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
+        address.network, socket.AF_UNSPEC
+    )
     try:
-        server = await loop.create_server(factory, address.host or None, address.port,
-                                          family=family, backlog=backlog, reuse_address=True)
+        server = await loop.create_server(
+            factory,
+            address.host or None,
+            address.port,
+            family=family,
+            backlog=backlog,
+            reuse_address=True,
+        )
     except OSError as exc:
         raise ConfigError(f"listen-on {address}: {exc.strerror or exc}") from None
     return StreamListener(server, address, None)

@@ -6,7 +6,9 @@ An entry is ``*`` (anything: quic-tun's open-proxy behaviour) or ``tcp:HOST:PORT
 * HOST is an IP, a CIDR (``10.0.0.0/8``), a host name (matched case-insensitively against the
   name in the token), or ``*``; IPv6 in brackets (``tcp:[2001:db8::/32]:443``).
 * PORTS is a port, a range ``8000-8100``, or ``*``.
-* PATH is an exact path or a glob (``/run/postgresql/*``).
+* PATH is an exact path or a glob (``/run/postgresql/*``), matched one path component at a
+  time: ``*`` never matches ``/``, and a token path that is not normalised (``..``, ``//``)
+  never matches anything.
 
 The server resolves a name once, checks **every** address it resolved against IP/CIDR entries,
 and connects to a checked address (so DNS cannot change the answer between check and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import posixpath
 from dataclasses import dataclass
 
 from quictund.addresses import StreamAddress
@@ -72,11 +75,10 @@ def _ports(text: str, rule: str) -> tuple[int, int]:
     if text == "*":
         return 0, 65535
     lo_s, dash, hi_s = text.partition("-")
-    try:
-        lo = int(lo_s)
-        hi = int(hi_s) if dash else lo
-    except ValueError:
-        raise ValueError(f"ports must be N, N-M or * (got {text!r} in {rule!r})") from None
+    if not all(p.isascii() and p.isdigit() for p in ((lo_s, hi_s) if dash else (lo_s,))):
+        raise ValueError(f"ports must be N, N-M or * (got {text!r} in {rule!r})")
+    lo = int(lo_s)
+    hi = int(hi_s) if dash else lo
     if not (1 <= lo <= hi <= 65535):
         raise ValueError(f"port range out of order or bounds (got {text!r} in {rule!r})")
     return lo, hi
@@ -92,16 +94,26 @@ class Policy:
         if self.open:
             return True
         if dest.is_unix:
-            return any(r.network == "unix" and fnmatch.fnmatchcase(dest.path, r.path_glob)
-                       for r in self.rules)
+            return any(
+                r.network == "unix" and _path_matches(dest.path, r.path_glob) for r in self.rules
+            )
         if not addresses:
             return False
         name = dest.host.lower().rstrip(".")
-        tcp = [r for r in self.rules
-               if r.network == "tcp" and r.port_lo <= dest.port <= r.port_hi]
+        tcp = [r for r in self.rules if r.network == "tcp" and r.port_lo <= dest.port <= r.port_hi]
         if any(r.name is not None and r.name in ("*", name) for r in tcp):
             return True
         return all(any(r.net is not None and _contains(r.net, a) for r in tcp) for a in addresses)
+
+
+def _path_matches(path: str, glob: str) -> bool:
+    """Match component by component, so ``*`` never crosses ``/`` and ``..`` never escapes."""
+    if not path.startswith("/") or posixpath.normpath(path) != path or "/../" in path + "/":
+        return False
+    parts, pattern = path.split("/"), glob.split("/")
+    return len(parts) == len(pattern) and all(
+        fnmatch.fnmatchcase(p, g) for p, g in zip(parts, pattern, strict=True)
+    )
 
 
 def _contains(net: IPNetwork, addr: IPAddress) -> bool:

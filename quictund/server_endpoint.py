@@ -72,8 +72,9 @@ class ServerEndpoint:
         sock = transport.get_extra_info("socket")
         tune_socket(sock, s.socket_buffer)
         self.bound = sock.getsockname()[:2]
-        logger.info("[%s] server endpoint listening on udp %s", s.name,
-                    format_host_port(*self.bound))
+        logger.info(
+            "[%s] server endpoint listening on udp %s", s.name, format_host_port(*self.bound)
+        )
 
     def stop_accepting(self) -> None:
         if self._proto is not None:
@@ -93,8 +94,9 @@ class ServerEndpoint:
 
     # ---- SessionOwner --------------------------------------------------------------------
 
-    def _make_connection(self, config: engine.QuicConfiguration, odcid: bytes
-                         ) -> engine.EngineConnection:
+    def _make_connection(
+        self, config: engine.QuicConfiguration, odcid: bytes
+    ) -> engine.EngineConnection:
         s = self.settings
         return engine.EngineConnection(
             configuration=config,
@@ -103,8 +105,9 @@ class ServerEndpoint:
             original_destination_connection_id=odcid,
         )
 
-    def _new_session(self, conn: engine.EngineConnection, peer: Address,
-                     on_cid: Callable[[bytes, bool], None]) -> QuicSession:
+    def _new_session(
+        self, conn: engine.EngineConnection, peer: Address, on_cid: Callable[[bytes, bool], None]
+    ) -> QuicSession:
         transport = self._transport
         assert transport is not None
         return QuicSession(
@@ -123,8 +126,12 @@ class ServerEndpoint:
     def session_closed(self, session: QuicSession, reason: str) -> None:
         if self._proto is not None:
             self._proto.session_closed(session)
-        logger.info("[%s] QUIC connection from %s closed: %s", self.settings.name,
-                    format_host_port(*session.peer), reason)
+        logger.info(
+            "[%s] QUIC connection from %s closed: %s",
+            self.settings.name,
+            format_host_port(*session.peer),
+            reason,
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         assert self._tg is not None
@@ -175,8 +182,11 @@ class ServerHandshake:
             if result is None:
                 self.session.consume(self.stream_id, len(data))
                 if end_stream:
-                    self._fail(Ack.BAD_TOKEN, ErrorCode.BAD_TOKEN,
-                               f"stream ended after {self.decoder.received} of 512 token bytes")
+                    self._fail(
+                        Ack.BAD_TOKEN,
+                        ErrorCode.BAD_TOKEN,
+                        f"stream ended after {self.decoder.received} of 512 token bytes",
+                    )
                 return
             token, rest = result
             self.session.consume(self.stream_id, self.decoder.received - before)
@@ -224,8 +234,11 @@ class ServerHandshake:
             async with asyncio.timeout(ep.settings.connect_timeout_s):
                 target = await self._resolve_and_check(dest)
                 if target is None:
-                    self._fail(Ack.UNREACHABLE, ErrorCode.POLICY_DENIED,
-                               f"destination {dest} not allowed by policy")
+                    self._fail(
+                        Ack.UNREACHABLE,
+                        ErrorCode.POLICY_DENIED,
+                        f"destination {dest} not allowed by policy",
+                    )
                     return
                 loop = asyncio.get_running_loop()
                 if dest.is_unix:
@@ -236,8 +249,11 @@ class ServerHandshake:
             self._fail(Ack.UNREACHABLE, ErrorCode.TIMEOUT, f"connect to {dest} timed out")
             return
         except OSError as exc:
-            self._fail(Ack.UNREACHABLE, ErrorCode.UNREACHABLE,
-                       f"cannot connect to {dest}: {exc.strerror or exc}")
+            self._fail(
+                Ack.UNREACHABLE,
+                ErrorCode.UNREACHABLE,
+                f"cannot connect to {dest}: {exc.strerror or exc}",
+            )
             return
         if self.done:  # the stream or connection went away while we were connecting
             splice.abort("client gone before the handshake finished")
@@ -262,11 +278,11 @@ class ServerHandshake:
         """Resolve once, check every address, return one checked address to connect to."""
         if dest.is_unix:
             return ("", 0) if self.endpoint.policy.allows(dest, []) else None
-        family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(dest.network,
-                                                                        socket.AF_UNSPEC)
+        family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
+            dest.network, socket.AF_UNSPEC
+        )
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(dest.host, dest.port, family=family,
-                                       type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(dest.host, dest.port, family=family, type=socket.SOCK_STREAM)
         addrs: list[IPAddress] = []
         for info in infos:
             addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
@@ -302,6 +318,9 @@ class ServerHandshake:
 
     def _token_timeout(self) -> None:
         self.timer = None
-        self._fail(Ack.BAD_TOKEN, ErrorCode.TIMEOUT,
-                   f"token not received in {self.endpoint.settings.token_timeout_s:g} s "
-                   f"({self.decoder.received} of 512 bytes)")
+        self._fail(
+            Ack.BAD_TOKEN,
+            ErrorCode.TIMEOUT,
+            f"token not received in {self.endpoint.settings.token_timeout_s:g} s "
+            f"({self.decoder.received} of 512 bytes)",
+        )

@@ -90,5 +90,3 @@ class TunnelTable:
 
     def snapshot(self) -> list[TunnelRecord]:
         return list(self._records.values())
-
-

@@ -22,7 +22,7 @@ BLOCK = encode_token(TOKEN)
 
 # NUL-free text whose UTF-8 form fits in one block (a NUL would be ambiguous with padding).
 tokens = st.text(
-    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
     min_size=1,
 ).filter(lambda t: len(t.encode("utf-8")) <= TOKEN_LENGTH)
 
@@ -34,7 +34,7 @@ def test_ack_and_error_codes_are_quic_tun_compatible() -> None:
     assert TOKEN_LENGTH == 512
     assert (Ack.OK, Ack.BAD_TOKEN, Ack.UNREACHABLE) == (0x01, 0x02, 0x03)
     assert bytes([Ack.OK]) == b"\x01"
-    assert ErrorCode.NO_ERROR == 0
+    assert int(ErrorCode.NO_ERROR) == 0
     # Application codes are distinct, so a peer can tell why a stream ended.
     assert len({int(c) for c in ErrorCode}) == len(ErrorCode)
 
@@ -206,13 +206,6 @@ def test_decoder_feeding_after_bad_token_raises() -> None:
         dec.feed(b"\x00" * TOKEN_LENGTH)
     with pytest.raises(RuntimeError):
         dec.feed(BLOCK)
-
-
-def test_decoder_accepts_bytearray_and_memoryview_chunks() -> None:
-    dec = TokenDecoder()
-    assert dec.feed(bytearray(BLOCK[:10])) is None
-    token, rest = dec.feed(bytes(memoryview(BLOCK[10:] + b"xy"))) or ("", b"")
-    assert (token, rest) == (TOKEN, b"xy")
 
 
 # ------------------------------------------------------------------------------ properties

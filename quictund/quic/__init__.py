@@ -1,1 +1,1 @@
-"""QUIC plumbing: the engine adapter, the per-connection session driver, server demux, client connector."""
+"""QUIC plumbing: engine adapter, per-connection session, server demux, client connector."""

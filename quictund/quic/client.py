@@ -23,11 +23,16 @@ from quictund.quic.udp import tune_socket
 logger = logging.getLogger(__name__)
 
 
-def backoff(attempt: int, *, base_s: float = 0.25, cap_s: float = 10.0,
-            rand: Callable[[], float] = random.random) -> float:
+def backoff(
+    attempt: int,
+    *,
+    base_s: float = 0.25,
+    cap_s: float = 10.0,
+    rand: Callable[[], float] = random.random,
+) -> float:
     """Delay before reconnect attempt ``attempt`` (1, 2, …): equal-jitter exponential backoff."""
     ceiling = min(cap_s, base_s * (2 ** min(attempt - 1, 30)))
-    return ceiling / 2 + rand() * ceiling / 2
+    return float(ceiling / 2 + rand() * ceiling / 2)
 
 
 class _ClientDatagram(asyncio.DatagramProtocol):
@@ -35,7 +40,7 @@ class _ClientDatagram(asyncio.DatagramProtocol):
         self.peer = peer
         self.session: QuicSession | None = None
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         if self.session is not None:
             self.session.datagram_received(data, self.peer)
 
@@ -45,6 +50,8 @@ class _ClientDatagram(asyncio.DatagramProtocol):
 
 
 class Connector:
+    STABLE_S = 10.0  # a connection that lived this long resets the backoff
+
     def __init__(
         self,
         *,
@@ -85,23 +92,46 @@ class Connector:
                 self.last_error = str(exc) or type(exc).__name__
                 delay = backoff(attempt)
                 log = logger.warning if attempt <= 3 or attempt % 10 == 0 else logger.debug
-                log("[%s] cannot connect to %s:%d (%s); retry %d in %.1f s",
-                    self.name, self.host, self.port, self.last_error, attempt, delay)
+                log(
+                    "[%s] cannot connect to %s:%d (%s); retry %d in %.1f s",
+                    self.name,
+                    self.host,
+                    self.port,
+                    self.last_error,
+                    attempt,
+                    delay,
+                )
                 self.state = "reconnecting"
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
             self.session = session
             self.state = "connected"
             self._up.set()
+            up_since = time.monotonic()
             logger.info("[%s] connected to %s:%d", self.name, self.host, self.port)
             await session.closed.wait()
             self._up.clear()
             self.session = None
             self.state = "reconnecting"
             self.reconnects += 1
-            logger.warning("[%s] QUIC connection to %s:%d lost (%s); reconnecting",
-                           self.name, self.host, self.port, session.close_reason)
+            self.last_error = session.close_reason
+            # A connection that dies at once (the server refusing our client certificate
+            # after TLS 1.3 let us finish, a crash loop) counts as a failed attempt, so the
+            # backoff keeps growing instead of hammering the server.
+            if time.monotonic() - up_since < self.STABLE_S:
+                attempt += 1
+            else:
+                attempt = 1
+            delay = backoff(attempt)
+            logger.warning(
+                "[%s] QUIC connection to %s:%d lost (%s); reconnecting in %.1f s",
+                self.name,
+                self.host,
+                self.port,
+                session.close_reason,
+                delay,
+            )
+            await asyncio.sleep(delay)
 
     async def get_session(self, wait_s: float) -> QuicSession:
         """The live session, waiting at most ``wait_s`` for one; raises ``TimeoutError``."""
@@ -142,8 +172,7 @@ class Connector:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             tune_socket(sock, self._socket_buffer)
-        conn = engine.EngineConnection(configuration=self._configuration(),
-                                       settings=self._settings)
+        conn = engine.EngineConnection(configuration=self._configuration(), settings=self._settings)
         session = QuicSession(
             conn,
             lambda data, addr: transport.sendto(data),

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls
-from aioquic.buffer import Buffer
+from aioquic._buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -51,6 +51,7 @@ __all__ = [
     "EngineConnection",
     "EngineSettings",
     "QuicHeader",
+    "QuicConfiguration",
     "QuicPacketType",
     "events",
     "make_configuration",
@@ -129,8 +130,14 @@ class EngineConnection(QuicConnection):
     when it stops caring about a stream.  Call ``session.transmit_soon()`` after either.
     """
 
-    def __init__(self, *, configuration: QuicConfiguration, settings: EngineSettings,
-                 client_cafile: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        settings: EngineSettings,
+        client_cafile: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._client_cafile = client_cafile
         self._stream_window = settings.stream_window
@@ -138,7 +145,13 @@ class EngineConnection(QuicConnection):
         self._consumed: dict[int, int] = {}
         self._held: dict[int, int] = {}
         self._held_total = 0
-        self._released: set[int] = set()
+        # Connection credit: bytes of the peer's total that may be granted again.  Live
+        # streams add what the tunnel consumed; released streams add everything they received
+        # (their highest offset, tracked in _released_hw until aioquic discards them).  So
+        # received - credit_base = (held + not yet delivered) on live streams <= the window,
+        # however many streams a peer fills with gaps.
+        self._credit_base = 0
+        self._released_hw: dict[int, int] = {}
         self._credit_dirty: set[int] = set()
         # aioquic hard-codes 128 peer-opened streams of each kind; tunnels need thousands.
         # Both ``value`` and ``sent`` so the transport parameters announce it up front.
@@ -147,15 +160,17 @@ class EngineConnection(QuicConnection):
         # quic-tun uses no unidirectional streams; refuse them outright.
         self._local_max_streams_uni.value = 0
         self._local_max_streams_uni.sent = 0
-        self._loss._pacer.next_send_time = _never_wait  # type: ignore[method-assign]
+        self._loss._pacer.next_send_time = _never_wait  # type: ignore[method-assign,assignment]
 
     # ---- public API used by the session ------------------------------------------------
 
     def next_event(self) -> events.QuicEvent | None:
         event = super().next_event()
-        if isinstance(event, events.StreamDataReceived) and event.data:
+        if isinstance(event, (events.StreamDataReceived, events.StreamReset)):
             sid = event.stream_id
-            if sid not in self._released:
+            if sid in self._released_hw:
+                self._settle(sid)
+            elif isinstance(event, events.StreamDataReceived) and event.data:
                 self._held[sid] = self._held.get(sid, 0) + len(event.data)
                 self._held_total += len(event.data)
         return event
@@ -169,20 +184,37 @@ class EngineConnection(QuicConnection):
         self._held[stream_id] = held - count
         self._held_total -= count
         self._consumed[stream_id] = self._consumed.get(stream_id, 0) + count
+        self._credit_base += count
         self._credit_dirty.add(stream_id)
 
     def release(self, stream_id: int) -> None:
-        """Stop tracking ``stream_id``: bytes it still holds no longer count against the connection."""
-        self._released.add(stream_id)
-        self._held_total -= self._held.pop(stream_id, 0)
-        self._consumed.pop(stream_id, None)
+        """Stop tracking ``stream_id``: what it received no longer counts against the connection."""
+        if stream_id in self._released_hw:
+            return
+        held = self._held.pop(stream_id, 0)
+        self._held_total -= held
+        consumed = self._consumed.pop(stream_id, 0)
         self._credit_dirty.discard(stream_id)
-        if len(self._released) > 4096:
-            # Streams already discarded by aioquic can never deliver again: forget them.
-            self._released = {s for s in self._released if s in self._streams}
+        stream = self._streams.get(stream_id)
+        # A stream aioquic already discarded had delivered everything it received.
+        highest = stream.receiver.highest_offset if stream is not None else consumed + held
+        self._credit_base += highest - consumed
+        self._released_hw[stream_id] = highest
+        if len(self._released_hw) > 4096:
+            # Streams aioquic discarded can never receive again: forget them.
+            self._released_hw = {
+                sid: hw for sid, hw in self._released_hw.items() if sid in self._streams
+            }
+
+    def _settle(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            highest = stream.receiver.highest_offset
+            self._credit_base += highest - self._released_hw[stream_id]
+            self._released_hw[stream_id] = highest
 
     def is_released(self, stream_id: int) -> bool:
-        return stream_id in self._released
+        return stream_id in self._released_hw
 
     @property
     def is_client(self) -> bool:
@@ -197,7 +229,10 @@ class EngineConnection(QuicConnection):
         return int(sender._buffer_stop - sender.highest_offset)
 
     def open_stream(self) -> int:
-        return self.get_next_available_stream_id()
+        """Reserve the next client bidirectional stream (it may wait for peer credit)."""
+        stream_id = self.get_next_available_stream_id()
+        self._get_or_create_stream_for_send(stream_id)
+        return stream_id
 
     @property
     def held_bytes(self) -> int:
@@ -235,7 +270,7 @@ class EngineConnection(QuicConnection):
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
-        target = max_data.used - self._held_total + self._connection_window
+        target = self._credit_base + self._connection_window
         if target - max_data.value >= self._connection_window // 4:
             max_data.value = target
         for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
@@ -268,6 +303,7 @@ class EngineConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
+            assert sid is not None
             buf.push_uint_var(sid)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local

@@ -26,8 +26,9 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
         *,
         configuration: Callable[[], engine.QuicConfiguration],
         make_connection: Callable[[engine.QuicConfiguration, bytes], engine.EngineConnection],
-        new_session: Callable[[engine.EngineConnection, Address, Callable[[bytes, bool], None]],
-                              QuicSession],
+        new_session: Callable[
+            [engine.EngineConnection, Address, Callable[[bytes, bool], None]], QuicSession
+        ],
         max_connections: int = 10000,
     ) -> None:
         self._configuration = configuration
@@ -49,7 +50,7 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
         # uvloop's transports do not subclass asyncio's ABCs: cast, don't isinstance.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
             header = engine.parse_header(data, 8)
         except ValueError:
@@ -80,8 +81,7 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
 
     # ---- private -------------------------------------------------------------------------
 
-    def _accept(self, data: bytes, header: engine.QuicHeader, addr: Address
-                ) -> QuicSession | None:
+    def _accept(self, data: bytes, header: engine.QuicHeader, addr: Address) -> QuicSession | None:
         assert self.transport is not None
         config = self._configuration()
         if header.packet_type != engine.QuicPacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
@@ -94,8 +94,9 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
         if not self.accepting:
             return None
         if len(self._cids) >= self._max_connections:
-            logger.warning("refusing QUIC connection from %s: %d connections open",
-                           addr, len(self._cids))
+            logger.warning(
+                "refusing QUIC connection from %s: %d connections open", addr, len(self._cids)
+            )
             return None
         conn = self._make_connection(config, header.destination_cid)
         holder: list[QuicSession] = []

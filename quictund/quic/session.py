@@ -200,7 +200,8 @@ class QuicSession:
 
     def _wake_senders(self) -> None:
         ready = [
-            (sid, h) for sid, h in self._blocked.items()
+            (sid, h)
+            for sid, h in self._blocked.items()
             if self.conn.unsent(sid) <= self.SEND_LOW_WATER
         ]
         for sid, handler in ready:
@@ -229,8 +230,9 @@ class QuicSession:
         now = time.monotonic()
         silent = now - self.last_rx
         if silent >= self._dead_after_s:
-            logger.warning("QUIC peer %s:%d silent for %.1f s; connection declared lost",
-                           *self.peer, silent)
+            logger.warning(
+                "QUIC peer %s:%d silent for %.1f s; connection declared lost", *self.peer, silent
+            )
             self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
             self._transmit()
             self._terminate("peer unresponsive")
@@ -249,8 +251,9 @@ class QuicSession:
                     handler = self._new_peer_stream(event.stream_id)
                     if handler is None:
                         continue
-                self._guard_stream(event.stream_id, handler.on_stream_data,
-                                   event.data, event.end_stream)
+                self._guard_stream(
+                    event.stream_id, handler.on_stream_data, event.data, event.end_stream
+                )
             elif isinstance(event, events.StreamReset):
                 handler = self._handlers.get(event.stream_id)
                 if handler is not None:
@@ -260,8 +263,7 @@ class QuicSession:
             elif isinstance(event, events.StopSendingReceived):
                 handler = self._handlers.get(event.stream_id)
                 if handler is not None:
-                    self._guard_stream(event.stream_id, handler.on_stop_sending,
-                                       event.error_code)
+                    self._guard_stream(event.stream_id, handler.on_stop_sending, event.error_code)
             elif isinstance(event, events.HandshakeCompleted):
                 if not self.handshake_done.done():
                     self.handshake_done.set_result(None)

@@ -34,5 +34,7 @@ def tune_socket(sock: socket.socket, want_bytes: int) -> None:
         cmd = " ".join(f"{name}={want_bytes}" for name in capped)
         logger.warning(
             "the kernel caps UDP socket buffers below %d bytes, which costs throughput; "
-            "raise the limit with: sysctl -w %s", want_bytes, cmd,
+            "raise the limit with: sysctl -w %s",
+            want_bytes,
+            cmd,
         )

@@ -34,22 +34,33 @@ class Endpoint:
     _reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, role: str, *args: str, env: dict[str, str] | None = None,
-                    wait_ready: bool = True) -> Endpoint:
+    async def start(
+        cls, role: str, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+    ) -> Endpoint:
         full_env = dict(os.environ)
         full_env.pop("NOTIFY_SOCKET", None)
         full_env.update(env or {})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "quictund", role, "--log-format", "json", "--log-level",
-            "debug" if os.environ.get("QUICTUND_TEST_DEBUG") else "info", *args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=full_env,
+            sys.executable,
+            "-m",
+            "quictund",
+            role,
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug" if os.environ.get("QUICTUND_TEST_DEBUG") else "info",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=full_env,
         )
         ep = cls(proc, role)
         ep._reader = asyncio.get_running_loop().create_task(ep._read())
         if wait_ready:
-            line = await ep.wait_log(lambda e: "endpoint listening on" in e.get("msg", ""),
-                                     timeout=20)
+            line = await ep.wait_log(
+                lambda e: "endpoint listening on" in e.get("msg", ""), within=20
+            )
             m = LISTEN_RE.search(line["msg"])
             assert m, line
             ep.address = m["addr"]
@@ -67,9 +78,10 @@ class Endpoint:
             self._changed.set()
         self._changed.set()
 
-    async def wait_log(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10,
-                       start: int = 0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
+    async def wait_log(
+        self, pred: Callable[[dict[str, Any]], bool], within: float = 10, start: int = 0
+    ) -> dict[str, Any]:
+        async with asyncio.timeout(within):
             seen = start
             while True:
                 for entry in self.logs[seen:]:
@@ -77,8 +89,9 @@ class Endpoint:
                         return entry
                 seen = len(self.logs)
                 if self.proc.returncode is not None and self._reader and self._reader.done():
-                    raise AssertionError(f"{self.role} exited {self.proc.returncode}: "
-                                         f"{self.logs[-5:]}")
+                    raise AssertionError(
+                        f"{self.role} exited {self.proc.returncode}: {self.logs[-5:]}"
+                    )
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -97,10 +110,10 @@ class Endpoint:
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 20) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             rc = await self.proc.wait()
         if self._reader is not None:
             await self._reader
@@ -161,8 +174,7 @@ class Backend:
         return proto
 
     async def tcp(self) -> Backend:
-        self.server = await asyncio.get_running_loop().create_server(
-            self._factory, "127.0.0.1", 0)
+        self.server = await asyncio.get_running_loop().create_server(self._factory, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
         self.address = f"tcp:127.0.0.1:{port}"
         return self

@@ -26,18 +26,24 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 async def server(state_dir: Path) -> AsyncIterator[Endpoint]:
-    ep = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir",
-                              str(state_dir))
+    ep = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir))
     yield ep
     ep.kill()
     await ep.proc.wait()
 
 
-async def start_client(server: Endpoint, token: str, *extra: str,
-                       listen: str = "tcp:127.0.0.1:0") -> Endpoint:
+async def start_client(
+    server: Endpoint, token: str, *extra: str, listen: str = "tcp:127.0.0.1:0"
+) -> Endpoint:
     return await Endpoint.start(
-        "client", "--listen-on", listen, "--server-endpoint", server.address,
-        "--token-source", token, *extra,
+        "client",
+        "--listen-on",
+        listen,
+        "--server-endpoint",
+        server.address,
+        "--token-source",
+        token,
+        *extra,
     )
 
 
@@ -106,10 +112,12 @@ class _Recorder(asyncio.Protocol):
     """Backend that remembers how its connection ended."""
 
     instances: list[_Recorder] = []
+    any_data = asyncio.Event()
 
     def __init__(self) -> None:
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.got = b""
+        self.got_data = asyncio.Event()
         _Recorder.instances.append(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,23 +125,29 @@ class _Recorder(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got += data
+        self.got_data.set()
+        _Recorder.any_data.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(exc)
 
 
+async def first_recorder_data() -> None:
+    """The backend accepted the tunnel's connection and got its first bytes."""
+    await asyncio.wait_for(_Recorder.any_data.wait(), 10)
+
+
 async def test_app_reset_becomes_backend_reset(server: Endpoint) -> None:
     _Recorder.instances.clear()
+    _Recorder.any_data = asyncio.Event()
     backend = await Backend(_Recorder).tcp()
     client = await start_client(server, backend.address)
     try:
         reader, writer = await connect(client.address)
         writer.write(b"hello")
         await writer.drain()
-        async with asyncio.timeout(10):
-            while not _Recorder.instances or not _Recorder.instances[0].got:
-                await asyncio.sleep(0.01)
+        await first_recorder_data()
         rst_close(writer)
         exc = await asyncio.wait_for(_Recorder.instances[0].lost, 10)
         assert isinstance(exc, ConnectionResetError), f"backend saw {exc!r}, not a reset"
@@ -144,21 +158,21 @@ async def test_app_reset_becomes_backend_reset(server: Endpoint) -> None:
 
 async def test_backend_reset_becomes_app_reset(server: Endpoint) -> None:
     _Recorder.instances.clear()
+    _Recorder.any_data = asyncio.Event()
     backend = await Backend(_Recorder).tcp()
     client = await start_client(server, backend.address)
     try:
         reader, writer = await connect(client.address)
         writer.write(b"hello")
         await writer.drain()
-        async with asyncio.timeout(10):
-            while not _Recorder.instances or not _Recorder.instances[0].got:
-                await asyncio.sleep(0.01)
+        await first_recorder_data()
         rec = _Recorder.instances[0]
         import socket
         import struct
 
         rec.t.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
         rec.t.abort()
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(reader.read(), 10)
@@ -168,8 +182,9 @@ async def test_backend_reset_becomes_app_reset(server: Endpoint) -> None:
 
 
 async def test_server_restart_client_recovers(state_dir: Path, tcp_echo: Backend) -> None:
-    server = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir",
-                                  str(state_dir))
+    server = await Endpoint.start(
+        "server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir)
+    )
     udp = server.address
     client = await start_client(server, tcp_echo.address)
     try:
@@ -181,8 +196,7 @@ async def test_server_restart_client_recovers(state_dir: Path, tcp_echo: Backend
         # The tunnel carried by the lost connection is reset, not FINed.
         with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
             await asyncio.wait_for(reader.readexactly(1), 30)
-        server = await Endpoint.start("server", "--listen-on", udp, "--state-dir",
-                                      str(state_dir))
+        server = await Endpoint.start("server", "--listen-on", udp, "--state-dir", str(state_dir))
         started = time.monotonic()
         while True:
             assert time.monotonic() - started < 30, "no working tunnel 30 s after restart"
@@ -224,8 +238,10 @@ async def test_slow_reader_memory_is_bounded(server: Endpoint) -> None:
                 await asyncio.wait_for(writer.drain(), 0.5)
             except TimeoutError:
                 pass  # the tunnel pushes back: keep offering until the deadline
-        growth = {"client": client.rss_kib() - base["client"],
-                  "server": server.rss_kib() - base["server"]}
+        growth = {
+            "client": client.rss_kib() - base["client"],
+            "server": server.rss_kib() - base["server"],
+        }
         # Bound: one stream window (2 MiB) + send backlog high water (1 MiB) + socket buffers
         # + allocator slack; far below what was offered.
         assert growth["client"] < 40 * 1024, growth
@@ -240,9 +256,7 @@ async def test_slow_reader_memory_is_bounded(server: Endpoint) -> None:
 async def test_thousand_concurrent_tunnels(server: Endpoint, tcp_echo: Backend) -> None:
     client = await start_client(server, tcp_echo.address)
     try:
-        conns = []
-        for _ in range(1000):
-            conns.append(await connect(client.address))
+        conns = [await connect(client.address) for _ in range(1000)]
         for i, (_, w) in enumerate(conns):
             w.write(f"{i:06d}".encode())
         for i, (r, _) in enumerate(conns):

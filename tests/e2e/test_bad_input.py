@@ -1,0 +1,317 @@
+"""Bad input gets one clear line and affects nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.e2e.harness import Backend, Endpoint, connect, echo
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quictund",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            [
+                "server",
+                "--cert-file",
+                "/nonexistent/cert.pem",
+                "--key-file",
+                "/nonexistent/key.pem",
+            ],
+            "cert-file /nonexistent/cert.pem: no such file",
+        ),
+        (
+            ["server", "--token-parser-plugin", "Signedd"],
+            "unknown token parser plugin 'Signedd'; known: Cleartext",
+        ),
+        (["server", "--token-parser-key", "bas64"], "unknown token-parser-key 'bas64'"),
+        (
+            ["client", "--server-endpoint", "127.0.0.1:7500", "--token-source-plugin", "Nope"],
+            "unknown token source plugin 'Nope'",
+        ),
+        (
+            [
+                "client",
+                "--server-endpoint",
+                "127.0.0.1:7500",
+                "--listen-on",
+                "6500",
+                "--token-source",
+                "tcp:127.0.0.1:22",
+            ],
+            "not a tcp:/unix: address (got '6500')",
+        ),
+        (
+            ["client", "--server-endpoint", "127.0.0.1:7500", "--token-source-plugin", "fixed"],
+            "Fixed",
+        ),
+        (["server", "--verify-remote-endpoint"], "verify-remote-endpoint needs ca-file"),
+    ],
+)
+async def test_startup_errors_exit_78_with_one_line(
+    args: list[str], expected: str, tmp_path: Path
+) -> None:
+    if args[0] == "server":
+        args = [*args, "--listen-on", "127.0.0.1:0", "--state-dir", str(tmp_path)]
+    rc, err = await run_cli(*args)
+    assert rc == 78, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert expected in lines[0]
+
+
+@pytest.fixture
+async def server(state_dir: Path) -> AsyncIterator[Endpoint]:
+    ep = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir))
+    yield ep
+    ep.kill()
+    await ep.proc.wait()
+
+
+async def assert_refused(address: str) -> None:
+    reader, writer = await connect(address)
+    with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(1), 15)
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def assert_echo(address: str, msg: bytes = b"ok?") -> None:
+    reader, writer = await connect(address)
+    writer.write(msg)
+    assert await asyncio.wait_for(reader.readexactly(len(msg)), 15) == msg
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_file_source_broken_line(server: Endpoint, tmp_path: Path) -> None:
+    backend = await echo().tcp()
+    token_file = tmp_path / "tokens"
+    token_file.write_text(
+        "# app addresses\n127.0.0.2 tcp:127.0.0.1:1\nbroken-line-without-token\n"
+        f"127.0.0.1 {backend.address}\n"
+    )
+    client = await Endpoint.start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        server.address,
+        "--token-source-plugin",
+        "file",
+        "--token-source",
+        str(token_file),
+    )
+    try:
+        await assert_echo(client.address)
+        warning = await client.wait_log(lambda e: f"{token_file}:3" in e.get("msg", ""))
+        assert warning["level"] == "warning"
+        # edits take effect without a restart: 127.0.0.1 now has no token
+        token_file.write_text("127.0.0.2 tcp:127.0.0.1:1\n")
+        await assert_refused(client.address)
+        line = await client.wait_log(lambda e: e.get("msg") == "tunnel failed")
+        assert "no token" in line["reason"]
+        assert client.proc.returncode is None
+    finally:
+        await client.stop()
+        backend.close()
+
+
+async def test_http_source_timeout_and_404(server: Endpoint) -> None:
+    backend = await echo().tcp()
+    answers: list[bytes] = []
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        answer = answers.pop(0)
+        if answer != b"hang":
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+    http = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{http.sockets[0].getsockname()[1]}/get"
+    client = await Endpoint.start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        server.address,
+        "--token-source-plugin",
+        "Http",
+        "--token-source",
+        url,
+    )
+    try:
+        body = f'{{"token": "{backend.address}"}}'.encode()
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        answers[:] = [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"hang", ok]
+        await assert_refused(client.address)
+        line = await client.wait_log(lambda e: e.get("msg") == "tunnel failed")
+        assert "404" in line["reason"]
+        await assert_refused(client.address)  # times out after 5 s
+        await client.wait_log(
+            lambda e: e.get("msg") == "tunnel failed" and "no answer within 5 s" in e["reason"]
+        )
+        await assert_echo(client.address)  # and the next one works
+    finally:
+        await client.stop()
+        http.close()
+        for w in writers:
+            w.transport.abort()
+        backend.close()
+
+
+async def test_policy_denies_without_connecting(state_dir: Path) -> None:
+    allowed = await echo().tcp()
+    denied = await Backend(asyncio.Protocol).tcp()
+    server = await Endpoint.start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--allow",
+        allowed.address,
+    )
+    good = await Endpoint.start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        server.address,
+        "--token-source",
+        allowed.address,
+    )
+    bad = await Endpoint.start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        server.address,
+        "--token-source",
+        denied.address,
+    )
+    try:
+        await assert_refused(bad.address)
+        line = await server.wait_log(lambda e: e.get("msg") == "tunnel failed")
+        assert "not allowed" in line["reason"]
+        assert denied.accepted == 0, "a denied destination must see no connection attempt"
+        await assert_echo(good.address)
+    finally:
+        for ep in (good, bad):
+            await ep.stop()
+        server.kill()
+        await server.proc.wait()
+        allowed.close()
+        denied.close()
+
+
+def _issue(
+    tmp: Path,
+    name: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    ca: bool = False,
+) -> tuple[Path, Path, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, cert, key
+
+
+async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
+    backend = await echo().tcp()
+    ca_path, _, ca_cert, ca_key = _issue(tmp_path, "ca", None, ca=True)
+    good_cert, good_key, _, _ = _issue(tmp_path, "ops", (ca_cert, ca_key))
+    rogue_cert, rogue_key, _, _ = _issue(tmp_path, "rogue", None)
+    server = await Endpoint.start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--verify-remote-endpoint",
+        "--ca-file",
+        str(ca_path),
+    )
+    clients = {}
+    try:
+        for name, extra in {
+            "none": [],
+            "rogue": ["--cert-file", str(rogue_cert), "--key-file", str(rogue_key)],
+            "good": ["--cert-file", str(good_cert), "--key-file", str(good_key)],
+        }.items():
+            clients[name] = await Endpoint.start(
+                "client",
+                "--listen-on",
+                "tcp:127.0.0.1:0",
+                "--server-endpoint",
+                server.address,
+                "--token-source",
+                backend.address,
+                *extra,
+            )
+        await assert_echo(clients["good"].address)
+        lost = await clients["none"].wait_log(lambda e: "lost" in e.get("msg", ""))
+        assert "client certificate required" in lost["msg"]
+        await clients["rogue"].wait_log(lambda e: "lost" in e.get("msg", ""))
+        for name in ("none", "rogue"):
+            await assert_refused(clients[name].address)
+        assert backend.accepted == 1
+        # refused clients back off instead of reconnecting in a tight loop
+        assert len(clients["none"].messages("lost")) < 8
+    finally:
+        for ep in clients.values():
+            await ep.stop()
+        server.kill()
+        await server.proc.wait()
+        backend.close()

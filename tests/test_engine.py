@@ -1,0 +1,716 @@
+"""The engine adapter on an in-memory client/server pair (no sockets, fake clock).
+
+The pair follows aioquic's ``tests/test_connection.py`` ``client_and_server``: datagrams from one
+``EngineConnection`` are fed straight into the other, events are drained after every receive
+(as ``QuicSession`` does), and the clock moves 1 ms per round so ACKs flow and RTTs are sane.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from quictund import tls
+from quictund.quic import engine
+from quictund.quic.engine import EngineConnection, EngineSettings, events
+
+CLIENT_ADDR = ("1.2.3.4", 1234)
+SERVER_ADDR = ("2.3.4.5", 4433)
+KIB = 1024
+
+
+# ------------------------------------------------------------------------------ certificates
+
+
+@dataclass(frozen=True)
+class Certs:
+    server_cert: Path
+    server_key: Path
+    ca: Path  # the CA the server trusts for client certificates
+    client_cert: Path  # issued by ``ca``
+    client_key: Path
+    rogue_cert: Path  # self-signed, same subject as client_cert
+    rogue_key: Path
+    other_ca_cert: Path  # issued by an unrelated CA
+    other_ca_key: Path
+    expired_cert: Path  # issued by ``ca``, expired
+    expired_key: Path
+    sub_cert: Path  # leaf + a non-CA "intermediate" issued by ``ca``
+    sub_key: Path
+
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _issue(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool,
+    days: tuple[int, int] = (-1, 10),
+) -> x509.Certificate:
+    issuer_name = issuer[0].subject if issuer else _name(subject)
+    signer = issuer[1] if issuer else key
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW + dt.timedelta(days=days[0]))
+        .not_valid_after(NOW + dt.timedelta(days=days[1]))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def _write(
+    directory: Path, name: str, certs: list[x509.Certificate], key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    d = tmp_path_factory.mktemp("engine-certs")
+    server_cert, server_key = tls.ensure_self_signed(d / "server", ["localhost"])
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    ca_key = key()
+    ca_cert = _issue("quictund test CA", ca_key, None, ca=True)
+    ca_path, _ = _write(d, "ca", [ca_cert], ca_key)
+
+    client_key = key()
+    client = _write(
+        d, "client", [_issue("client-1", client_key, (ca_cert, ca_key), ca=False)], client_key
+    )
+    rogue_key = key()
+    rogue = _write(d, "rogue", [_issue("client-1", rogue_key, None, ca=False)], rogue_key)
+
+    other_ca_key = key()
+    other_ca = _issue("quictund test CA", other_ca_key, None, ca=True)  # same name, other key
+    other_key = key()
+    other = _write(
+        d, "other", [_issue("client-1", other_key, (other_ca, other_ca_key), ca=False)], other_key
+    )
+
+    expired_key = key()
+    expired = _write(
+        d,
+        "expired",
+        [_issue("client-1", expired_key, (ca_cert, ca_key), ca=False, days=(-10, -1))],
+        expired_key,
+    )
+
+    # A leaf "issued" by another CA-signed leaf that is not allowed to sign certificates.
+    mid_key = key()
+    mid = _issue("not-a-ca", mid_key, (ca_cert, ca_key), ca=False)
+    sub_key = key()
+    sub = _write(d, "sub", [_issue("client-2", sub_key, (mid, mid_key), ca=False), mid], sub_key)
+
+    return Certs(server_cert, server_key, ca_path, *client, *rogue, *other, *expired, *sub)
+
+
+# ------------------------------------------------------------------------------ the pair
+
+
+@dataclass
+class Pair:
+    client: QuicConnection
+    server: EngineConnection
+    now: float = 1.0
+    rounds: int = 0
+    received: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # server side
+    consumed: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    client_events: list[events.QuicEvent] = field(default_factory=list)
+    server_events: list[events.QuicEvent] = field(default_factory=list)
+    # called with (pair, stream_id, data) for each server StreamDataReceived
+    on_server_data: Callable[[Pair, int, bytes], None] | None = None
+    # checked after every round
+    invariant: Callable[[Pair], None] | None = None
+
+    @property
+    def engine_client(self) -> EngineConnection:
+        assert isinstance(self.client, EngineConnection)
+        return self.client
+
+    def consume(self, stream_id: int, count: int) -> None:
+        self.server.consume(stream_id, count)
+        self.consumed[stream_id] += count
+
+    def drain(self) -> None:
+        while (ev := self.client.next_event()) is not None:
+            self.client_events.append(ev)
+        while (ev := self.server.next_event()) is not None:
+            self.server_events.append(ev)
+            if isinstance(ev, events.StreamDataReceived):
+                self.received[ev.stream_id] += len(ev.data)
+                if self.on_server_data is not None:
+                    self.on_server_data(self, ev.stream_id, ev.data)
+
+    def step(self) -> int:
+        """One round: client -> server, server -> client, then 1 ms passes."""
+        moved = 0
+        for sender, receiver, source in (
+            (self.client, self.server, CLIENT_ADDR),
+            (self.server, self.client, SERVER_ADDR),
+        ):
+            for data, _addr in sender.datagrams_to_send(now=self.now):
+                receiver.receive_datagram(data, source, now=self.now)
+                moved += 1
+            self.drain()
+        self.now += 0.001
+        self.rounds += 1
+        for conn in (self.client, self.server):
+            timer = conn.get_timer()
+            if timer is not None and timer <= self.now:
+                conn.handle_timer(now=self.now)
+        self.drain()
+        if self.invariant is not None:
+            self.invariant(self)
+        return moved
+
+    def pump(self, max_rounds: int = 500) -> None:
+        """Exchange datagrams until three rounds in a row move nothing."""
+        quiet = 0
+        for _ in range(max_rounds):
+            quiet = quiet + 1 if self.step() == 0 else 0
+            if quiet >= 3:
+                return
+        raise AssertionError(f"still busy after {max_rounds} rounds")
+
+    def run_until(self, done: Callable[[], bool], max_rounds: int = 2000) -> None:
+        """Step, jumping the clock to the next timer when idle, until ``done()``."""
+        for _ in range(max_rounds):
+            if done():
+                return
+            if self.step() == 0:
+                timers = [t for c in (self.client, self.server) if (t := c.get_timer())]
+                if timers and min(timers) > self.now:
+                    self.now = min(timers)
+        raise AssertionError("condition not reached")
+
+    def server_got(self, kind: type[events.QuicEvent]) -> bool:
+        return any(isinstance(e, kind) for e in self.server_events)
+
+    def client_got(self, kind: type[events.QuicEvent]) -> bool:
+        return any(isinstance(e, kind) for e in self.client_events)
+
+
+def make_pair(
+    certs: Certs,
+    settings: EngineSettings,
+    *,
+    client_class: type[QuicConnection] = EngineConnection,
+    client_cafile: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+    handshake: bool = True,
+) -> Pair:
+    client_config = engine.make_configuration(
+        is_client=True, settings=settings, server_name="localhost", verify=False
+    )
+    if client_cert is not None:
+        client_config.load_cert_chain(client_cert[0], client_cert[1])
+    server_config = engine.make_configuration(
+        is_client=False,
+        settings=settings,
+        certfile=str(certs.server_cert),
+        keyfile=str(certs.server_key),
+    )
+    client: QuicConnection
+    if client_class is EngineConnection:
+        client = EngineConnection(configuration=client_config, settings=settings)
+    else:
+        client = client_class(configuration=client_config)
+    server = EngineConnection(
+        configuration=server_config,
+        settings=settings,
+        client_cafile=str(client_cafile) if client_cafile else None,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    pair = Pair(client, server)
+    client.connect(SERVER_ADDR, now=pair.now)
+    if handshake:
+        pair.pump()
+        assert pair.client_got(events.HandshakeCompleted)
+        assert pair.server_got(events.HandshakeCompleted)
+    return pair
+
+
+SMALL = EngineSettings(stream_window=64 * KIB, connection_window=1024 * KIB, max_streams=2000)
+
+
+# ------------------------------------------------------------------------------ basics
+
+
+def test_handshake_negotiates_quic_tun_alpn(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL)
+    done = [e for e in pair.server_events if isinstance(e, events.HandshakeCompleted)]
+    assert done[0].alpn_protocol == engine.ALPN == "quic-tun"
+    assert pair.server.is_client is False
+    assert pair.engine_client.is_client is True
+    assert not pair.server.is_closed and not pair.engine_client.is_closed
+    assert pair.server.peer_certificate is None  # no client authentication asked for
+    stats = pair.server.stats()
+    assert set(stats) == {"rtt_s", "cwnd_bytes", "bytes_in_flight", "streams"}
+
+
+def test_make_configuration_applies_settings(certs: Certs) -> None:
+    settings = EngineSettings(
+        idle_timeout_s=12.0,
+        max_datagram_size=1300,
+        congestion_control="reno",
+        stream_window=123_456,
+        connection_window=654_321,
+    )
+    config = engine.make_configuration(is_client=True, settings=settings, verify=True)
+    assert config.alpn_protocols == ["quic-tun"]
+    assert (config.idle_timeout, config.max_datagram_size) == (12.0, 1300)
+    assert config.congestion_control_algorithm == "reno"
+    assert (config.max_stream_data, config.max_data) == (123_456, 654_321)
+    assert config.verify_mode is not None and config.verify_mode != 0
+    assert (
+        engine.make_configuration(is_client=True, settings=settings, verify=False).verify_mode == 0
+    )
+
+
+# ------------------------------------------------------------------------------ a. stream count
+
+
+def test_peer_may_open_more_than_128_concurrent_streams(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sids = []
+    for _ in range(1000):
+        # open_stream() only names the next free id: it is taken once data is queued on it
+        sid = client.open_stream()
+        client.send_stream_data(sid, b"hello")  # no FIN: every stream stays open
+        sids.append(sid)
+    assert len(set(sids)) == 1000
+    pair.pump()
+    assert not client._streams_blocked_bidi
+    got = {e.stream_id for e in pair.server_events if isinstance(e, events.StreamDataReceived)}
+    assert got == set(sids)
+    assert all(pair.received[sid] == 5 for sid in sids)
+    assert len(pair.server._streams) == 1000
+
+
+def test_max_streams_setting_is_what_the_peer_sees(certs: Certs) -> None:
+    """The same 1000 streams against a 130-stream limit: the rest wait, as aioquic does."""
+    settings = EngineSettings(stream_window=64 * KIB, connection_window=1024 * KIB, max_streams=130)
+    pair = make_pair(certs, settings)
+    client = pair.engine_client
+    for _ in range(1000):
+        client.send_stream_data(client.open_stream(), b"x")
+    pair.pump()
+    assert len(pair.received) == 130
+    assert client._streams_blocked_bidi
+
+
+def test_server_refuses_unidirectional_streams(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL)
+    assert pair.server._local_max_streams_uni.value == 0
+    assert pair.client._remote_max_streams_uni == 0
+
+
+# ------------------------------------------------------------------------------ b. stream credit
+
+
+def _credit_invariant(window: int) -> Callable[[Pair], None]:
+    def check(pair: Pair) -> None:
+        for sid, got in pair.received.items():
+            assert got <= pair.consumed[sid] + window, (sid, got, pair.consumed[sid])
+            stream = pair.server._streams.get(sid)
+            if stream is not None:
+                assert stream.max_stream_data_local <= pair.consumed[sid] + window
+
+    return check
+
+
+def test_stream_credit_follows_consumption(certs: Certs) -> None:
+    window = SMALL.stream_window
+    pair = make_pair(certs, SMALL)
+    pair.invariant = _credit_invariant(window)
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"a" * (4 * window))
+    pair.pump()
+    # The server drained every event but consumed nothing: exactly one window arrived.
+    assert pair.received[sid] == window
+    assert client.unsent(sid) == 3 * window
+    assert pair.server.held_bytes == window
+    pair.pump()  # nothing more happens while nobody consumes
+    assert pair.received[sid] == window
+
+    pair.consume(sid, window // 2)
+    pair.pump()
+    assert pair.received[sid] == window + window // 2
+    assert client.unsent(sid) == 3 * window - window // 2
+    assert pair.server.held_bytes == window
+
+    # Consuming the rest step by step delivers everything, never more than allowed.
+    while pair.received[sid] < 4 * window:
+        before = pair.received[sid]
+        pair.consume(sid, pair.received[sid] - pair.consumed[sid])
+        pair.pump()
+        assert pair.received[sid] > before
+    assert client.unsent(sid) == 0
+    assert pair.received[sid] == 4 * window
+
+
+def test_consuming_more_than_held_is_clamped(certs: Certs) -> None:
+    window = SMALL.stream_window
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"a" * (4 * window))
+    pair.pump()
+    pair.server.consume(sid, 100 * window)  # more than was ever delivered
+    pair.server.consume(12345, 10)  # unknown stream: ignored
+    pair.pump()
+    assert pair.received[sid] == 2 * window  # one window consumed, one more granted
+    assert pair.server.held_bytes == window
+
+
+# ---------------------------------------------------------------------------- c. connection credit
+
+
+CONN = EngineSettings(stream_window=64 * KIB, connection_window=128 * KIB, max_streams=100)
+
+
+def test_connection_credit_follows_consumption(certs: Certs) -> None:
+    conn_window = CONN.connection_window
+    pair = make_pair(certs, CONN)
+
+    def check(p: Pair) -> None:
+        total = sum(p.received.values())
+        assert total <= sum(p.consumed.values()) + conn_window
+        assert p.server._local_max_data.value <= sum(p.consumed.values()) + conn_window
+
+    pair.invariant = check
+    client = pair.engine_client
+    sids = []
+    for _ in range(4):
+        sids.append(sid := client.open_stream())
+        client.send_stream_data(sid, b"b" * (48 * KIB))  # each under its 64 KiB window
+    pair.pump()
+    assert sum(pair.received.values()) == conn_window  # 192 KiB sent, 128 KiB allowed
+    assert sum(client.unsent(s) for s in sids) == 4 * 48 * KIB - conn_window
+
+    # Consume everything delivered so far, one stream at a time: the rest follows.
+    for _ in range(10):
+        for sid in sids:
+            pair.consume(sid, pair.received[sid] - pair.consumed[sid])
+        pair.pump()
+    assert all(pair.received[s] == 48 * KIB for s in sids)
+    assert sum(client.unsent(s) for s in sids) == 0
+
+
+def test_connection_credit_ignores_bytes_never_delivered(certs: Certs) -> None:
+    """A peer that leaves a gap at the start of each stream must not get extra MAX_DATA.
+
+    The stream never delivers (offset 0 is missing), so nothing is ever held or consumed:
+    those bytes sit in the receive buffer all the same and must count against the
+    connection window, or a peer can make the server buffer ``stream_window`` per stream on
+    thousands of streams, whatever ``connection_window`` says.
+    """
+    conn_window = CONN.connection_window
+    pair = make_pair(certs, CONN)
+    client = pair.engine_client
+    sids = []
+    for _ in range(4):
+        sids.append(sid := client.open_stream())
+        client.send_stream_data(sid, b"c" * (48 * KIB))
+        client._streams[sid].sender._pending.subtract(0, 1)  # never send byte 0
+    pair.pump()
+    assert sum(pair.received.values()) == 0  # nothing delivered in order
+    assert pair.server.held_bytes == 0
+    buffered = pair.server._local_max_data.used
+    assert buffered <= conn_window, f"server buffers {buffered} bytes, window is {conn_window}"
+    assert pair.server._local_max_data.value == conn_window
+
+
+# ------------------------------------------------------------------------------ d. release
+
+
+def test_release_returns_held_bytes_to_the_connection(certs: Certs) -> None:
+    settings = EngineSettings(stream_window=64 * KIB, connection_window=96 * KIB, max_streams=100)
+    pair = make_pair(certs, settings)
+    client = pair.engine_client
+    a = client.open_stream()
+    client.send_stream_data(a, b"a" * (64 * KIB))
+    pair.pump()
+    assert pair.received[a] == 64 * KIB
+    b = client.open_stream()
+    client.send_stream_data(b, b"b" * (64 * KIB))
+    pair.pump()
+    assert pair.received[b] == 32 * KIB  # the connection window is full
+    assert pair.server.held_bytes == 96 * KIB
+
+    pair.server.release(a)  # stream a's tunnel is gone: its 64 KiB no longer count
+    assert pair.server.is_released(a)
+    assert pair.server.held_bytes == 32 * KIB
+    pair.pump()
+    assert pair.received[b] == 64 * KIB  # b completes without any consume()
+    assert client.unsent(b) == 0
+
+
+def test_released_stream_data_is_not_held(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"x" * 1000)
+    pair.pump()
+    assert pair.server.held_bytes == 1000
+    pair.server.release(sid)
+    pair.server.release(sid)  # twice is harmless
+    pair.server.consume(sid, 10)  # and consuming a released stream is ignored
+    assert pair.server.held_bytes == 0
+    client.send_stream_data(sid, b"y" * 1000)
+    pair.pump()
+    assert pair.received[sid] == 2000
+    assert pair.server.held_bytes == 0
+
+
+# ------------------------------------------------------------------------------ e. no doubling
+
+
+def test_stream_limit_never_doubles(certs: Certs) -> None:
+    """aioquic doubles MAX_STREAM_DATA once the peer passes half the window; we must not."""
+    window = SMALL.stream_window
+    pair = make_pair(certs, SMALL)
+    pair.invariant = _credit_invariant(window)
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"d" * (window // 2 + 1000))  # more than half a window
+    pair.pump()
+    stream = pair.server._streams[sid]
+    assert pair.received[sid] == window // 2 + 1000
+    assert stream.max_stream_data_local == window
+    assert stream.max_stream_data_local_sent == window
+    assert pair.server._local_max_data.value == SMALL.connection_window
+
+
+def test_stream_limit_tracks_a_reader_that_keeps_up(certs: Certs) -> None:
+    window = SMALL.stream_window
+
+    def consume_all(p: Pair, sid: int, data: bytes) -> None:
+        p.consume(sid, len(data))
+
+    pair = make_pair(certs, SMALL)
+    pair.invariant = _credit_invariant(window)
+    pair.on_server_data = consume_all
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"e" * (10 * window), end_stream=True)
+    pair.pump()
+    assert pair.received[sid] == 10 * window
+    assert pair.server.held_bytes == 0
+    # the connection limit grew with consumption only, never by doubling
+    assert pair.server._local_max_data.value <= 10 * window + SMALL.connection_window
+
+
+def test_a_frame_beyond_the_window_is_a_flow_control_error(certs: Certs) -> None:
+    window = SMALL.stream_window
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"f" * (2 * window))
+    # A peer that ignores our limit: pretend the server allowed twice the window.
+    client._streams[sid].max_stream_data_remote = 2 * window
+    pair.run_until(lambda: pair.client_got(events.ConnectionTerminated))
+    closed = [e for e in pair.client_events if isinstance(e, events.ConnectionTerminated)]
+    assert closed[0].error_code == 0x3  # FLOW_CONTROL_ERROR
+    assert pair.received[sid] <= window
+
+
+# ------------------------------------------------------------------------------ f. unsent
+
+
+def test_unsent_counts_bytes_never_sent(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    assert client.unsent(4 * 999) == 0  # unknown stream
+    assert client.unsent(1) == 0  # a server-side stream id nobody opened
+    sid = client.open_stream()
+    assert client.unsent(sid) == 0
+    client.send_stream_data(sid, b"g" * (40 * KIB))
+    assert client.unsent(sid) == 40 * KIB
+    sent = client.datagrams_to_send(now=pair.now)
+    assert sent
+    left = client.unsent(sid)
+    assert left < 40 * KIB
+    # every STREAM byte that left is no longer unsent (datagrams carry some overhead)
+    assert 40 * KIB - left <= sum(len(d) for d, _ in sent)
+    for data, _addr in sent:
+        pair.server.receive_datagram(data, CLIENT_ADDR, now=pair.now)
+    pair.pump()
+    assert client.unsent(sid) == 0
+    assert pair.received[sid] == 40 * KIB
+    # unsent is about first transmission: bytes sent but not yet acknowledged do not count
+    client.send_stream_data(sid, b"h" * 1000)
+    client.datagrams_to_send(now=pair.now)  # sent, then lost
+    assert client.unsent(sid) == 0
+
+
+def test_unsent_is_zero_for_a_discarded_stream(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"done", end_stream=True)
+    pair.pump()
+    pair.server.send_stream_data(sid, b"", end_stream=True)
+    pair.pump()
+    assert sid not in client._streams
+    assert client.unsent(sid) == 0
+
+
+# ------------------------------------------------------------------------------ g. no pacer
+
+
+@pytest.mark.parametrize("client_class", [EngineConnection, QuicConnection])
+def test_no_pacer_one_call_sends_a_whole_window(
+    certs: Certs, client_class: type[QuicConnection]
+) -> None:
+    settings = EngineSettings(stream_window=8 * 1024 * KIB, connection_window=32 * 1024 * KIB)
+    pair = make_pair(certs, settings, client_class=client_class)
+    client = pair.client
+    # A large congestion window, and a pacer whose rate reflects it (as after a transfer).
+    client._loss._cc.congestion_window = 4 * 1024 * KIB
+    client._loss._pacer.update_rate(congestion_window=4 * 1024 * KIB, smoothed_rtt=0.020)
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"p" * (2 * 1024 * KIB))
+    count = len(client.datagrams_to_send(now=pair.now))  # the same instant, once
+    if client_class is EngineConnection:
+        assert count > 1000  # ~2 MiB / 1350 B: only the congestion window limits the burst
+    else:
+        assert count <= 20  # control: aioquic's pacer stops after its 16-packet bucket
+
+
+# ------------------------------------------------------------------------------ h. mutual TLS
+
+
+def _fails(pair: Pair) -> list[events.ConnectionTerminated]:
+    pair.run_until(
+        lambda: (
+            pair.client_got(events.ConnectionTerminated)
+            or pair.server_got(events.ConnectionTerminated)
+        )
+    )
+    assert not pair.server_got(events.HandshakeCompleted)
+    assert not any(isinstance(e, events.StreamDataReceived) for e in pair.server_events)
+    assert pair.received == {}
+    return [
+        e
+        for e in pair.client_events + pair.server_events
+        if isinstance(e, events.ConnectionTerminated)
+    ]
+
+
+@pytest.fixture
+def mtls(certs: Certs) -> Callable[[tuple[Path, Path] | None], Pair]:
+    def make(client_cert: tuple[Path, Path] | None) -> Pair:
+        pair = make_pair(
+            certs, SMALL, client_cafile=certs.ca, client_cert=client_cert, handshake=False
+        )
+        # The client may try to use the connection before the server refuses it.
+        sid = pair.client.get_next_available_stream_id()
+        pair.client.send_stream_data(sid, b"token")
+        return pair
+
+    return make
+
+
+def test_mtls_accepts_a_certificate_issued_by_the_ca(
+    certs: Certs, mtls: Callable[[tuple[Path, Path] | None], Pair]
+) -> None:
+    pair = mtls((certs.client_cert, certs.client_key))
+    pair.run_until(lambda: pair.server_got(events.HandshakeCompleted))
+    pair.pump()
+    assert pair.client_got(events.HandshakeCompleted)
+    assert not pair.client_got(events.ConnectionTerminated)
+    assert not pair.server_got(events.ConnectionTerminated)
+    assert pair.received[0] == len(b"token")
+    peer = pair.server.peer_certificate
+    assert peer is not None
+    cn = peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == "client-1"
+
+
+CRYPTO_ERROR = 0x100  # + the TLS alert number
+
+
+@pytest.mark.parametrize(
+    ("which", "alert", "reason"),
+    [
+        ("none", 40, "client certificate required"),  # handshake_failure
+        ("rogue", 42, "self-signed"),  # bad_certificate
+        ("other_ca", 42, "signature failure"),
+        ("expired", 45, "no longer valid"),  # certificate_expired
+        ("sub", 42, "invalid CA"),
+    ],
+)
+def test_mtls_refuses_clients_without_a_certificate_from_the_ca(
+    certs: Certs,
+    mtls: Callable[[tuple[Path, Path] | None], Pair],
+    which: str,
+    alert: int,
+    reason: str,
+) -> None:
+    """No certificate, self-signed, another CA's, expired, or a chain through a non-CA."""
+    client_cert = {
+        "none": None,
+        "rogue": (certs.rogue_cert, certs.rogue_key),
+        "other_ca": (certs.other_ca_cert, certs.other_ca_key),
+        "expired": (certs.expired_cert, certs.expired_key),
+        "sub": (certs.sub_cert, certs.sub_key),
+    }[which]
+    closed = _fails(mtls(client_cert))
+    assert closed
+    assert closed[0].error_code == CRYPTO_ERROR + alert
+    assert reason in closed[0].reason_phrase
+
+
+def test_without_client_cafile_no_certificate_is_asked_for(certs: Certs) -> None:
+    pair = make_pair(certs, SMALL, client_cert=(certs.rogue_cert, certs.rogue_key))
+    assert pair.server.peer_certificate is None
