@@ -68,6 +68,8 @@ class Splice(asyncio.Protocol):
         self._held = 0
         self._finished = False
         self._early: list[bytes] = []
+        self._out: list[bytes] = []  # stream -> app bytes of this loop turn (see flush)
+        self._out_fin = False
         self._early_eof = False
 
     # ---- asyncio.Protocol callbacks ------------------------------------------------------
@@ -149,16 +151,33 @@ class Splice(asyncio.Protocol):
                 return
             data = data[1:]
             self.session.consume(self.stream_id, 1)  # type: ignore[union-attr]
+        assert self.session is not None
+        if data or end_stream:
+            if not self._out and not self._out_fin:
+                self.session.flush_soon(self)
+            if data:
+                self._count_to_app(len(data))
+                self._out.append(data)
+            self._out_fin = self._out_fin or end_stream
+
+    def flush(self) -> None:
+        """Write what the stream delivered this loop turn in one syscall, then the FIN.
+
+        A QUIC packet carries ~1.3 KB; one ``send()`` per packet cost a fifth of the receiver's
+        CPU.  The session calls this once per loop turn, before it transmits.
+        """
+        out, self._out = self._out, []
         transport = self.transport
-        assert transport is not None and self.session is not None
-        if data:
-            self._count_to_app(len(data))
+        if self._finished or transport is None or self.session is None:
+            return
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
             transport.write(data)
             if self._write_paused:
                 self._held += len(data)
             else:
                 self.session.consume(self.stream_id, len(data))
-        if end_stream:
+        if self._out_fin and not self._fin_to_app:
             self._fin_to_app = True
             if transport.can_write_eof():
                 transport.write_eof()

@@ -39,6 +39,10 @@ class StreamHandler(Protocol):
     def on_session_lost(self, reason: str) -> None: ...
 
 
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
 class SessionOwner(Protocol):
     def stream_opened(self, session: QuicSession, stream_id: int) -> StreamHandler | None: ...
     def session_closed(self, session: QuicSession, reason: str) -> None: ...
@@ -66,6 +70,7 @@ class QuicSession:
         self._loop = asyncio.get_running_loop()
         self._handlers: dict[int, StreamHandler] = {}
         self._blocked: dict[int, StreamHandler] = {}
+        self._to_flush: list[Flushable] = []
         self._transmit_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -115,6 +120,11 @@ class QuicSession:
     def wait_send_ready(self, stream_id: int, handler: StreamHandler) -> None:
         """Call ``handler.on_send_ready()`` once the stream's backlog drains below low water."""
         self._blocked[stream_id] = handler
+
+    def flush_soon(self, handler: Flushable) -> None:
+        """Call ``handler.flush()`` once, before this loop turn's transmit."""
+        self._to_flush.append(handler)
+        self.transmit_soon()
 
     def consume(self, stream_id: int, count: int) -> None:
         self.conn.consume(stream_id, count)
@@ -183,7 +193,13 @@ class QuicSession:
             self._loop.call_soon(self._transmit)
 
     def _transmit(self) -> None:
+        if self._to_flush:
+            handlers, self._to_flush = self._to_flush, []
+            for handler in handlers:
+                self._guard(handler.flush)
         self._transmit_scheduled = False
+        if self.closed.is_set():
+            return
         now = time.monotonic()
         try:
             datagrams = self.conn.datagrams_to_send(now)

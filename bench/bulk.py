@@ -1,0 +1,122 @@
+"""Bulk throughput through a quictund tunnel on loopback (one direction, one or more tunnels).
+
+    python bench/bulk.py [--seconds 10] [--tunnels 1] [--direction up|down]
+
+Starts a quictund server and client as subprocesses (uvloop), a sink/source app in this
+process, pushes data for ``--seconds`` (>= 10 s to catch the uvloop-clock pacer collapse) and
+prints Mbit/s and the CPU seconds each daemon used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHUNK = 256 * 1024
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def start(role: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "quictund", role, *args, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    while True:
+        line = (await proc.stderr.readline()).decode()
+        if not line:
+            raise SystemExit(f"{role} exited")
+        m = re.search(r"listening on (?:udp )?(\S+?)(?:,|$)", line.strip())
+        if m:
+            _drain.append(asyncio.get_running_loop().create_task(_discard(proc.stderr)))
+            return proc, m.group(1)
+
+
+_drain: list[asyncio.Task[None]] = []
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--tunnels", type=int, default=1)
+    ap.add_argument("--direction", choices=["up", "down"], default="up")
+    args = ap.parse_args()
+    received = 0
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        if args.direction == "up":
+            while data := await reader.read(CHUNK):
+                received += len(data)
+        else:
+            block = os.urandom(CHUNK)
+            try:
+                while True:
+                    writer.write(block)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+        writer.close()
+
+    sink = await asyncio.start_server(app, "127.0.0.1", 0)
+    port = sink.sockets[0].getsockname()[1]
+    state = tempfile.mkdtemp()
+    server, udp = await start("server", "--listen-on", "127.0.0.1:0", "--state-dir", state,
+                              "--allow", f"tcp:127.0.0.1:{port}")
+    client, listen = await start("client", "--listen-on", "tcp:127.0.0.1:0",
+                                 "--server-endpoint", udp, "--token-source",
+                                 f"tcp:127.0.0.1:{port}")
+    host, _, cport = listen.split(":", 1)[1].rpartition(":")
+    conns = [await asyncio.open_connection(host, int(cport)) for _ in range(args.tunnels)]
+    cpu0 = (cpu_s(client.pid), cpu_s(server.pid))
+    t0 = time.monotonic()
+    stop = t0 + args.seconds
+    got_down = 0
+
+    async def push(writer: asyncio.StreamWriter) -> None:
+        block = os.urandom(CHUNK)
+        while time.monotonic() < stop:
+            writer.write(block)
+            await writer.drain()
+
+    async def pull(reader: asyncio.StreamReader) -> None:
+        nonlocal got_down
+        while time.monotonic() < stop:
+            got_down += len(await reader.read(CHUNK))
+
+    if args.direction == "up":
+        await asyncio.gather(*(push(w) for _, w in conns))
+    else:
+        await asyncio.gather(*(pull(r) for r, _ in conns))
+    elapsed = time.monotonic() - t0
+    cpu1 = (cpu_s(client.pid), cpu_s(server.pid))
+    moved = received if args.direction == "up" else got_down
+    print(f"{args.direction} tunnels={args.tunnels}: {moved * 8 / elapsed / 1e6:.0f} Mbit/s "
+          f"over {elapsed:.1f} s; CPU client {cpu1[0] - cpu0[0]:.1f} s, "
+          f"server {cpu1[1] - cpu0[1]:.1f} s")
+    for _, w in conns:
+        w.close()
+    for proc in (client, server):
+        proc.terminate()
+        await proc.wait()
+    sink.close()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
