@@ -101,6 +101,20 @@ def server_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the self-signed certificate is kept when no --cert-file",
     )
+    p.add_argument(
+        "--token-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a new stream may take to deliver its 512-byte token",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long connecting to a destination may take",
+    )
     _common(p)
     return p
 
@@ -125,6 +139,14 @@ def client_parser() -> argparse.ArgumentParser:
         "--token-source",
         default=None,
         help="the token (Fixed), a token file (File) or a URL (Http)",
+    )
+    p.add_argument(
+        "--connect-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long an app connection waits for the QUIC connection to the "
+        "server before it is refused",
     )
     _common(p)
     return p
@@ -162,6 +184,8 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
                         "token-parser-key": args.token_parser_key or None,
                         "allow": args.allow,
                         "state-dir": args.state_dir,
+                        "token-timeout": args.token_timeout,
+                        "connect-timeout": args.connect_timeout,
                         **_knobs(args),
                     }
                 )
@@ -175,6 +199,7 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
                         "server-name": args.server_name,
                         "token-source-plugin": args.token_source_plugin,
                         "token-source": args.token_source,
+                        "connect-wait": args.connect_wait,
                         **_knobs(args),
                     }
                 )
@@ -206,8 +231,18 @@ def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *, grac
             runner.run(main())
         except KeyboardInterrupt:
             return 130
+        except BaseExceptionGroup as group:
+            # A listener that cannot bind fails inside the daemon's TaskGroup.
+            raise _first_config_error(group) from None
     logger.info("stopped")
     return 0
+
+
+def _first_config_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    match: BaseException | None = group.subgroup(ConfigError)
+    while isinstance(match, BaseExceptionGroup):
+        match = match.exceptions[0]
+    return match if match is not None else group
 
 
 def server_main(argv: Sequence[str] | None = None) -> None:

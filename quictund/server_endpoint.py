@@ -18,7 +18,7 @@ from typing import Any
 
 from quictund.addresses import StreamAddress, format_host_port
 from quictund.config import ServerSettings
-from quictund.errors import TokenRejected
+from quictund.errors import ConfigError, TokenRejected
 from quictund.policy import IPAddress, Policy
 from quictund.quic import engine
 from quictund.quic.server import QuicServerProtocol
@@ -65,9 +65,12 @@ class ServerEndpoint:
             max_connections=s.max_connections,
         )
         host = s.listen_on.host
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: proto, local_addr=(host, s.listen_on.port)
-        )
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: proto, local_addr=(host, s.listen_on.port)
+            )
+        except OSError as exc:
+            raise ConfigError(f"listen-on {s.listen_on}: {exc.strerror or exc}") from None
         self._proto, self._transport = proto, transport
         sock = transport.get_extra_info("socket")
         tune_socket(sock, s.socket_buffer)
