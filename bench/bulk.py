@@ -54,6 +54,8 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--tunnels", type=int, default=1)
     ap.add_argument("--direction", choices=["up", "down"], default="up")
+    ap.add_argument("--idle", type=int, default=0,
+                    help="open this many idle tunnels (to a separate echo) before measuring")
     args = ap.parse_args()
     received = 0
 
@@ -81,6 +83,11 @@ async def main() -> None:
                                  "--server-endpoint", udp, "--token-source",
                                  f"tcp:127.0.0.1:{port}")
     host, _, cport = listen.split(":", 1)[1].rpartition(":")
+    idle = []
+    for _ in range(args.idle):
+        r, w = await asyncio.open_connection(host, int(cport))
+        w.write(b"")
+        idle.append((r, w))
     conns = [await asyncio.open_connection(host, int(cport)) for _ in range(args.tunnels)]
     cpu0 = (cpu_s(client.pid), cpu_s(server.pid))
     t0 = time.monotonic()
@@ -105,10 +112,10 @@ async def main() -> None:
     elapsed = time.monotonic() - t0
     cpu1 = (cpu_s(client.pid), cpu_s(server.pid))
     moved = received if args.direction == "up" else got_down
-    print(f"{args.direction} tunnels={args.tunnels}: {moved * 8 / elapsed / 1e6:.0f} Mbit/s "
+    print(f"{args.direction} tunnels={args.tunnels} idle={args.idle}: {moved * 8 / elapsed / 1e6:.0f} Mbit/s "
           f"over {elapsed:.1f} s; CPU client {cpu1[0] - cpu0[0]:.1f} s, "
           f"server {cpu1[1] - cpu0[1]:.1f} s")
-    for _, w in conns:
+    for _, w in conns + idle:
         w.close()
     for proc in (client, server):
         proc.terminate()

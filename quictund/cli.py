@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -222,6 +223,8 @@ def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *, grac
 
     from quictund.daemon import Daemon
 
+    _raise_fd_limit()
+
     async def main() -> None:
         daemon = Daemon(clients, servers, grace_s=grace_s, open_by_default=True)
         await daemon.run()
@@ -236,6 +239,13 @@ def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *, grac
             raise _first_config_error(group) from None
     logger.info("stopped")
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Each tunnel holds a socket: take the whole hard RLIMIT_NOFILE, as daemons do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _first_config_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -714,3 +714,35 @@ def test_mtls_refuses_clients_without_a_certificate_from_the_ca(
 def test_without_client_cafile_no_certificate_is_asked_for(certs: Certs) -> None:
     pair = make_pair(certs, SMALL, client_cert=(certs.rogue_cert, certs.rogue_key))
     assert pair.server.peer_certificate is None
+
+
+# ------------------------------------------------------------------------------ idle streams
+
+
+def test_idle_streams_leave_the_send_queue_and_come_back(certs: Certs) -> None:
+    """aioquic walks every stream per packet; idle ones must not be walked (10k tunnels)."""
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sids = []
+    for _ in range(1000):
+        sid = client.open_stream()
+        client.send_stream_data(sid, b"hello")
+        sids.append(sid)
+    pair.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
+    pair.pump()
+    # everything sent was acked and every credit update announced: nothing left to walk
+    assert len(client._streams_queue) == 0
+    assert len(pair.server._streams_queue) == 0
+    assert len(client._streams) == 1000 and len(pair.server._streams) == 1000
+    # an idle stream that gets work again is served: both directions, and its FIN
+    pair.server.send_stream_data(sids[500], b"reply", end_stream=True)
+    client.send_stream_data(sids[500], b"more", end_stream=True)
+    pair.pump()
+    assert pair.received[sids[500]] == 9
+    replies = [e for e in pair.client_events
+               if isinstance(e, events.StreamDataReceived) and e.stream_id == sids[500]]
+    assert b"".join(e.data for e in replies) == b"reply" and replies[-1].end_stream
+    # both directions finished: aioquic discards the stream on both sides
+    assert sids[500] not in client._streams
+    assert sids[500] not in pair.server._streams
+    assert len(client._streams) == 999

@@ -14,6 +14,10 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   of a huge sparse allocation.
 * **Send backlog is observable** (``unsent``), so a tunnel can pause reading its socket.
 * **The peer may open ``max_streams`` bidirectional streams at once** (aioquic hard-codes 128).
+* **Idle streams cost nothing per packet.**  aioquic walks every stream of the connection for
+  every packet it builds; with 10,000 open but idle tunnels that is milliseconds per packet and
+  setting up 10,000 tunnels took minutes.  Only streams with something to do stay in the send
+  queue (``_streams_queue``); anything that can give a stream work re-queues it.
 * **No pacer.**  aioquic's pacer reads ``now`` and is useless on uvloop's 1 ms clock (it
   collapses a bulk transfer to ~18 Mbit/s); the session feeds a high-resolution clock and the
   congestion window bounds bursts instead.
@@ -180,6 +184,7 @@ class EngineConnection(QuicConnection):
         held = self._held.get(stream_id)
         if held is None:
             return
+        self._activate(stream_id)
         count = min(count, held)
         self._held[stream_id] = held - count
         self._held_total -= count
@@ -258,6 +263,53 @@ class EngineConnection(QuicConnection):
 
     # ---- aioquic overrides --------------------------------------------------------------
 
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self._activate(stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        super().reset_stream(stream_id, error_code)
+        self._activate(stream_id)
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        super().stop_stream(stream_id, error_code)
+        self._activate(stream_id)
+
+    def _on_max_stream_data_delivery(self, delivery: Any, stream: QuicStream) -> None:
+        super()._on_max_stream_data_delivery(delivery, stream)
+        if stream.stream_id is not None:
+            self._activate(stream.stream_id)
+
+    def _handle_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        sid = _peek_stream_id(buf)
+        super()._handle_stream_frame(context, frame_type, buf)
+        self._activate(sid)
+
+    def _handle_reset_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        sid = _peek_stream_id(buf)
+        super()._handle_reset_stream_frame(context, frame_type, buf)
+        self._activate(sid)
+
+    def _handle_stop_sending_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        sid = _peek_stream_id(buf)
+        super()._handle_stop_sending_frame(context, frame_type, buf)
+        self._activate(sid)
+
+    def _handle_max_stream_data_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        sid = _peek_stream_id(buf)
+        super()._handle_max_stream_data_frame(context, frame_type, buf)
+        self._activate(sid)
+
+    def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
+        stream = super()._get_or_create_stream(frame_type, stream_id)
+        self._mark_new_streams()
+        return stream
+
+    def _get_or_create_stream_for_send(self, stream_id: int) -> QuicStream:
+        stream = super()._get_or_create_stream_for_send(stream_id)
+        self._mark_new_streams()
+        return stream
+
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         if not self._is_client and self._client_cafile is not None:
@@ -308,6 +360,56 @@ class EngineConnection(QuicConnection):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
+    def _write_application(self, builder: QuicPacketBuilder, network_path: Any, now: float) -> None:
+        # Show aioquic only the streams that have work: it walks ``_streams`` (for limits)
+        # and ``_streams_queue`` (for data) once per packet it builds.
+        every = self._streams
+        queued = self._streams_queue
+        active = {s.stream_id: s for s in queued}
+        self._streams = active  # type: ignore[assignment]
+        try:
+            super()._write_application(builder, network_path, now)
+        finally:
+            self._streams = every
+            for stream in queued:
+                if stream.stream_id not in active:  # aioquic discarded it from ``active``
+                    every.pop(stream.stream_id, None)  # type: ignore[arg-type]
+            self._streams_queue = [s for s in self._streams_queue if self._stays_queued(s)]
+
+    # ---- private ------------------------------------------------------------------------
+
+    def _activate(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not getattr(stream, "_qt_queued", True):
+            stream._qt_queued = True  # type: ignore[attr-defined]
+            self._streams_queue.append(stream)
+
+    def _mark_new_streams(self) -> None:
+        # aioquic appends new streams to the queue; they carry no mark yet.
+        for stream in reversed(self._streams_queue):
+            if hasattr(stream, "_qt_queued"):
+                break
+            stream._qt_queued = True  # type: ignore[attr-defined]
+
+    def _stays_queued(self, stream: QuicStream) -> bool:
+        """False (and unmark) for a stream with nothing to send, resend, ack or announce."""
+        sender, receiver = stream.sender, stream.receiver
+        idle = (
+            sender.buffer_is_empty
+            and sender._buffer_start == sender._buffer_stop  # everything sent was acked
+            and sender._buffer_fin is None
+            and sender._reset_error_code is None
+            and not sender.reset_pending
+            and not stream.is_blocked
+            and receiver._stop_error_code is None
+            and not receiver.is_finished
+            and stream.max_stream_data_local_sent == stream.max_stream_data_local
+            and stream.stream_id not in self._credit_dirty
+        )
+        if idle:
+            stream._qt_queued = False  # type: ignore[attr-defined]
+        return not idle
+
 
 class _ClientAuthContext(tls.Context):
     """Server TLS context that requires and verifies a client certificate chain."""
@@ -330,6 +432,14 @@ class _ClientAuthContext(tls.Context):
             chain=self._peer_certificate_chain,
             cafile=self._client_cafile,
         )
+
+
+def _peek_stream_id(buf: Buffer) -> int:
+    """The stream id that starts a stream-related frame, without consuming it."""
+    pos = buf.tell()
+    stream_id = buf.pull_uint_var()
+    buf.seek(pos)
+    return int(stream_id)
 
 
 def _never_wait(now: float) -> None:
