@@ -23,7 +23,7 @@ test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check quictund tests
+	$(BIN)/ruff check quictund tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy quictund

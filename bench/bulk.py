@@ -28,7 +28,12 @@ def cpu_s(pid: int) -> float:
 
 async def start(role: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "quictund", role, *args, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "quictund",
+        role,
+        *args,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     while True:
@@ -54,8 +59,12 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--tunnels", type=int, default=1)
     ap.add_argument("--direction", choices=["up", "down"], default="up")
-    ap.add_argument("--idle", type=int, default=0,
-                    help="open this many idle tunnels (to a separate echo) before measuring")
+    ap.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        help="open this many idle tunnels (to a separate echo) before measuring",
+    )
     args = ap.parse_args()
     received = 0
 
@@ -77,11 +86,24 @@ async def main() -> None:
     sink = await asyncio.start_server(app, "127.0.0.1", 0)
     port = sink.sockets[0].getsockname()[1]
     state = tempfile.mkdtemp()
-    server, udp = await start("server", "--listen-on", "127.0.0.1:0", "--state-dir", state,
-                              "--allow", f"tcp:127.0.0.1:{port}")
-    client, listen = await start("client", "--listen-on", "tcp:127.0.0.1:0",
-                                 "--server-endpoint", udp, "--token-source",
-                                 f"tcp:127.0.0.1:{port}")
+    server, udp = await start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        state,
+        "--allow",
+        f"tcp:127.0.0.1:{port}",
+    )
+    client, listen = await start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        udp,
+        "--token-source",
+        f"tcp:127.0.0.1:{port}",
+    )
     host, _, cport = listen.split(":", 1)[1].rpartition(":")
     idle = []
     for _ in range(args.idle):
@@ -112,9 +134,12 @@ async def main() -> None:
     elapsed = time.monotonic() - t0
     cpu1 = (cpu_s(client.pid), cpu_s(server.pid))
     moved = received if args.direction == "up" else got_down
-    print(f"{args.direction} tunnels={args.tunnels} idle={args.idle}: {moved * 8 / elapsed / 1e6:.0f} Mbit/s "
-          f"over {elapsed:.1f} s; CPU client {cpu1[0] - cpu0[0]:.1f} s, "
-          f"server {cpu1[1] - cpu0[1]:.1f} s")
+    mbit = moved * 8 / elapsed / 1e6
+    print(
+        f"{args.direction} tunnels={args.tunnels} idle={args.idle}: {mbit:.0f} Mbit/s "
+        f"over {elapsed:.1f} s; CPU client {cpu1[0] - cpu0[0]:.1f} s, "
+        f"server {cpu1[1] - cpu0[1]:.1f} s"
+    )
     for _, w in conns + idle:
         w.close()
     for proc in (client, server):

@@ -22,7 +22,8 @@ from pathlib import Path
 
 ECHO = r"""
 import asyncio, uvloop, resource, sys
-s, h = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+s, h = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
 class E(asyncio.Protocol):
     def connection_made(self, t): self.t = t
     def data_received(self, d): self.t.write(d)
@@ -43,7 +44,8 @@ def rss_kib(pid: int) -> int:
 
 async def start(role: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "quictund", role, *args, stderr=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "quictund", role, *args, stderr=asyncio.subprocess.PIPE
+    )
     assert proc.stderr is not None
     while line := (await proc.stderr.readline()).decode():
         if m := re.search(r"listening on (?:udp )?(\S+?)(?:,|$)", line.strip()):
@@ -64,16 +66,30 @@ async def main() -> None:
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    echo = await asyncio.create_subprocess_exec(sys.executable, "-c", ECHO,
-                                                stdout=asyncio.subprocess.PIPE)
+    echo = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ECHO, stdout=asyncio.subprocess.PIPE
+    )
     assert echo.stdout is not None
     echo_port = int(await echo.stdout.readline())
     state = tempfile.mkdtemp()
-    server, udp = await start("server", "--listen-on", "127.0.0.1:0", "--state-dir", state,
-                              "--allow", f"tcp:127.0.0.1:{echo_port}")
-    client, listen = await start("client", "--listen-on", "tcp:127.0.0.1:0",
-                                 "--server-endpoint", udp, "--token-source",
-                                 f"tcp:127.0.0.1:{echo_port}")
+    server, udp = await start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        state,
+        "--allow",
+        f"tcp:127.0.0.1:{echo_port}",
+    )
+    client, listen = await start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        udp,
+        "--token-source",
+        f"tcp:127.0.0.1:{echo_port}",
+    )
     host, _, port = listen.split(":", 1)[1].rpartition(":")
     await asyncio.sleep(0.5)
     base = {"client": rss_kib(client.pid), "server": rss_kib(server.pid)}
@@ -93,10 +109,12 @@ async def main() -> None:
     await asyncio.sleep(1)
     after = {"client": rss_kib(client.pid), "server": rss_kib(server.pid)}
     per = {k: (after[k] - base[k]) / len(conns) for k in after}
-    line = (f"{len(conns)} idle tunnels (opened in {setup_s:.1f} s): "
-            f"client {per['client']:.1f} KiB/tunnel (RSS {base['client'] // 1024}"
-            f"->{after['client'] // 1024} MiB), server {per['server']:.1f} KiB/tunnel "
-            f"(RSS {base['server'] // 1024}->{after['server'] // 1024} MiB)")
+    line = (
+        f"{len(conns)} idle tunnels (opened in {setup_s:.1f} s): "
+        f"client {per['client']:.1f} KiB/tunnel (RSS {base['client'] // 1024}"
+        f"->{after['client'] // 1024} MiB), server {per['server']:.1f} KiB/tunnel "
+        f"(RSS {base['server'] // 1024}->{after['server'] // 1024} MiB)"
+    )
     print(line)
     # every tunnel still works after all are open
     for reader, writer in conns[:: max(1, len(conns) // 100)]:
@@ -114,8 +132,14 @@ async def main() -> None:
 def write_section(line: str, per: dict[str, float]) -> None:
     doc = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
     text = doc.read_text() if doc.exists() else "# Performance\n"
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     section = (
         "## Idle tunnels\n\n"
         f"`python bench/many_tunnels.py` on {os.cpu_count()} x {cpu}, "

@@ -739,8 +739,11 @@ def test_idle_streams_leave_the_send_queue_and_come_back(certs: Certs) -> None:
     client.send_stream_data(sids[500], b"more", end_stream=True)
     pair.pump()
     assert pair.received[sids[500]] == 9
-    replies = [e for e in pair.client_events
-               if isinstance(e, events.StreamDataReceived) and e.stream_id == sids[500]]
+    replies = [
+        e
+        for e in pair.client_events
+        if isinstance(e, events.StreamDataReceived) and e.stream_id == sids[500]
+    ]
     assert b"".join(e.data for e in replies) == b"reply" and replies[-1].end_stream
     # both directions finished: aioquic discards the stream on both sides
     assert sids[500] not in client._streams

@@ -42,14 +42,19 @@ def blackhole() -> Iterator[str]:
 
 async def test_ipv6_both_sides(state_dir: Path) -> None:
     backend = echo()
-    backend.server = await asyncio.get_running_loop().create_server(
-        backend._factory, "::1", 0)
+    backend.server = await asyncio.get_running_loop().create_server(backend._factory, "::1", 0)
     port = backend.server.sockets[0].getsockname()[1]
-    server = await Endpoint.start("server", "--listen-on", "[::1]:0", "--state-dir",
-                                  str(state_dir))
+    server = await Endpoint.start("server", "--listen-on", "[::1]:0", "--state-dir", str(state_dir))
     assert server.address.startswith("[::1]:")
-    client = await Endpoint.start("client", "--listen-on", "tcp:[::1]:0", "--server-endpoint",
-                                  server.address, "--token-source", f"tcp6:[::1]:{port}")
+    client = await Endpoint.start(
+        "client",
+        "--listen-on",
+        "tcp:[::1]:0",
+        "--server-endpoint",
+        server.address,
+        "--token-source",
+        f"tcp6:[::1]:{port}",
+    )
     try:
         reader, writer = await connect(client.address)
         writer.write(b"over v6")
@@ -64,17 +69,23 @@ async def test_ipv6_both_sides(state_dir: Path) -> None:
         backend.close()
 
 
-async def test_slow_target_does_not_delay_other_tunnels(state_dir: Path,
-                                                        blackhole: str) -> None:
+async def test_slow_target_does_not_delay_other_tunnels(state_dir: Path, blackhole: str) -> None:
     backend = await echo().tcp()
-    server = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir",
-                                  str(state_dir), "--connect-timeout", "4")
+    server = await Endpoint.start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--connect-timeout",
+        "4",
+    )
     host, port = server.host_port
-    config = QuicConfiguration(is_client=True, alpn_protocols=["quic-tun"],
-                               verify_mode=ssl.CERT_NONE)
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
+    )
     try:
-        async with quic_connect(host, port, configuration=config,
-                                create_protocol=RawPeer) as peer:
+        async with quic_connect(host, port, configuration=config, create_protocol=RawPeer) as peer:
             assert isinstance(peer, RawPeer)
             quic = peer._quic
             slow = quic.get_next_available_stream_id()
@@ -100,14 +111,21 @@ async def test_slow_target_does_not_delay_other_tunnels(state_dir: Path,
 
 
 async def test_token_timeout(state_dir: Path) -> None:
-    server = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir",
-                                  str(state_dir), "--token-timeout", "1")
+    server = await Endpoint.start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--token-timeout",
+        "1",
+    )
     host, port = server.host_port
-    config = QuicConfiguration(is_client=True, alpn_protocols=["quic-tun"],
-                               verify_mode=ssl.CERT_NONE)
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
+    )
     try:
-        async with quic_connect(host, port, configuration=config,
-                                create_protocol=RawPeer) as peer:
+        async with quic_connect(host, port, configuration=config, create_protocol=RawPeer) as peer:
             assert isinstance(peer, RawPeer)
             sid = peer._quic.get_next_available_stream_id()
             peer._quic.send_stream_data(sid, b"tcp:127.0.0.1:")  # and then nothing
@@ -125,9 +143,17 @@ async def test_client_without_server_stays_up_and_refuses(tmp_path: Path) -> Non
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))  # a port where nobody answers QUIC
     port = udp.getsockname()[1]
-    client = await Endpoint.start("client", "--listen-on", "tcp:127.0.0.1:0",
-                                  "--server-endpoint", f"127.0.0.1:{port}", "--token-source",
-                                  "tcp:127.0.0.1:22", "--connect-wait", "1")
+    client = await Endpoint.start(
+        "client",
+        "--listen-on",
+        "tcp:127.0.0.1:0",
+        "--server-endpoint",
+        f"127.0.0.1:{port}",
+        "--token-source",
+        "tcp:127.0.0.1:22",
+        "--connect-wait",
+        "1",
+    )
     try:
         started = time.monotonic()
         reader, writer = await connect(client.address)
@@ -148,13 +174,29 @@ async def test_stale_unix_socket_is_replaced_live_one_is_not(short_tmp: Path) ->
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()  # the file stays behind, nobody listens
-    client = await Endpoint.start("client", "--listen-on", f"unix:{path}", "--server-endpoint",
-                                  "127.0.0.1:9", "--token-source", "tcp:127.0.0.1:22")
+    client = await Endpoint.start(
+        "client",
+        "--listen-on",
+        f"unix:{path}",
+        "--server-endpoint",
+        "127.0.0.1:9",
+        "--token-source",
+        "tcp:127.0.0.1:22",
+    )
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "quictund", "client", "--listen-on", f"unix:{path}",
-            "--server-endpoint", "127.0.0.1:9", "--token-source", "tcp:127.0.0.1:22",
-            stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "quictund",
+            "client",
+            "--listen-on",
+            f"unix:{path}",
+            "--server-endpoint",
+            "127.0.0.1:9",
+            "--token-source",
+            "tcp:127.0.0.1:22",
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 78
         assert "another process is listening on it" in err.decode()
@@ -168,7 +210,8 @@ async def test_version() -> None:
     for prog in ("quictund", "quictun-client"):
         args = ["--version"] if prog == "quictund" else ["client", "--version"]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "quictund", *args, stdout=asyncio.subprocess.PIPE)
+            sys.executable, "-m", "quictund", *args, stdout=asyncio.subprocess.PIPE
+        )
         out, _ = await proc.communicate()
         assert proc.returncode == 0
         assert b"0.1.0" in out
