@@ -16,13 +16,14 @@ import asyncio
 import logging
 import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from quictund import __version__
+from quictund import __version__, config_files
 from quictund.config import ClientSettings, ServerSettings
+from quictund.config_files import Config, DaemonSection, LogSection
 from quictund.errors import ConfigError
 from quictund.logs import setup_logging
 
@@ -164,6 +165,52 @@ def _knobs(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def compat_config(role: str, args: argparse.Namespace) -> Config:
+    """The configuration a quic-tun command line means (its insecure defaults included)."""
+    if role == "server":
+        servers = [
+            ServerSettings.model_validate(
+                {
+                    "listen-on": args.listen_on,
+                    "token-parser-plugin": args.token_parser_plugin,
+                    "token-parser-key": args.token_parser_key or None,
+                    "allow": args.allow,
+                    "state-dir": args.state_dir,
+                    "token-timeout": args.token_timeout,
+                    "connect-timeout": args.connect_timeout,
+                    **_knobs(args),
+                }
+            )
+        ]
+        clients: list[ClientSettings] = []
+    else:
+        servers = []
+        clients = [
+            ClientSettings.model_validate(
+                {
+                    "listen-on": args.listen_on,
+                    "server-endpoint": args.server_endpoint,
+                    "server-name": args.server_name,
+                    "token-source-plugin": args.token_source_plugin,
+                    "token-source": args.token_source,
+                    "connect-wait": args.connect_wait,
+                    **_knobs(args),
+                }
+            )
+        ]
+    return Config(
+        clients=clients,
+        servers=servers,
+        log=LogSection(level=_level(args.log_level), format=args.log_format),
+        daemon=DaemonSection(**{"shutdown-grace": args.shutdown_grace}),
+    )
+
+
+def _level(text: str) -> str:
+    level = text.strip().lower()
+    return {"warn": "warning"}.get(level, level)
+
+
 def _run_compat(role: str, argv: Sequence[str] | None) -> int:
     parser = server_parser() if role == "server" else client_parser()
     args = parser.parse_args(argv)
@@ -174,51 +221,21 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
                 "--httpd-listen-on: the tunnel API is not available in this version; ignoring %s",
                 args.httpd_listen_on,
             )
-        clients: list[ClientSettings] = []
-        servers: list[ServerSettings] = []
-        if role == "server":
-            servers.append(
-                ServerSettings.model_validate(
-                    {
-                        "listen-on": args.listen_on,
-                        "token-parser-plugin": args.token_parser_plugin,
-                        "token-parser-key": args.token_parser_key or None,
-                        "allow": args.allow,
-                        "state-dir": args.state_dir,
-                        "token-timeout": args.token_timeout,
-                        "connect-timeout": args.connect_timeout,
-                        **_knobs(args),
-                    }
-                )
-            )
-        else:
-            clients.append(
-                ClientSettings.model_validate(
-                    {
-                        "listen-on": args.listen_on,
-                        "server-endpoint": args.server_endpoint,
-                        "server-name": args.server_name,
-                        "token-source-plugin": args.token_source_plugin,
-                        "token-source": args.token_source,
-                        "connect-wait": args.connect_wait,
-                        **_knobs(args),
-                    }
-                )
-            )
-        return _serve(clients, servers, grace_s=args.shutdown_grace)
+        config = compat_config(role, args)
+        return _serve(config, loader=None, open_by_default=True)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            print(
-                f"{parser.prog}: --{loc}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr
-            )
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            got = "" if "(got " in msg else f" (got {err.get('input')!r})"
+            print(f"{parser.prog}: --{loc}: {msg}{got}", file=sys.stderr)
         return EX_CONFIG
     except ConfigError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
 
 
-def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *, grace_s: float) -> int:
+def _serve(config: Config, *, loader: Callable[[], Config] | None, open_by_default: bool) -> int:
     import uvloop
 
     from quictund.daemon import Daemon
@@ -226,7 +243,7 @@ def _serve(clients: list[ClientSettings], servers: list[ServerSettings], *, grac
     _raise_fd_limit()
 
     async def main() -> None:
-        daemon = Daemon(clients, servers, grace_s=grace_s, open_by_default=True)
+        daemon = Daemon(config, loader=loader, open_by_default=open_by_default)
         await daemon.run()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -263,20 +280,54 @@ def client_main(argv: Sequence[str] | None = None) -> None:
     sys.exit(_run_compat("client", argv))
 
 
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a TOML file (repeatable)",
+    )
+    p.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="every *.toml in DIR, sorted (repeatable); default /etc/quictun",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="quictund", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"quictund {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the listeners defined in TOML files (the daemon)")
+    _config_args(run)
+    check = sub.add_parser(
+        "check", help="validate TOML files: exit 0, or 78 with one line per problem"
+    )
+    _config_args(check)
+    dump = sub.add_parser(
+        "dump-config", help="print the effective configuration as TOML, defaults filled in"
+    )
+    _config_args(dump)
     sub.add_parser(
-        "server",
-        help="run a quic-tun compatible server endpoint (flags as quictun-server)",
+        "convert",
+        help="print the TOML for a quic-tun command line: quictund "
+        "convert -- quictun-client --listen-on ...",
         add_help=False,
     )
     sub.add_parser(
-        "client",
-        help="run a quic-tun compatible client endpoint (flags as quictun-client)",
+        "server",
         add_help=False,
+        help="run a quic-tun compatible server endpoint (flags as quictun-server)",
+    )
+    sub.add_parser(
+        "client",
+        add_help=False,
+        help="run a quic-tun compatible client endpoint (flags as quictun-client)",
     )
     demo = sub.add_parser("demo", help="run a server, a client and an echo app on loopback")
     demo.add_argument("--client-port", type=int, default=6500)
@@ -285,9 +336,82 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--once", action="store_true", help="exit after proving the tunnel")
     if argv and argv[0] in ("server", "client"):
         sys.exit(_run_compat(argv[0], argv[1:]))
+    if argv and argv[0] == "convert":
+        sys.exit(_convert(argv[1:]))
     args = parser.parse_args(argv)
     if args.command == "demo":
         sys.exit(_demo(args))
+    sys.exit({"run": _run, "check": _check, "dump-config": _dump}[args.command](args))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_files.load(config_files.find_files(args.config, args.config_dir))
+
+
+def _report(exc: ConfigError) -> int:
+    lines = exc.lines if isinstance(exc, config_files.ConfigProblems) else [str(exc)]
+    for line in lines:
+        print(line, file=sys.stderr)
+    return EX_CONFIG
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+        setup_logging(config.log.level, config.log.format)
+        return _serve(config, loader=lambda: _load(args), open_by_default=False)
+    except ConfigError as exc:
+        return _report(exc)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from quictund.daemon import Daemon
+
+    try:
+        config = _load(args)
+        Daemon(config, dry_run=True)
+    except ConfigError as exc:
+        return _report(exc)
+    names = ", ".join(config.origins) or "no listeners"
+    print(f"ok: {len(config.files)} file(s), {names}")
+    return 0
+
+
+def _dump(args: argparse.Namespace) -> int:
+    try:
+        print(config_files.dump(_load(args)), end="")
+    except ConfigError as exc:
+        return _report(exc)
+    return 0
+
+
+def _convert(argv: list[str]) -> int:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    commands = {
+        "quictun-client": "client",
+        "quictun-server": "server",
+        "client": "client",
+        "server": "server",
+    }
+    if not argv or argv[0].rsplit("/", 1)[-1] not in commands:
+        print(
+            "usage: quictund convert -- quictun-client|quictun-server [flags...]", file=sys.stderr
+        )
+        return 2
+    role = commands[argv[0].rsplit("/", 1)[-1]]
+    parser = server_parser() if role == "server" else client_parser()
+    args = parser.parse_args(argv[1:])
+    try:
+        config = compat_config(role, args)
+    except ValidationError as exc:
+        for line in config_files.validation_lines(exc):
+            print(f"{parser.prog}: {line}", file=sys.stderr)
+        return EX_CONFIG
+    if role == "server" and not args.allow:
+        config.servers = [config.servers[0].model_copy(update={"allow": ["*"]})]
+    print(config_files.dump(config, minimal=True), end="")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
 
 from quictund.addresses import format_host_port
 from quictund.config import ClientSettings
+from quictund.endpoint import EndpointBase
 from quictund.errors import TokenError
 from quictund.listeners import StreamListener, listen
 from quictund.quic import engine
@@ -32,15 +32,18 @@ _ACK_NAMES: dict[int, str] = {
 }
 
 
-class ClientEndpoint:
+class ClientEndpoint(EndpointBase):
+    role = "client"
+
     def __init__(
         self,
         settings: ClientSettings,
         *,
         source: TokenSource,
-        configuration: Callable[[], engine.QuicConfiguration],
+        quic_config: engine.QuicConfiguration,
         table: TunnelTable,
     ) -> None:
+        super().__init__(quic_config)
         self.settings = settings
         self.source = source
         self.table = table
@@ -49,7 +52,7 @@ class ClientEndpoint:
             name=s.name,
             host=s.server_endpoint.host,
             port=s.server_endpoint.port,
-            configuration=configuration,
+            configuration=self.configuration,
             settings=s.engine_settings(),
             keepalive_s=s.keep_alive_s,
             dead_after_s=s.dead_after_s,
@@ -57,7 +60,6 @@ class ClientEndpoint:
             socket_buffer=s.socket_buffer,
         )
         self.listener: StreamListener | None = None
-        self.splices: set[Splice] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -78,6 +80,7 @@ class ClientEndpoint:
     def stop_accepting(self) -> None:
         if self.listener is not None:
             self.listener.close()
+            self.listener = None
 
     def close(self, error_code: int = ErrorCode.SHUTDOWN, reason: str = "shutdown") -> None:
         self.stop_accepting()
@@ -105,13 +108,13 @@ class ClientEndpoint:
         assert splice.transport is not None and self._tg is not None
         splice.record.client_app_addr = _app_addr(splice.transport)
         self.table.add(splice.record)
-        self.splices.add(splice)
+        self.track(splice)
         self._track(
             self._tg.create_task(self._guarded(splice), name=f"tunnel-{splice.record.uuid[:8]}")
         )
 
     def _finished(self, splice: Splice, reason: str) -> None:
-        self.splices.discard(splice)
+        self.untrack(splice)
         self.table.closed(splice.record, reason)
 
     async def _guarded(self, splice: Splice) -> None:

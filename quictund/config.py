@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
 from quictund.quic.engine import EngineSettings
+
+_AS_STR = PlainSerializer(str, return_type=str, when_used="json")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -66,10 +68,10 @@ def _host_port(value: object) -> object:
 
 class ClientSettings(QuicKnobs):
     name: str = "client"
-    listen_on: Annotated[StreamAddress, Field(alias="listen-on")] = StreamAddress(
+    listen_on: Annotated[StreamAddress, Field(alias="listen-on"), _AS_STR] = StreamAddress(
         "tcp", "127.0.0.1", 6500
     )
-    server_endpoint: Annotated[HostPort, Field(alias="server-endpoint")]
+    server_endpoint: Annotated[HostPort, Field(alias="server-endpoint"), _AS_STR]
     server_name: Annotated[str | None, Field(alias="server-name")] = None
     token_source_plugin: Annotated[str, Field(alias="token-source-plugin")] = "Fixed"
     token_source: Annotated[str | None, Field(alias="token-source")] = None
@@ -88,7 +90,7 @@ class ClientSettings(QuicKnobs):
 
 class ServerSettings(QuicKnobs):
     name: str = "server"
-    listen_on: Annotated[HostPort, Field(alias="listen-on")] = HostPort("0.0.0.0", 7500)
+    listen_on: Annotated[HostPort, Field(alias="listen-on"), _AS_STR] = HostPort("0.0.0.0", 7500)
     token_parser_plugin: Annotated[str, Field(alias="token-parser-plugin")] = "Cleartext"
     token_parser_key: Annotated[str | None, Field(alias="token-parser-key")] = None
     cert_file: Annotated[str | None, Field(alias="cert-file")] = None

@@ -1,11 +1,20 @@
-"""The daemon: builds endpoints from validated settings, runs them, shuts down gracefully.
+"""The daemon: runs listeners from a validated configuration, reloads, shuts down gracefully.
 
-Everything that can be wrong with a definition (plugins, certificates, policy) is checked in
-``Daemon.__init__`` -- before anything binds -- and raised as one ``ConfigError`` line.
+Everything that can be wrong with a definition (syntax, plugins, certificates, policy) is
+checked by ``build`` -- before anything binds, and before a reload touches anything -- and
+reported as one line per problem, prefixed with the file and listener (``client.toml:
+client[1]: …``).
+
+Reload (SIGHUP; several in a row coalesce): load and build everything first; on any problem
+keep running the old configuration untouched and say why.  Otherwise apply the difference by
+listener name: unchanged listeners keep running and keep their tunnels (they get the freshly
+loaded TLS material for new connections; File token maps re-read themselves); added ones start;
+removed ones stop accepting and their tunnels drain; changed ones are replaced the same way
+(a server whose UDP address is unchanged adopts the new settings in place instead).
 
 Shutdown order (uvicorn's, with hypercorn's refusal of new QUIC connections):
-1. stop accepting app connections and new QUIC connections;
-2. let open tunnels finish for ``grace_s`` (a second signal skips the wait);
+1. ``STOPPING=1``; stop accepting app connections and new QUIC connections;
+2. let open tunnels finish for the grace period (a second signal skips the wait);
 3. close every QUIC connection (CONNECTION_CLOSE) -- what is left is reset, never FINed;
 4. remove UNIX socket files and return.
 """
@@ -16,46 +25,99 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quictund import tls
 from quictund._tasks import spawn
 from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
+from quictund.config_files import Config, ConfigProblems
 from quictund.errors import ConfigError
 from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.server_endpoint import ServerEndpoint
+from quictund.systemd import Notifier
 from quictund.tokens import make_parser, make_source
 from quictund.tunnels import TunnelTable
 from quictund.wire import ErrorCode
 
 logger = logging.getLogger(__name__)
 
+Endpoint = ClientEndpoint | ServerEndpoint
+
+
+@dataclass
+class Built:
+    """Endpoints built (not started) from one configuration, keyed by listener name."""
+
+    config: Config
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
 
 class Daemon:
     def __init__(
         self,
-        clients: list[ClientSettings],
-        servers: list[ServerSettings],
+        config: Config,
         *,
-        grace_s: float = 10.0,
+        loader: Callable[[], Config] | None = None,
         open_by_default: bool = False,
+        notifier: Notifier | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.table = TunnelTable()
-        self.grace_s = grace_s
+        self.loader = loader
+        self.open_by_default = open_by_default
+        self.dry_run = dry_run  # validate only: write no certificate
+        self.notifier = notifier or Notifier()
         self.ready = asyncio.Event()
+        self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
+        self.last_reload = ""
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        # Warnings wait until everything validated: a refused start prints only its error.
-        self._warnings: list[str] = []
-        self.clients = [self._build_client(c) for c in clients]
-        self.servers = [self._build_server(s, open_by_default) for s in servers]
-        for warning in self._warnings:
+        self._reload = asyncio.Event()
+        built = self.build(config)
+        for warning in built.warnings:
             logger.warning("%s", warning)
+        self.config = config
+        self.endpoints: dict[str, Endpoint] = built.endpoints
+        self._draining: set[Endpoint] = set()
 
-    # ---- building (no I/O beyond reading files) ------------------------------------------
+    @property
+    def grace_s(self) -> float:
+        return self.config.daemon.shutdown_grace_s
+
+    @property
+    def clients(self) -> list[ClientEndpoint]:
+        return [e for e in self.endpoints.values() if isinstance(e, ClientEndpoint)]
+
+    @property
+    def servers(self) -> list[ServerEndpoint]:
+        return [e for e in self.endpoints.values() if isinstance(e, ServerEndpoint)]
+
+    # ---- building (no sockets; reads certificate and token files) --------------------------
+
+    def build(self, config: Config) -> Built:
+        """Validate plugins, certificates and policies of every listener; raise one line each."""
+        built = Built(config)
+        self._warnings = built.warnings
+        problems: list[str] = []
+        listeners: list[ClientSettings | ServerSettings] = [*config.clients, *config.servers]
+        for settings in listeners:
+            origin = config.origins.get(settings.name, f"{settings.name}")
+            try:
+                if isinstance(settings, ClientSettings):
+                    built.endpoints[settings.name] = self._build_client(settings)
+                elif (server := self._build_server(settings, self.open_by_default)) is not None:
+                    built.endpoints[settings.name] = server
+            except ConfigError as exc:
+                problems.append(f"{origin}: {exc}" if config.origins else str(exc))
+        if problems:
+            raise ConfigProblems(problems)
+        return built
 
     def _build_client(self, s: ClientSettings) -> ClientEndpoint:
         source = make_source(
@@ -84,9 +146,9 @@ class Daemon:
             certfile=s.cert_file,
             keyfile=s.key_file,
         )
-        return ClientEndpoint(s, source=source, configuration=lambda: config, table=self.table)
+        return ClientEndpoint(s, source=source, quic_config=config, table=self.table)
 
-    def _build_server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint:
+    def _build_server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
         parser = make_parser(s.token_parser_plugin, s.token_parser_key)
         allow = s.allow
         if allow is None:
@@ -124,6 +186,8 @@ class Daemon:
             names = [socket.gethostname()]
             if s.listen_on.host not in ("0.0.0.0", "::", ""):
                 names.insert(0, s.listen_on.host)
+            if self.dry_run:
+                return None  # `check` writes no certificate
             cert_path, key_path = tls.ensure_self_signed(state, names)
             certfile, keyfile = str(cert_path), str(key_path)
             logger.info(
@@ -136,9 +200,7 @@ class Daemon:
         config = engine.make_configuration(
             is_client=False, settings=s.engine_settings(), certfile=certfile, keyfile=keyfile
         )
-        return ServerEndpoint(
-            s, parser=parser, policy=policy, configuration=lambda: config, table=self.table
-        )
+        return ServerEndpoint(s, parser=parser, policy=policy, quic_config=config, table=self.table)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -148,41 +210,143 @@ class Daemon:
             self._force.set()
         self._stop.set()
 
+    def request_reload(self) -> None:
+        self._reload.set()
+
     async def run(self, shutdown_trigger: Callable[[], Awaitable[object]] | None = None) -> None:
         loop = asyncio.get_running_loop()
+        signals = shutdown_trigger is None
         try:
             async with asyncio.TaskGroup() as tg:
-                for server in self.servers:
-                    await server.start(tg)
-                for client in self.clients:
-                    await client.start(tg)
-                if shutdown_trigger is None:
+                self._tg = tg
+                for endpoint in self.servers + self.clients:
+                    await endpoint.start(tg)
+                if signals:
                     for sig in (signal.SIGTERM, signal.SIGINT):
                         loop.add_signal_handler(sig, self.request_stop)
+                    loop.add_signal_handler(signal.SIGHUP, self.request_reload)
                 else:
+                    assert shutdown_trigger is not None
                     tg.create_task(self._trigger(shutdown_trigger), name="shutdown-trigger")
+                watchdog = tg.create_task(self.notifier.run_watchdog(), name="watchdog")
                 self.ready.set()
-                await self._stop.wait()
+                self.notifier.ready(self.status_line())
+                logger.info("ready: %s", self.status_line())
+                while not self._stop.is_set():
+                    await _first(self._stop.wait(), self._reload.wait())
+                    if self._reload.is_set() and not self._stop.is_set():
+                        self._reload.clear()
+                        await self._do_reload(tg)
+                self.notifier.stopping(self.status_line())
                 await self._shutdown()
+                watchdog.cancel()
         finally:
             for client in self.clients:
                 client.stop_accepting()
-            if shutdown_trigger is None:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+            if signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+
+    def status_line(self) -> str:
+        line = (
+            f"{len(self.clients)} client and {len(self.servers)} server listener(s), "
+            f"{len(self.table)} tunnel(s) open"
+        )
+        return f"{line}; last reload: {self.last_reload}" if self.last_reload else line
 
     async def _trigger(self, trigger: Callable[[], Awaitable[object]]) -> None:
         await trigger()
         self.request_stop()
 
+    # ---- reload ----------------------------------------------------------------------------
+
+    async def _do_reload(self, tg: asyncio.TaskGroup) -> None:
+        self.notifier.reloading()
+        stamp = time.strftime("%H:%M:%S")
+        try:
+            if self.loader is None:
+                raise ConfigProblems(["started from the command line: nothing to reload"])
+            config = self.loader()
+            built = self.build(config)
+        except ConfigError as exc:
+            lines = exc.lines if isinstance(exc, ConfigProblems) else [str(exc)]
+            for line in lines:
+                logger.error("reload rejected, keeping the running configuration: %s", line)
+            self.last_reload = f"FAILED at {stamp}: {lines[0]}"
+        else:
+            for warning in built.warnings:
+                logger.warning("%s", warning)
+            summary = await self._apply(built, tg)
+            self.config = config
+            self.last_reload = f"ok at {stamp} ({summary})"
+            logger.info("reloaded: %s", summary)
+        self.notifier.ready(self.status_line())
+        self.reloaded.set()
+
+    async def _apply(self, built: Built, tg: asyncio.TaskGroup) -> str:
+        old, new = self.endpoints, built.endpoints
+        kept, started, stopped = [], [], []
+        result: dict[str, Endpoint] = {}
+        for name, fresh in new.items():
+            current = old.get(name)
+            if current is not None and current.settings == fresh.settings:
+                current.quic_config = fresh.quic_config  # new certificates, new connections
+                result[name] = current
+                kept.append(name)
+            elif (
+                isinstance(current, ServerEndpoint)
+                and isinstance(fresh, ServerEndpoint)
+                and current.settings.listen_on == fresh.settings.listen_on
+            ):
+                current.adopt(fresh)
+                result[name] = current
+                kept.append(name)
+        for name, current in old.items():
+            if name not in result:
+                current.stop_accepting()
+                self._drain(current, tg)
+                stopped.append(name)
+        for name, fresh in new.items():
+            if name not in result:
+                try:
+                    await fresh.start(tg)
+                except ConfigError as exc:
+                    logger.error("reload: listener %s not started: %s", name, exc)
+                    continue
+                result[name] = fresh
+                started.append(name)
+        self.endpoints = result
+        return (
+            f"kept {len(kept)}, started {', '.join(started) or 'none'}, "
+            f"stopped {', '.join(stopped) or 'none'}"
+        )
+
+    def _drain(self, endpoint: Endpoint, tg: asyncio.TaskGroup) -> None:
+        async def drain() -> None:
+            try:
+                async with asyncio.timeout(self.grace_s):
+                    await endpoint.wait_idle()
+            except TimeoutError:
+                logger.warning(
+                    "%d tunnel(s) of a removed listener still open after %g s; resetting them",
+                    len(endpoint.splices),
+                    self.grace_s,
+                )
+            endpoint.close(ErrorCode.SHUTDOWN, "listener removed")
+            self._draining.discard(endpoint)
+
+        self._draining.add(endpoint)
+        tg.create_task(drain(), name="drain-listener")
+
+    # ---- shutdown --------------------------------------------------------------------------
+
     async def _shutdown(self) -> None:
         logger.info(
             "shutting down: %d tunnel(s) open, waiting up to %g s", len(self.table), self.grace_s
         )
-        for client in self.clients:
-            client.stop_accepting()
-        for server in self.servers:
-            server.stop_accepting()
+        everything = [*self.endpoints.values(), *self._draining]
+        for endpoint in everything:
+            endpoint.stop_accepting()
         if len(self.table) and not self._force.is_set():
             waiters = [
                 spawn(self.table.wait_empty(), name="drain-wait"),
@@ -194,10 +358,21 @@ class Daemon:
         left = len(self.table)
         if left:
             logger.warning("resetting %d tunnel(s) still open after the grace period", left)
-        for client in self.clients:
-            client.close(ErrorCode.SHUTDOWN, "shutdown")
-        for server in self.servers:
-            server.close(ErrorCode.SHUTDOWN, "shutdown")
+        for endpoint in everything:
+            endpoint.close(ErrorCode.SHUTDOWN, "shutdown")
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    tasks = [spawn(_wrap(a), name="wait-first") for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _wrap(aw: Awaitable[object]) -> None:
+    await aw
 
 
 def _check_ca(path: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from quictund import tls
 from quictund.config import ClientSettings, ServerSettings
+from quictund.config_files import Config, DaemonSection
 from quictund.daemon import Daemon
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,10 @@ async def run_demo(*, client_port: int, server_port: int, state_dir: Path, once:
             "verify-remote-endpoint": True,
         }
     )
-    daemon = Daemon([client], [server], grace_s=1.0)
+    config = Config(
+        clients=[client], servers=[server], daemon=DaemonSection(**{"shutdown-grace": 1.0})
+    )
+    daemon = Daemon(config)
     stop = asyncio.Event()
     ok = False
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from quictund.addresses import StreamAddress, format_host_port
 from quictund.config import ServerSettings
+from quictund.endpoint import EndpointBase
 from quictund.errors import ConfigError, TokenRejected
 from quictund.policy import IPAddress, Policy
 from quictund.quic import engine
@@ -32,26 +33,27 @@ from quictund.wire import Ack, BadToken, ErrorCode, TokenDecoder
 logger = logging.getLogger(__name__)
 
 
-class ServerEndpoint:
+class ServerEndpoint(EndpointBase):
+    role = "server"
+
     def __init__(
         self,
         settings: ServerSettings,
         *,
         parser: TokenParser,
         policy: Policy,
-        configuration: Callable[[], engine.QuicConfiguration],
+        quic_config: engine.QuicConfiguration,
         table: TunnelTable,
     ) -> None:
+        super().__init__(quic_config)
         self.settings = settings
         self.parser = parser
         self.policy = policy
         self.table = table
-        self._configuration = configuration
         self._tg: asyncio.TaskGroup | None = None
         self._proto: QuicServerProtocol | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self.bound: Address | None = None
-        self.splices: set[Splice] = set()
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the UDP socket; handshakes then run as tasks of ``tg``."""
@@ -59,7 +61,7 @@ class ServerEndpoint:
         loop = asyncio.get_running_loop()
         s = self.settings
         proto = QuicServerProtocol(
-            configuration=self._configuration,
+            configuration=self.configuration,
             make_connection=self._make_connection,
             new_session=self._new_session,
             max_connections=s.max_connections,
@@ -140,8 +142,16 @@ class ServerEndpoint:
         assert self._tg is not None
         return self._tg.create_task(coro, name=name)
 
+    def adopt(self, other: ServerEndpoint) -> None:
+        """Reload with the same UDP address: new connections and tunnels use ``other``'s
+        settings, parser, policy and TLS; open ones are not touched."""
+        self.settings = other.settings
+        self.parser = other.parser
+        self.policy = other.policy
+        self.quic_config = other.quic_config
+
     def splice_finished(self, splice: Splice, reason: str) -> None:
-        self.splices.discard(splice)
+        self.untrack(splice)
         self.table.closed(splice.record, reason)
 
 
@@ -269,7 +279,7 @@ class ServerHandshake:
         self.session.send(self.stream_id, bytes([Ack.OK]))
         self.session.register(self.stream_id, splice)
         splice.attach(self.session, self.stream_id)
-        ep.splices.add(splice)
+        ep.track(splice)
         ep.table.opened(self.record)
         for chunk in self.pending:
             splice.on_stream_data(chunk, False)

@@ -1,0 +1,233 @@
+"""TOML listener definitions: find the files, validate them, report every problem in one line.
+
+A file holds any of ``[log]``, ``[api]``, ``[daemon]`` and any number of ``[[client]]`` and
+``[[server]]`` tables whose keys are quic-tun's flag names.  Problems come back as lines a
+person can act on, naming the file and the field::
+
+    client.toml: client[1].listen-on: not a tcp:/unix: address (got '6500')
+
+Validation is pure (no sockets); plugin, certificate and policy checks happen when the daemon
+builds its endpoints, and their messages get the same ``file: client[i]:`` prefix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quictund.config import ClientSettings, ServerSettings
+from quictund.errors import ConfigError
+
+DEFAULT_DIR = Path("/etc/quictun")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class ApiSection(_Section):
+    socket: str | None = None
+    group: str | None = None
+    listen_on: Annotated[str | None, Field(alias="listen-on")] = None
+
+
+class DaemonSection(_Section):
+    shutdown_grace_s: Annotated[float, Field(alias="shutdown-grace", ge=0, le=3600)] = 10.0
+
+
+class ConfigFile(_Section):
+    """One TOML file, as written."""
+
+    log: LogSection | None = None
+    api: ApiSection | None = None
+    daemon: DaemonSection | None = None
+    client: list[ClientSettings] = []
+    server: list[ServerSettings] = []
+
+
+@dataclass
+class Config:
+    """Every file merged: what the daemon runs."""
+
+    files: list[Path] = field(default_factory=list)
+    log: LogSection = field(default_factory=LogSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    clients: list[ClientSettings] = field(default_factory=list)
+    servers: list[ServerSettings] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # listener name -> "file: client[i]"
+
+    def to_file(self) -> ConfigFile:
+        return ConfigFile(
+            log=self.log, api=self.api, daemon=self.daemon, client=self.clients, server=self.servers
+        )
+
+
+class ConfigProblems(ConfigError):
+    """One or more problems, one line each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def find_files(files: list[str], dirs: list[str]) -> list[Path]:
+    """``--config`` files in order, then each ``--config-dir``'s ``*.toml`` sorted."""
+    paths = [Path(f) for f in files]
+    if not files and not dirs:
+        dirs = [str(DEFAULT_DIR)]
+    for d in dirs:
+        directory = Path(d)
+        if not directory.is_dir():
+            raise ConfigProblems([f"{d}: not a directory"])
+        paths.extend(sorted(directory.glob("*.toml")))
+    return paths
+
+
+def load(paths: list[Path]) -> Config:
+    """Read and validate every file; raise ``ConfigProblems`` listing everything wrong."""
+    problems: list[str] = []
+    config = Config(files=list(paths))
+    if not paths:
+        raise ConfigProblems(["no configuration files found (looked in /etc/quictun/*.toml)"])
+    sections: dict[str, str] = {}
+    for path in paths:
+        parsed = _read(path, problems)
+        if parsed is None:
+            continue
+        for key in ("log", "api", "daemon"):
+            section = getattr(parsed, key)
+            if section is None:
+                continue
+            if key in sections:
+                if section != getattr(config, key):
+                    problems.append(f"{path.name}: [{key}] differs from the one in "
+                                    f"{sections[key]}; set it in one file only")
+                continue
+            sections[key] = path.name
+            setattr(config, key, section)
+        listeners: list[tuple[str, int, ClientSettings | ServerSettings]] = [
+            *(("client", i, c) for i, c in enumerate(parsed.client)),
+            *(("server", i, s) for i, s in enumerate(parsed.server)),
+        ]
+        for role, i, item in listeners:
+            where = f"{path.name}: {role}[{i}]"
+            if item.name in config.origins:
+                problems.append(
+                    f"{where}.name: {item.name!r} is already used by {config.origins[item.name]}"
+                )
+                continue
+            config.origins[item.name] = where
+            if isinstance(item, ClientSettings):
+                config.clients.append(item)
+            else:
+                config.servers.append(item)
+    if problems:
+        raise ConfigProblems(problems)
+    return config
+
+
+def _read(path: Path, problems: list[str]) -> ConfigFile | None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        problems.append(f"{path}: {exc.strerror or exc}")
+        return None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{path.name}: not valid TOML: {exc}")
+        return None
+    for role in ("client", "server"):
+        for i, item in enumerate(data.get(role, []) if isinstance(data.get(role), list) else []):
+            if isinstance(item, dict) and "name" not in item:
+                problems.append(
+                    f"{path.name}: {role}[{i}].name: missing (every listener needs "
+                    "a unique name; it appears in logs and the API)"
+                )
+                return None
+    try:
+        return ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(f"{path.name}: {line}" for line in validation_lines(exc))
+        return None
+
+
+def validation_lines(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing (required)"
+        if "(got " not in msg and err["type"] not in ("missing",):
+            msg += f" (got {err.get('input')!r})"
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def dump(config: Config, *, minimal: bool = False) -> str:
+    """The configuration as TOML that loads back to the same.
+
+    ``minimal`` keeps only what differs from the defaults (plus each listener's name and the
+    settings whose TOML default differs from quic-tun's), for ``convert``; otherwise every
+    default is filled in, for ``dump-config``.
+    """
+    data = config.to_file().model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude_defaults=minimal
+    )
+    names = {
+        "client": [(m.name, str(m.listen_on)) for m in config.clients],
+        "server": [(m.name, str(m.listen_on)) for m in config.servers],
+    }
+    for role, pairs in names.items():
+        for entry, (name, listen_on) in zip(data.get(role, []), pairs, strict=True):
+            entry["name"] = name
+            entry["listen-on"] = listen_on
+    return str(tomli_w.dumps(_plain(_ordered(data))))
+
+
+_FIRST = (
+    "name",
+    "listen-on",
+    "server-endpoint",
+    "token-source-plugin",
+    "token-source",
+    "token-parser-plugin",
+    "token-parser-key",
+    "allow",
+)
+
+
+def _ordered(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k not in ("client", "server") and v}
+    for role in ("client", "server"):
+        if data.get(role):
+            out[role] = [
+                {
+                    **{k: e[k] for k in _FIRST if k in e},
+                    **{k: v for k, v in e.items() if k not in _FIRST},
+                }
+                for e in data[role]
+            ]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
