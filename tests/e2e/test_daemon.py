@@ -331,3 +331,33 @@ async def test_tunnel_finishing_in_grace_period_exits_early(
         if run.proc.returncode is None:
             run.proc.kill()
         backend.close()
+
+
+async def test_watchdog_and_coalesced_reloads(short_tmp: Path, state_dir: Path) -> None:
+    port = free_udp_port()
+    conf = short_tmp / "d.toml"
+    conf.write_text(server_toml("s", port, state_dir, ["tcp:127.0.0.1:1"]))
+    notes = Notifications(short_tmp / "notify")
+    env_run = Run.start("--config", str(conf), notify=notes.path)
+    os.environ["WATCHDOG_USEC"] = "400000"
+    try:
+        run = await env_run
+    finally:
+        del os.environ["WATCHDOG_USEC"]
+    try:
+        seen: list[dict[str, str]] = []
+        while sum("WATCHDOG" in n for n in seen) < 2:
+            seen.append(await notes.next())
+        assert any(n.get("READY") == "1" for n in seen)
+        await run.wait_log("ready:")
+        for _ in range(5):
+            run.proc.send_signal(signal.SIGHUP)
+        await run.wait_log("reloaded:")
+        await asyncio.sleep(1.0)
+        reloads = [line for line in run.log if "reloaded:" in line]
+        assert 1 <= len(reloads) <= 2, reloads  # five SIGHUPs in a row coalesce
+        assert await run.stop() == 0
+    finally:
+        notes.close()
+        if run.proc.returncode is None:
+            run.proc.kill()
