@@ -291,7 +291,7 @@ async def test_second_signal_forces_exit(short_tmp: Path, state_dir: Path, ca: P
         started = time.monotonic()
         assert await run.stop(signal.SIGTERM, within=10) == 0
         assert time.monotonic() - started < 5
-        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):  # UNIX: no RST
             await asyncio.wait_for(reader.readexactly(1), 5)
         writer.close()
     finally:
