@@ -130,16 +130,20 @@ class Classifier:
 
     def feed_client(self, data: bytes | bytearray | memoryview) -> None:
         """Note bytes the client application sent (any chunk size; never raises)."""
+        if self._done:
+            return
         room = self._lookahead - len(self._client)
-        if self._done or room <= 0 or not data:
+        if room <= 0 or not data:
             return
         self._client += bytes(data[:room])
         self._examine()
 
     def feed_server(self, data: bytes | bytearray | memoryview) -> None:
         """Note bytes the server application sent (any chunk size; never raises)."""
+        if self._done:
+            return
         room = self._lookahead - len(self._server)
-        if self._done or room <= 0 or not data:
+        if room <= 0 or not data:
             return
         self._server += bytes(data[:room])
         self._examine()
@@ -184,13 +188,12 @@ class Classifier:
         self._properties = None if detector.properties is None else dict(detector.properties)
 
     def _settle(self, detector: Detector | None) -> None:
-        if detector is not None and detector is not self._claimant:
-            self._publish(detector)
-        elif detector is not None and detector.properties is not None:
+        if detector is not None:
             self._publish(detector)
         self._done = True
         self._pending = []
         self._claimant = None
+        self._client = self._server = b""  # idle tunnels keep no look-ahead bytes
 
 
 # ------------------------------------------------------------------------------ Spice
@@ -341,7 +344,7 @@ class SshDetector(Detector):
             self._client = self._client_banner(client)
         if self._server is None:
             self._server = self._server_banner(server)
-        props = {}
+        props: dict[str, str] = {}
         if self._client:
             props["clientVersion"] = self._client
         if self._server:
@@ -368,8 +371,8 @@ class SshDetector(Detector):
             line = server[self._line : None if eol < 0 else eol]
             if b"\0" in line:
                 return _NOT_SSH  # binary data before any banner
-            if line.startswith(_SSH_PREFIX[: len(line)]) and len(line) >= _SSH_MAX_LINE:
-                return _NOT_SSH
+            if line.startswith(_SSH_PREFIX) and len(line) >= _SSH_MAX_LINE:
+                return _NOT_SSH  # an over-long banner, with or without its end of line
             if eol < 0:
                 return _NOT_SSH if len(server) >= self.lookahead else None
             if line.startswith(_SSH_PREFIX):
@@ -424,9 +427,7 @@ def _parse_client_hello(body: bytes, length: int, props: dict[str, str]) -> None
     Raises ``_Malformed``, or ``_Truncated`` when ``body`` ends first.
     """
     reader = _Reader(body, truncated=len(body) < length)
-    if reader.take(2)[0] != 3:  # legacy_version 3.x
-        raise _Malformed
-    reader.take(32)  # random
+    reader.take(2 + 32)  # legacy_version (3.x, checked by the caller) and random
     if len(reader.vector(1)) > 32:  # legacy_session_id
         raise _Malformed
     suites = reader.vector(2)
@@ -436,7 +437,8 @@ def _parse_client_hello(body: bytes, length: int, props: dict[str, str]) -> None
         raise _Malformed
     if reader.pos == length:
         return  # no extensions (SSL 3.0 style)
-    end = reader.pos + 2 + reader.uint(2)
+    size = reader.uint(2)
+    end = reader.pos + size
     if end != length:
         raise _Malformed
     while reader.pos < end:

@@ -54,6 +54,7 @@ class Splice(asyncio.Protocol):
         app_is_client: bool,
     ) -> None:
         self.record = record
+        record.closer = self._close_by_operator
         self.transport: asyncio.Transport | None = None
         self.session: QuicSession | None = None
         self.stream_id = -1
@@ -98,7 +99,7 @@ class Splice(asyncio.Protocol):
         session = self.session
         if session is None or self._finished:
             return
-        self._count_from_app(len(data))
+        self._count_from_app(data)
         session.send(self.stream_id, data)
         if session.unsent(self.stream_id) > SEND_HIGH_WATER:
             assert self.transport is not None
@@ -156,7 +157,6 @@ class Splice(asyncio.Protocol):
             if not self._out and not self._out_fin:
                 self.session.flush_soon(self)
             if data:
-                self._count_to_app(len(data))
                 self._out.append(data)
             self._out_fin = self._out_fin or end_stream
 
@@ -172,6 +172,7 @@ class Splice(asyncio.Protocol):
             return
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
+            self._count_to_app(data)
             transport.write(data)
             if self._write_paused:
                 self._held += len(data)
@@ -228,23 +229,36 @@ class Splice(asyncio.Protocol):
         self._reset_stream(error_code)
         self._abort_app(reason)
 
+    def _close_by_operator(self, reason: str) -> None:
+        self.abort(reason, ErrorCode.CLOSED_BY_OPERATOR)
+
     @property
     def finished(self) -> bool:
         return self._finished
 
     # ---- private -------------------------------------------------------------------------
 
-    def _count_from_app(self, n: int) -> None:
+    def _count_from_app(self, data: bytes) -> None:
+        record = self.record
         if self._app_is_client:
-            self.record.client_total_bytes += n
+            record.client_total_bytes += len(data)
+            if not record.classifier.done:
+                record.classifier.feed_client(data)
         else:
-            self.record.server_total_bytes += n
+            record.server_total_bytes += len(data)
+            if not record.classifier.done:
+                record.classifier.feed_server(data)
 
-    def _count_to_app(self, n: int) -> None:
+    def _count_to_app(self, data: bytes) -> None:
+        record = self.record
         if self._app_is_client:
-            self.record.server_total_bytes += n
+            record.server_total_bytes += len(data)
+            if not record.classifier.done:
+                record.classifier.feed_server(data)
         else:
-            self.record.client_total_bytes += n
+            record.client_total_bytes += len(data)
+            if not record.classifier.done:
+                record.classifier.feed_client(data)
 
     def _maybe_close(self) -> None:
         if self._fin_to_stream and self._fin_to_app and self.transport is not None:

@@ -10,9 +10,15 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
+
+from quictund.classify import Classifier
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from quictund.metrics import Metrics
 
 logger = logging.getLogger("quictund.tunnel")
 
@@ -33,6 +39,12 @@ class TunnelRecord:
     client_total_bytes: int = 0
     server_total_bytes: int = 0
     established: bool = False
+    setup_s: float = 0.0
+    # What the first bytes say the tunnel carries (Spice, SSH, TLS); fed by the splice, which
+    # never waits for it.
+    classifier: Classifier = field(default_factory=Classifier)
+    # How to reset this one tunnel (DELETE /tunnels/{uuid}); set by its splice.
+    closer: Callable[[str], None] | None = None
 
     def fields(self) -> dict[str, object]:
         return {
@@ -46,12 +58,39 @@ class TunnelRecord:
         }
 
 
+_CATEGORIES = (
+    ("no token", "no_token"),
+    ("not allowed", "policy_denied"),
+    ("timed out", "timeout"),
+    ("within", "timeout"),
+    ("bad token", "bad_token"),
+    ("token rejected", "bad_token"),
+    ("token not received", "bad_token"),
+    ("could not parse", "bad_token"),
+    ("cannot connect", "unreachable"),
+    ("could not reach", "unreachable"),
+    ("unreachable", "unreachable"),
+    ("connection lost", "connection_lost"),
+    ("reset", "reset"),
+)
+
+
+def failure_category(reason: str) -> str:
+    """A small, fixed set of metric label values for the free-text failure reasons."""
+    text = reason.lower()
+    for needle, category in _CATEGORIES:
+        if needle in text:
+            return category
+    return "other"
+
+
 class TunnelTable:
     """The tunnels of one daemon, keyed by uuid."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._records: dict[str, TunnelRecord] = {}
         self._empty: asyncio.Event | None = None
+        self.metrics = metrics
 
     def add(self, record: TunnelRecord) -> None:
         self._records[record.uuid] = record
@@ -67,7 +106,11 @@ class TunnelTable:
 
     def opened(self, record: TunnelRecord) -> None:
         record.established = True
+        record.setup_s = time.monotonic() - record.started
         logger.info("tunnel open", extra={"fields": record.fields()})
+        if self.metrics is not None:
+            self.metrics.opened.labels(record.listener).inc()
+            self.metrics.handshake.labels(record.listener).observe(record.setup_s)
 
     def closed(self, record: TunnelRecord, reason: str) -> None:
         if self._records.pop(record.uuid, None) is None:
@@ -84,6 +127,24 @@ class TunnelTable:
         )
         msg = "tunnel closed" if record.established else "tunnel failed"
         logger.log(level, msg, extra={"fields": fields})
+        m = self.metrics
+        if m is not None:
+            if record.established:
+                m.closed.labels(record.listener).inc()
+                m.bytes.labels(record.listener, "client").inc(record.client_total_bytes)
+                m.bytes.labels(record.listener, "server").inc(record.server_total_bytes)
+            else:
+                m.failed.labels(record.listener, failure_category(reason)).inc()
+
+    def get(self, uuid: str) -> TunnelRecord | None:
+        return self._records.get(uuid)
+
+    def active_by_listener(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self._records.values():
+            if record.established:
+                counts[record.listener] = counts.get(record.listener, 0) + 1
+        return counts
 
     def __len__(self) -> int:
         return len(self._records)

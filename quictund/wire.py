@@ -47,6 +47,7 @@ class ErrorCode(enum.IntEnum):
     SHUTDOWN = 0x107  # the endpoint is shutting down
     INTERNAL = 0x108  # a bug in quictund; only that tunnel is affected
     CONNECTION_LOST = 0x109
+    CLOSED_BY_OPERATOR = 0x10A  # DELETE /tunnels/{uuid}
 
 
 class TokenTooLong(ValueError):

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one daemon (its own registry, so tests can run several daemons).
+
+Counters are incremented where the event happens (tunnel table, connector, daemon reload);
+gauges that merely reflect state (active tunnels per listener) are computed at scrape time, so
+nothing on the data path pays for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.opened = Counter("quictund_tunnels_opened", "Tunnels established",
+                              ["listener"], registry=r)
+        self.closed = Counter("quictund_tunnels_closed", "Tunnels that ended after being "
+                              "established", ["listener"], registry=r)
+        self.failed = Counter("quictund_tunnels_failed", "Tunnels that failed before being "
+                              "established, by reason", ["listener", "reason"], registry=r)
+        self.bytes = Counter("quictund_bytes", "Bytes carried, by the application that sent "
+                             "them", ["listener", "direction"], registry=r)
+        self.handshake = Histogram(
+            "quictund_tunnel_setup_seconds", "From accepting a tunnel to its ack",
+            ["listener"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                     5, 10),
+        )
+        self.reloads = Counter("quictund_reloads", "Configuration reloads, by result",
+                               ["result"], registry=r)
+
+    def add_state(self, active: Callable[[], dict[str, int]],
+                  reconnects: Callable[[], dict[str, int]]) -> None:
+        """Report state read at scrape time: open tunnels and client reconnects per listener."""
+        self.registry.register(_State(active, reconnects))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE
+
+
+class _State(Collector):
+    def __init__(self, active: Callable[[], dict[str, int]],
+                 reconnects: Callable[[], dict[str, int]]) -> None:
+        self._active = active
+        self._reconnects = reconnects
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("quictund_tunnels_active", "Tunnels open now",
+                                  labels=["listener"])
+        for listener, count in sorted(self._active().items()):
+            gauge.add_metric([listener], count)
+        yield gauge
+        counter = CounterMetricFamily("quictund_reconnects", "QUIC connections of a client "
+                                      "listener lost (each is followed by a reconnect)",
+                                      labels=["listener"])
+        for listener, count in sorted(self._reconnects().items()):
+            counter.add_metric([listener], count)
+        yield counter
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
