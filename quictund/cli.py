@@ -369,6 +369,15 @@ def _check(args: argparse.Namespace) -> int:
 
     try:
         config = _load(args)
+    except config_files.ConfigProblems as exc:
+        lines = list(exc.lines)
+        if exc.partial is not None:  # also check what did validate (plugins, certificates)
+            try:
+                Daemon(exc.partial, dry_run=True)
+            except config_files.ConfigProblems as more:
+                lines.extend(more.lines)
+        return _report(config_files.ConfigProblems(lines))
+    try:
         Daemon(config, dry_run=True)
     except ConfigError as exc:
         return _report(exc)

@@ -55,15 +55,19 @@ class QuicKnobs(_Model):
 
 
 def _stream_address(value: object) -> object:
+    if isinstance(value, StreamAddress):
+        return value
     if isinstance(value, str):
         return parse_stream_address(value, allow_port_zero=True)
-    return value
+    raise ValueError(f"not a tcp:/unix: address (got {value!r})")
 
 
-def _host_port(value: object) -> object:
+def _host_port(value: object, *, allow_port_zero: bool = False) -> object:
+    if isinstance(value, HostPort):
+        return value
     if isinstance(value, str):
-        return parse_host_port(value)
-    return value
+        return parse_host_port(value, allow_port_zero=allow_port_zero)
+    raise ValueError(f"not a host:port address (got {value!r})")
 
 
 class ClientSettings(QuicKnobs):
@@ -104,5 +108,5 @@ class ServerSettings(QuicKnobs):
     state_dir: Annotated[str | None, Field(alias="state-dir")] = None
 
     _v_listen = field_validator("listen_on", mode="before")(
-        lambda v: parse_host_port(v, allow_port_zero=True) if isinstance(v, str) else v
+        lambda v: _host_port(v, allow_port_zero=True)
     )

@@ -76,9 +76,10 @@ class Config:
 class ConfigProblems(ConfigError):
     """One or more problems, one line each."""
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, lines: list[str], partial: Config | None = None) -> None:
         super().__init__("\n".join(lines))
         self.lines = lines
+        self.partial = partial  # what did validate, so `check` can look deeper
 
 
 def find_files(files: list[str], dirs: list[str]) -> list[Path]:
@@ -91,6 +92,9 @@ def find_files(files: list[str], dirs: list[str]) -> list[Path]:
         if not directory.is_dir():
             raise ConfigProblems([f"{d}: not a directory"])
         paths.extend(sorted(directory.glob("*.toml")))
+    if not paths:
+        where = ", ".join(f"{d}/*.toml" for d in dirs)
+        raise ConfigProblems([f"no configuration files found (looked in {where})"])
     return paths
 
 
@@ -111,8 +115,10 @@ def load(paths: list[Path]) -> Config:
                 continue
             if key in sections:
                 if section != getattr(config, key):
-                    problems.append(f"{path.name}: [{key}] differs from the one in "
-                                    f"{sections[key]}; set it in one file only")
+                    problems.append(
+                        f"{path.name}: [{key}] differs from the one in "
+                        f"{sections[key]}; set it in one file only"
+                    )
                 continue
             sections[key] = path.name
             setattr(config, key, section)
@@ -133,11 +139,12 @@ def load(paths: list[Path]) -> Config:
             else:
                 config.servers.append(item)
     if problems:
-        raise ConfigProblems(problems)
+        raise ConfigProblems(problems, partial=config)
     return config
 
 
 def _read(path: Path, problems: list[str]) -> ConfigFile | None:
+    """Validate one file part by part, so one bad listener does not hide the others."""
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -146,25 +153,54 @@ def _read(path: Path, problems: list[str]) -> ConfigFile | None:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         problems.append(f"{path.name}: not valid TOML: {exc}")
         return None
-    for role in ("client", "server"):
-        for i, item in enumerate(data.get(role, []) if isinstance(data.get(role), list) else []):
-            if isinstance(item, dict) and "name" not in item:
+    parts: dict[str, Any] = {}
+    problems.extend(
+        f"{path.name}: {key}: unknown key (got {data[key]!r})"
+        for key in sorted(set(data) - set(ConfigFile.model_fields))
+    )
+    sections: tuple[tuple[str, type[_Section]], ...] = (
+        ("log", LogSection),
+        ("api", ApiSection),
+        ("daemon", DaemonSection),
+    )
+    for key, model in sections:
+        if key in data:
+            try:
+                parts[key] = model.model_validate(data[key])
+            except ValidationError as exc:
+                problems.extend(f"{path.name}: {line}" for line in validation_lines(exc, key))
+    roles: tuple[tuple[str, type[ClientSettings] | type[ServerSettings]], ...] = (
+        ("client", ClientSettings),
+        ("server", ServerSettings),
+    )
+    for role, listener in roles:
+        items = data.get(role, [])
+        if not isinstance(items, list):
+            problems.append(f"{path.name}: {role}: expected [[{role}]] tables")
+            continue
+        good = []
+        for i, item in enumerate(items):
+            where = f"{role}[{i}]"
+            if not isinstance(item, dict):
+                problems.append(f"{path.name}: {where}: expected a table")
+            elif "name" not in item:
                 problems.append(
-                    f"{path.name}: {role}[{i}].name: missing (every listener needs "
-                    "a unique name; it appears in logs and the API)"
+                    f"{path.name}: {where}.name: missing (every listener needs a "
+                    "unique name; it appears in logs and the API)"
                 )
-                return None
-    try:
-        return ConfigFile.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(f"{path.name}: {line}" for line in validation_lines(exc))
-        return None
+            else:
+                try:
+                    good.append(listener.model_validate(item))
+                except ValidationError as exc:
+                    problems.extend(f"{path.name}: {line}" for line in validation_lines(exc, where))
+        parts[role] = good
+    return ConfigFile(**parts)
 
 
-def validation_lines(exc: ValidationError) -> list[str]:
+def validation_lines(exc: ValidationError, prefix: str = "") -> list[str]:
     lines = []
     for err in exc.errors():
-        loc = ""
+        loc = prefix
         for part in err["loc"]:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
         msg = str(err["msg"]).removeprefix("Value error, ")

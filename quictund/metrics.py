@@ -20,25 +20,56 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.opened = Counter("quictund_tunnels_opened", "Tunnels established",
-                              ["listener"], registry=r)
-        self.closed = Counter("quictund_tunnels_closed", "Tunnels that ended after being "
-                              "established", ["listener"], registry=r)
-        self.failed = Counter("quictund_tunnels_failed", "Tunnels that failed before being "
-                              "established, by reason", ["listener", "reason"], registry=r)
-        self.bytes = Counter("quictund_bytes", "Bytes carried, by the application that sent "
-                             "them", ["listener", "direction"], registry=r)
-        self.handshake = Histogram(
-            "quictund_tunnel_setup_seconds", "From accepting a tunnel to its ack",
-            ["listener"], registry=r,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                     5, 10),
+        self.opened = Counter(
+            "quictund_tunnels_opened", "Tunnels established", ["listener"], registry=r
         )
-        self.reloads = Counter("quictund_reloads", "Configuration reloads, by result",
-                               ["result"], registry=r)
+        self.closed = Counter(
+            "quictund_tunnels_closed",
+            "Tunnels that ended after being established",
+            ["listener"],
+            registry=r,
+        )
+        self.failed = Counter(
+            "quictund_tunnels_failed",
+            "Tunnels that failed before being established, by reason",
+            ["listener", "reason"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "quictund_bytes",
+            "Bytes carried, by the application that sent them",
+            ["listener", "direction"],
+            registry=r,
+        )
+        self.handshake = Histogram(
+            "quictund_tunnel_setup_seconds",
+            "From accepting a tunnel to its ack",
+            ["listener"],
+            registry=r,
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
+        )
+        self.reloads = Counter(
+            "quictund_reloads", "Configuration reloads, by result", ["result"], registry=r
+        )
 
-    def add_state(self, active: Callable[[], dict[str, int]],
-                  reconnects: Callable[[], dict[str, int]]) -> None:
+    def add_state(
+        self, active: Callable[[], dict[str, int]], reconnects: Callable[[], dict[str, int]]
+    ) -> None:
         """Report state read at scrape time: open tunnels and client reconnects per listener."""
         self.registry.register(_State(active, reconnects))
 
@@ -47,20 +78,24 @@ class Metrics:
 
 
 class _State(Collector):
-    def __init__(self, active: Callable[[], dict[str, int]],
-                 reconnects: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, active: Callable[[], dict[str, int]], reconnects: Callable[[], dict[str, int]]
+    ) -> None:
         self._active = active
         self._reconnects = reconnects
 
     def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily("quictund_tunnels_active", "Tunnels open now",
-                                  labels=["listener"])
+        gauge = GaugeMetricFamily(
+            "quictund_tunnels_active", "Tunnels open now", labels=["listener"]
+        )
         for listener, count in sorted(self._active().items()):
             gauge.add_metric([listener], count)
         yield gauge
-        counter = CounterMetricFamily("quictund_reconnects", "QUIC connections of a client "
-                                      "listener lost (each is followed by a reconnect)",
-                                      labels=["listener"])
+        counter = CounterMetricFamily(
+            "quictund_reconnects",
+            "QUIC connections of a client listener lost (each is followed by a reconnect)",
+            labels=["listener"],
+        )
         for listener, count in sorted(self._reconnects().items()):
             counter.add_metric([listener], count)
         yield counter
