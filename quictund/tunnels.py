@@ -11,11 +11,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-
-from quictund.classify import Classifier
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
+
+from quictund.classify import Classifier
 
 if TYPE_CHECKING:
     from quictund.metrics import Metrics
