@@ -21,9 +21,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quictund import __version__, config_files
+from quictund import __version__, config_files, inspect_cli
 from quictund.config import ClientSettings, ServerSettings
-from quictund.config_files import Config, DaemonSection, LogSection
+from quictund.config_files import ApiSection, Config, DaemonSection, LogSection
 from quictund.errors import ConfigError
 from quictund.logs import setup_logging
 
@@ -60,7 +60,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--httpd-listen-on",
         default=None,
-        help="address of the tunnel API (not available in this version; ignored)",
+        help="also serve the tunnel API (quic-tun's GET /tunnels and more) on this TCP "
+        "host:port; quic-tun listens on 0.0.0.0:8086 unasked, quictund only when asked",
     )
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument(
@@ -203,6 +204,7 @@ def compat_config(role: str, args: argparse.Namespace) -> Config:
         servers=servers,
         log=LogSection(level=_level(args.log_level), format=args.log_format),
         daemon=DaemonSection(**{"shutdown-grace": args.shutdown_grace}),
+        api=ApiSection(**{"listen-on": args.httpd_listen_on}),
     )
 
 
@@ -216,11 +218,6 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         setup_logging(args.log_level, args.log_format)
-        if args.httpd_listen_on:
-            logger.warning(
-                "--httpd-listen-on: the tunnel API is not available in this version; ignoring %s",
-                args.httpd_listen_on,
-            )
         config = compat_config(role, args)
         return _serve(config, loader=None, open_by_default=True)
     except ValidationError as exc:
@@ -329,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         add_help=False,
         help="run a quic-tun compatible client endpoint (flags as quictun-client)",
     )
+    tunnels = sub.add_parser("tunnels", help="list the open tunnels (from the API socket)")
+    inspect_cli.add_arguments(tunnels)
+    status = sub.add_parser("status", help="listeners and QUIC connections (from the API socket)")
+    inspect_cli.add_arguments(status)
     demo = sub.add_parser("demo", help="run a server, a client and an echo app on loopback")
     demo.add_argument("--client-port", type=int, default=6500)
     demo.add_argument("--server-port", type=int, default=7500)
@@ -341,7 +342,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "demo":
         sys.exit(_demo(args))
-    sys.exit({"run": _run, "check": _check, "dump-config": _dump}[args.command](args))
+    commands = {
+        "run": _run,
+        "check": _check,
+        "dump-config": _dump,
+        "tunnels": inspect_cli.tunnels,
+        "status": inspect_cli.status,
+    }
+    sys.exit(commands[args.command](args))
 
 
 def _load(args: argparse.Namespace) -> Config:

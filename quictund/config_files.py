@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from quictund.addresses import parse_host_port
 from quictund.config import ClientSettings, ServerSettings
 from quictund.errors import ConfigError
 
@@ -39,6 +40,13 @@ class ApiSection(_Section):
     socket: str | None = None
     group: str | None = None
     listen_on: Annotated[str | None, Field(alias="listen-on")] = None
+
+    @field_validator("listen_on")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value)  # raises ValueError with a readable message
+        return value
 
 
 class DaemonSection(_Section):

@@ -32,10 +32,15 @@ from pathlib import Path
 
 from quictund import tls
 from quictund._tasks import spawn
+from quictund.addresses import parse_host_port
+from quictund.api.app import Router
+from quictund.api.http import ApiServer, start_tcp, start_unix
+from quictund.api.provider import DaemonApi
 from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
 from quictund.config_files import Config, ConfigProblems
 from quictund.errors import ConfigError
+from quictund.metrics import Metrics
 from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.server_endpoint import ServerEndpoint
@@ -68,7 +73,16 @@ class Daemon:
         notifier: Notifier | None = None,
         dry_run: bool = False,
     ) -> None:
-        self.table = TunnelTable()
+        self.metrics = Metrics()
+        self.table = TunnelTable(self.metrics)
+        self.metrics.add_state(
+            self.table.active_by_listener,
+            lambda: {c.settings.name: c.connector.reconnects for c in self.clients},
+        )
+        self.api = DaemonApi(
+            self.table, self.metrics, lambda: list(self.endpoints.values()), self.status_line
+        )
+        self._api_servers: list[ApiServer] = []
         self.loader = loader
         self.open_by_default = open_by_default
         self.dry_run = dry_run  # validate only: write no certificate
@@ -219,8 +233,7 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                for endpoint in self.servers + self.clients:
-                    await endpoint.start(tg)
+                # Signals first: a SIGTERM that arrives while binding must not kill us.
                 if signals:
                     for sig in (signal.SIGTERM, signal.SIGINT):
                         loop.add_signal_handler(sig, self.request_stop)
@@ -228,7 +241,11 @@ class Daemon:
                 else:
                     assert shutdown_trigger is not None
                     tg.create_task(self._trigger(shutdown_trigger), name="shutdown-trigger")
+                for endpoint in self.servers + self.clients:
+                    await endpoint.start(tg)
+                await self._start_api()
                 watchdog = tg.create_task(self.notifier.run_watchdog(), name="watchdog")
+                ticker = tg.create_task(self._tick(), name="rate-tick")
                 self.ready.set()
                 self.notifier.ready(self.status_line())
                 logger.info("ready: %s", self.status_line())
@@ -240,6 +257,7 @@ class Daemon:
                 self.notifier.stopping(self.status_line())
                 await self._shutdown()
                 watchdog.cancel()
+                ticker.cancel()
         finally:
             for client in self.clients:
                 client.stop_accepting()
@@ -273,12 +291,16 @@ class Daemon:
             for line in lines:
                 logger.error("reload rejected, keeping the running configuration: %s", line)
             self.last_reload = f"FAILED at {stamp}: {lines[0]}"
+            self.metrics.reloads.labels("failed").inc()
         else:
             for warning in built.warnings:
                 logger.warning("%s", warning)
             summary = await self._apply(built, tg)
             self.config = config
             self.last_reload = f"ok at {stamp} ({summary})"
+            self.metrics.reloads.labels("ok").inc()
+            if config.api != self.config.api:
+                logger.warning("reload: [api] changed; it takes effect at the next restart")
             logger.info("reloaded: %s", summary)
         self.notifier.ready(self.status_line())
         self.reloaded.set()
@@ -340,6 +362,30 @@ class Daemon:
 
     # ---- shutdown --------------------------------------------------------------------------
 
+    async def _start_api(self) -> None:
+        api = self.config.api
+        router = Router(self.api)
+        if api.socket:
+            server = await start_unix(api.socket, router, group=api.group)
+            self._api_servers.append(server)
+            logger.info("tunnel API on unix:%s", api.socket)
+        if api.listen_on:
+            hp = parse_host_port(api.listen_on)
+            if hp.host in ("0.0.0.0", "::", ""):
+                logger.warning(
+                    "the tunnel API listens on %s: anyone who can reach it can list "
+                    "and close tunnels; prefer a UNIX socket",
+                    api.listen_on,
+                )
+            server = await start_tcp(hp.host, hp.port, router, allow_any=True)
+            self._api_servers.append(server)
+            logger.info("tunnel API on tcp:%s", server.address)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.api.tick()
+
     async def _shutdown(self) -> None:
         logger.info(
             "shutting down: %d tunnel(s) open, waiting up to %g s", len(self.table), self.grace_s
@@ -360,6 +406,9 @@ class Daemon:
             logger.warning("resetting %d tunnel(s) still open after the grace period", left)
         for endpoint in everything:
             endpoint.close(ErrorCode.SHUTDOWN, "shutdown")
+        for api in self._api_servers:
+            api.close()
+            await api.wait_closed()
 
 
 async def _first(*aws: Awaitable[object]) -> None:

@@ -292,7 +292,8 @@ def test_handshake_negotiates_quic_tun_alpn(certs: Certs) -> None:
     assert not pair.server.is_closed and not pair.engine_client.is_closed
     assert pair.server.peer_certificate is None  # no client authentication asked for
     stats = pair.server.stats()
-    assert set(stats) == {"rtt_s", "cwnd_bytes", "bytes_in_flight", "streams"}
+    assert set(stats) == {"rtt_s", "cwnd_bytes", "bytes_in_flight", "streams", "packets_lost"}
+    assert stats["packets_lost"] == 0  # a lossless in-memory pair
 
 
 def test_make_configuration_applies_settings(certs: Certs) -> None:

@@ -164,6 +164,16 @@ class EngineConnection(QuicConnection):
         # quic-tun uses no unidirectional streams; refuse them outright.
         self._local_max_streams_uni.value = 0
         self._local_max_streams_uni.sent = 0
+        self.packets_lost = 0
+        count_losses = self._loss._on_packets_lost
+
+        def on_packets_lost(**kwargs: Any) -> None:
+            packets = kwargs["packets"] = list(kwargs.get("packets", ()))  # may be an iterator
+            if kwargs.get("congestion_event", True):
+                self.packets_lost += len(packets)
+            count_losses(**kwargs)
+
+        self._loss._on_packets_lost = on_packets_lost  # type: ignore[method-assign]
         self._loss._pacer.next_send_time = _never_wait  # type: ignore[method-assign,assignment]
 
     # ---- public API used by the session ------------------------------------------------
@@ -254,6 +264,7 @@ class EngineConnection(QuicConnection):
             "cwnd_bytes": int(loss.congestion_window),
             "bytes_in_flight": int(loss.bytes_in_flight),
             "streams": len(self._streams),
+            "packets_lost": self.packets_lost,
         }
 
     @property
