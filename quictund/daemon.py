@@ -264,6 +264,8 @@ class Daemon:
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+                    # We are on our way out: a late SIGTERM must not turn exit 0 into -15.
+                    signal.signal(sig, signal.SIG_IGN)
 
     def status_line(self) -> str:
         line = (

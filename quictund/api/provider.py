@@ -97,6 +97,8 @@ def _listener(endpoint: Endpoint) -> dict[str, object]:
                 bytesInFlight=stats["bytes_in_flight"],
                 packetsSent=session.datagrams_out,
                 packetsReceived=session.datagrams_in,
+                bytesSent=session.bytes_out,
+                bytesReceived=session.bytes_in,
                 packetsLost=stats.get("packets_lost", 0),
                 peer=f"{session.peer[0]}:{session.peer[1]}",
             )

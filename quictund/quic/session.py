@@ -85,6 +85,8 @@ class QuicSession:
         self.close_reason = ""
         self.datagrams_in = 0
         self.datagrams_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
         if keepalive_s > 0:
             self._keepalive = self._loop.call_later(keepalive_s, self._on_keepalive)
 
@@ -96,6 +98,7 @@ class QuicSession:
         now = time.monotonic()
         self.last_rx = now
         self.datagrams_in += 1
+        self.bytes_in += len(data)
         self.conn.receive_datagram(data, addr, now)
         self._process_events()
         self.transmit_soon()
@@ -209,6 +212,7 @@ class QuicSession:
             return
         for data, addr in datagrams:
             self._send(data, addr)
+            self.bytes_out += len(data)
         self.datagrams_out += len(datagrams)
         self._arm_timer()
         if self._blocked:

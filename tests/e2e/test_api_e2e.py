@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from jsonschema import validate  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import Backend, connect, echo
 from tests.e2e.test_daemon import Run, client_toml, free_udp_port, server_toml
+from tests.test_api import _to_json_schema
 from tests.test_classify import MAIN_EXCHANGE, README_MAIN
 
 
@@ -122,6 +124,14 @@ async def test_tunnels_delete_metrics_listeners(short_tmp: Path, state_dir: Path
         assert listeners["app"]["quic"]["state"] == "connected"
         assert listeners["app"]["quic"]["rttMs"] > 0
         assert listeners["edge"]["connections"] == 1
+        assert listeners["app"]["quic"]["bytesSent"] > 3000
+
+        # every tunnel object matches the daemon's own OpenAPI document
+        code, body = await curl(api, "http://localhost/openapi.json")
+        components = _to_json_schema(json.loads(body)["components"])
+        _, body = await curl(api, "http://localhost/tunnels")
+        for tunnel in json.loads(body):
+            validate(tunnel, {"$ref": "#/components/schemas/Tunnel", "components": components})
 
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -325,7 +325,7 @@ async def test_tunnel_finishing_in_grace_period_exits_early(
         assert await reader.read() == b""
         writer.close()
         started = time.monotonic()
-        assert await run.stop(within=15) == 0
+        assert await run.exited(within=15) == 0  # no second signal: the drain ends by itself
         assert time.monotonic() - started < 10
     finally:
         if run.proc.returncode is None:
