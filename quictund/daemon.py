@@ -370,7 +370,6 @@ class Daemon:
         if api.socket:
             server = await start_unix(api.socket, router, group=api.group)
             self._api_servers.append(server)
-            logger.info("tunnel API on unix:%s", api.socket)
         if api.listen_on:
             hp = parse_host_port(api.listen_on)
             if hp.host in ("0.0.0.0", "::", ""):
@@ -381,7 +380,6 @@ class Daemon:
                 )
             server = await start_tcp(hp.host, hp.port, router, allow_any=True)
             self._api_servers.append(server)
-            logger.info("tunnel API on tcp:%s", server.address)
 
     async def _tick(self) -> None:
         while True:
