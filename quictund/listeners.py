@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import socket
-import stat
 from collections.abc import Callable
 
 from quictund.addresses import StreamAddress
 from quictund.errors import ConfigError
+from quictund.unixsock import remove_stale
 
 
 class StreamListener:
@@ -50,7 +49,7 @@ async def listen(
 ) -> StreamListener:
     loop = asyncio.get_running_loop()
     if address.is_unix:
-        _remove_stale(address.path)
+        remove_stale(address.path, f"listen-on {address}")
         server = await loop.create_unix_server(factory, address.path, backlog=backlog)
         os.chmod(address.path, unix_mode)
         return StreamListener(server, address, os.stat(address.path).st_ino)
@@ -69,23 +68,3 @@ async def listen(
     except OSError as exc:
         raise ConfigError(f"listen-on {address}: {exc.strerror or exc}") from None
     return StreamListener(server, address, None)
-
-
-def _remove_stale(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"listen-on unix:{path}: exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            os.unlink(path)  # stale: nobody accepts on it
-            return
-        raise ConfigError(f"listen-on unix:{path}: cannot probe existing socket: {exc}") from None
-    finally:
-        probe.close()
-    raise ConfigError(f"listen-on unix:{path}: another process is listening on it")

@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import grp
 import ipaddress
 import logging
 import os
-import socket
-import stat
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -39,6 +36,7 @@ import h11
 
 from quictund.api.app import Request, Response, Router, error_response
 from quictund.errors import ConfigError
+from quictund.unixsock import remove_stale
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +305,7 @@ async def start_unix(
     is not a socket, or if ``group`` does not exist or cannot be applied.
     """
     gid = None if group is None else _gid_of(group, path)
-    _remove_stale(path)
+    remove_stale(path, f"api socket {path}")
     api = ApiServer(app, limits or Limits())
     try:
         server = await asyncio.start_unix_server(api._on_connect, path, limit=_READ_CHUNK * 4)
@@ -374,27 +372,3 @@ def _gid_of(group: str, path: str) -> int:
         if group.isdigit():
             return int(group)
         raise ConfigError(f"api socket {path}: group {group!r} does not exist") from None
-
-
-def _remove_stale(path: str) -> None:
-    """Unlink ``path`` if it is a socket nobody accepts on; refuse a live one."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"api socket {path}: exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)  # a full backlog must not block us: EAGAIN means "alive"
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # stale: nobody accepts on it
-            return
-        if exc.errno != errno.EAGAIN:
-            raise ConfigError(f"api socket {path}: cannot probe existing socket: {exc}") from None
-    finally:
-        probe.close()
-    raise ConfigError(f"api socket {path}: another process is listening on it")
