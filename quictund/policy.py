@@ -13,6 +13,11 @@ An entry is ``*`` (anything: quic-tun's open-proxy behaviour) or ``tcp:HOST:PORT
 The server resolves a name once, checks **every** address it resolved against IP/CIDR entries,
 and connects to a checked address (so DNS cannot change the answer between check and
 connect).  A host-name entry allows the name's addresses whatever they are.
+
+Loopback, link-local (cloud metadata) and unspecified addresses are denied unless a rule names
+them explicitly (an address or CIDR inside 127.0.0.0/8, 169.254.0.0/16, ::1, fe80::/10, …, or
+the host name itself): ``tcp:0.0.0.0/0:*`` or ``tcp:*:22`` never reach ``127.0.0.1``, however
+the token spells it (``127.1``, ``0x7f.0.0.1``, ``[::ffff:127.0.0.1]``, a name resolving to it).
 """
 
 from __future__ import annotations
@@ -101,9 +106,34 @@ class Policy:
             return False
         name = dest.host.lower().rstrip(".")
         tcp = [r for r in self.rules if r.network == "tcp" and r.port_lo <= dest.port <= r.port_hi]
-        if any(r.name is not None and r.name in ("*", name) for r in tcp):
-            return True
-        return all(any(r.net is not None and _contains(r.net, a) for r in tcp) for a in addresses)
+        if any(r.name == name for r in tcp):
+            return True  # the name itself is listed: whatever it resolves to was meant
+        wildcard = any(r.name == "*" for r in tcp)
+        return all(_address_allowed(a, tcp, wildcard) for a in addresses)
+
+
+# Loopback, link-local (cloud metadata at 169.254.169.254) and "this host": reachable only
+# through a rule that names them explicitly (an address or CIDR inside the block), never
+# through a broader CIDR such as 0.0.0.0/0 or a ``*`` host.
+_SENSITIVE = tuple(
+    ipaddress.ip_network(n)
+    for n in ("127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "::1/128", "fe80::/10", "::/128")
+)
+
+
+def _address_allowed(addr: IPAddress, rules: list[Rule], wildcard: bool) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    block = next((b for b in _SENSITIVE if addr.version == b.version and addr in b), None)
+    if block is None:
+        return wildcard or any(r.net is not None and _contains(r.net, addr) for r in rules)
+    return any(
+        r.net is not None
+        and r.net.version == block.version
+        and r.net.subnet_of(block)  # type: ignore[arg-type]
+        and addr in r.net
+        for r in rules
+    )
 
 
 def _path_matches(path: str, glob: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 from hypothesis import given
@@ -167,7 +168,8 @@ RANGE = ["tcp:192.0.2.0/24:8000-8100"]
         (["tcp:db.internal:5432"], "tcp:203.0.113.9:5432", (), False),
         # "*" as host: any host on those ports
         (["tcp:*:443"], "tcp:anything.example:443", ("198.51.100.1",), True),
-        (["tcp:*:443"], "tcp:[::1]:443", (), True),
+        # ... but not loopback: sensitive addresses need a rule that names them (issue 5)
+        (["tcp:*:443"], "tcp:[::1]:443", (), False),
         (["tcp:*:443"], "tcp:anything.example:80", ("198.51.100.1",), False),
         # a name resolving to nothing is never allowed (unless the policy is open)
         (["tcp:*:*"], "tcp:nowhere.example:80", None, False),
@@ -349,3 +351,74 @@ def test_allows_is_monotonic_in_addresses(
     dest = StreamAddress("tcp", "other.example", port)
     if policy.allows(dest, addresses):
         assert all(policy.allows(dest, [a]) for a in addresses)
+
+
+# ------------------------------------------------------------------------------ sensitive
+
+
+LOOPBACK_SPELLINGS = [
+    "127.0.0.1",
+    "127.1",
+    "127.0.1",
+    "0x7f.0.0.1",
+    "0x7f000001",
+    "2130706433",
+    "017700000001",
+    "0177.0.0.1",
+    "127.255.255.254",
+    "127.0.0.2",
+    "0",
+    "0.0.0.0",
+    "::1",
+    "0:0:0:0:0:0:0:1",
+    "::ffff:127.0.0.1",
+    "::ffff:7f00:1",
+    "localhost",
+]
+METADATA_SPELLINGS = [
+    "169.254.169.254",
+    "169.254.43518",
+    "0xa9.0xfe.0xa9.0xfe",
+    "2852039166",
+    "::ffff:169.254.169.254",
+    "fe80::1",
+]
+
+
+def resolve(host: str) -> list[IPAddress]:
+    """What the server does: getaddrinfo (numeric forms and /etc/hosts only, no network)."""
+    infos = socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV)
+    return [ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos]
+
+
+@pytest.mark.parametrize("spelling", LOOPBACK_SPELLINGS + METADATA_SPELLINGS)
+@pytest.mark.parametrize(
+    "rules",
+    [["tcp:0.0.0.0/0:*", "tcp:[::/0]:*"], ["tcp:*:*"], ["tcp:0.0.0.0/1:*", "tcp:128.0.0.0/1:*"]],
+)
+def test_broad_rules_never_reach_loopback_or_metadata(rules: list[str], spelling: str) -> None:
+    host = f"[{spelling}]" if ":" in spelling else spelling
+    dest = parse_stream_address(f"tcp:{host}:80")
+    addresses = resolve(spelling)
+    assert addresses, spelling
+    assert Policy(rules).allows(dest, addresses) is False
+
+
+@pytest.mark.parametrize(
+    ("rule", "spelling"),
+    [
+        ("tcp:127.0.0.1:80", "127.1"),
+        ("tcp:127.0.0.0/8:80", "0x7f.0.0.1"),
+        ("tcp:169.254.169.254:80", "2852039166"),
+        ("tcp:[::1]:80", "::1"),
+        ("tcp:127.0.0.1:80", "::ffff:127.0.0.1"),
+    ],
+)
+def test_explicit_rules_do_reach_them(rule: str, spelling: str) -> None:
+    host = f"[{spelling}]" if ":" in spelling else spelling
+    assert Policy([rule]).allows(parse_stream_address(f"tcp:{host}:80"), resolve(spelling))
+
+
+def test_open_policy_still_reaches_loopback() -> None:
+    """``allow = ["*"]`` is quic-tun's open proxy, loopback included (logged as a WARNING)."""
+    assert Policy(["*"]).allows(parse_stream_address("tcp:127.0.0.1:22"), resolve("127.0.0.1"))

@@ -315,3 +315,44 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
         server.kill()
         await server.proc.wait()
         backend.close()
+
+
+async def test_broad_allow_never_reaches_loopback(state_dir: Path) -> None:
+    """``tcp:0.0.0.0/0:*`` does not open loopback, however the token spells it."""
+    target = await Backend(asyncio.Protocol).tcp()
+    port = target.address.rsplit(":", 1)[1]
+    server = await Endpoint.start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--allow",
+        "tcp:0.0.0.0/0:*",
+    )
+    clients = []
+    try:
+        for spelling in ("127.0.0.1", "127.1", "0x7f.0.0.1", "2130706433", "localhost"):
+            client = await Endpoint.start(
+                "client",
+                "--listen-on",
+                "tcp:127.0.0.1:0",
+                "--server-endpoint",
+                server.address,
+                "--token-source",
+                f"tcp:{spelling}:{port}",
+            )
+            clients.append(client)
+            await assert_refused(client.address)
+        await server.wait_log(
+            lambda e: sum(x.get("msg") == "tunnel failed" for x in server.logs) >= 5
+        )
+        failed = [e for e in server.logs if e.get("msg") == "tunnel failed"]
+        assert len(failed) == 5 and all("not allowed" in e["reason"] for e in failed)
+        assert target.accepted == 0, "no connection attempt may reach a denied destination"
+    finally:
+        for client in clients:
+            await client.stop()
+        server.kill()
+        await server.proc.wait()
+        target.close()
