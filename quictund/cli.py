@@ -118,6 +118,13 @@ def server_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long connecting to a destination may take",
     )
+    p.add_argument(
+        "--client-fingerprint",
+        action="append",
+        default=None,
+        metavar="sha256:…",
+        help="accept a client certificate by its public key (repeatable)",
+    )
     _common(p)
     return p
 
@@ -151,6 +158,12 @@ def client_parser() -> argparse.ArgumentParser:
         help="how long an app connection waits for the QUIC connection to the "
         "server before it is refused",
     )
+    p.add_argument(
+        "--server-fingerprint",
+        default=None,
+        metavar="sha256:…",
+        help="accept the server only by this public key (quictund fingerprint FILE)",
+    )
     _common(p)
     return p
 
@@ -179,6 +192,7 @@ def compat_config(role: str, args: argparse.Namespace) -> Config:
                     "state-dir": args.state_dir,
                     "token-timeout": args.token_timeout,
                     "connect-timeout": args.connect_timeout,
+                    "client-fingerprints": args.client_fingerprint,
                     **_knobs(args),
                 }
             )
@@ -195,6 +209,7 @@ def compat_config(role: str, args: argparse.Namespace) -> Config:
                     "token-source-plugin": args.token_source_plugin,
                     "token-source": args.token_source,
                     "connect-wait": args.connect_wait,
+                    "server-fingerprint": args.server_fingerprint,
                     **_knobs(args),
                 }
             )
@@ -326,6 +341,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         add_help=False,
         help="run a quic-tun compatible client endpoint (flags as quictun-client)",
     )
+    fingerprint = sub.add_parser(
+        "fingerprint",
+        help="print the public-key fingerprint of a PEM "
+        "certificate, for server-fingerprint / client-fingerprints",
+    )
+    fingerprint.add_argument("file")
     tunnels = sub.add_parser("tunnels", help="list the open tunnels (from the API socket)")
     inspect_cli.add_arguments(tunnels)
     status = sub.add_parser("status", help="listeners and QUIC connections (from the API socket)")
@@ -346,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "run": _run,
         "check": _check,
         "dump-config": _dump,
+        "fingerprint": _fingerprint,
         "tunnels": inspect_cli.tunnels,
         "status": inspect_cli.status,
     }
@@ -399,6 +421,17 @@ def _dump(args: argparse.Namespace) -> int:
         print(config_files.dump(_load(args)), end="")
     except ConfigError as exc:
         return _report(exc)
+    return 0
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    from quictund.tls import fingerprint_file
+
+    try:
+        print(fingerprint_file(args.file))
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"quictund fingerprint: {args.file}: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0
 
 

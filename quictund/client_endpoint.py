@@ -58,6 +58,7 @@ class ClientEndpoint(EndpointBase):
             dead_after_s=s.dead_after_s,
             handshake_timeout_s=s.handshake_timeout_s,
             socket_buffer=s.socket_buffer,
+            server_pins=frozenset([s.server_fingerprint] if s.server_fingerprint else []),
         )
         self.listener: StreamListener | None = None
         self._tg: asyncio.TaskGroup | None = None

@@ -8,6 +8,7 @@ compares them to decide which listeners changed.
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
@@ -70,6 +71,21 @@ def _host_port(value: object, *, allow_port_zero: bool = False) -> object:
     raise ValueError(f"not a host:port address (got {value!r})")
 
 
+def _fingerprint(value: str) -> str:
+    """``sha256:`` + standard base64 of a SHA-256 of the SubjectPublicKeyInfo (44 chars)."""
+    algo, sep, digest = value.strip().partition(":")
+    try:
+        raw = base64.b64decode(digest, validate=True) if sep and algo == "sha256" else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(
+            f"not a sha256:BASE64 public-key fingerprint as printed by "
+            f"'quictund fingerprint FILE' (got {value!r})"
+        )
+    return f"sha256:{digest}"
+
+
 class ClientSettings(QuicKnobs):
     name: str = "client"
     listen_on: Annotated[StreamAddress, Field(alias="listen-on"), _AS_STR] = StreamAddress(
@@ -85,10 +101,12 @@ class ClientSettings(QuicKnobs):
     key_file: Annotated[str | None, Field(alias="key-file")] = None
     ca_file: Annotated[str | None, Field(alias="ca-file")] = None
     verify_remote_endpoint: Annotated[bool, Field(alias="verify-remote-endpoint")] = True
+    server_fingerprint: Annotated[str | None, Field(alias="server-fingerprint")] = None
     connect_wait_s: Annotated[float, Field(alias="connect-wait", ge=0, le=300)] = 10.0
     unix_socket_mode: Annotated[int, Field(alias="unix-socket-mode", ge=0, le=0o777)] = 0o660
 
     _v_listen = field_validator("listen_on", mode="before")(_stream_address)
+    _v_pin = field_validator("server_fingerprint")(lambda v: None if v is None else _fingerprint(v))
     _v_server = field_validator("server_endpoint", mode="before")(_host_port)
 
 
@@ -101,6 +119,7 @@ class ServerSettings(QuicKnobs):
     key_file: Annotated[str | None, Field(alias="key-file")] = None
     ca_file: Annotated[str | None, Field(alias="ca-file")] = None
     verify_remote_endpoint: Annotated[bool, Field(alias="verify-remote-endpoint")] = False
+    client_fingerprints: Annotated[list[str] | None, Field(alias="client-fingerprints")] = None
     allow: list[str] | None = None
     connect_timeout_s: Annotated[float, Field(alias="connect-timeout", gt=0, le=300)] = 10.0
     token_timeout_s: Annotated[float, Field(alias="token-timeout", gt=0, le=300)] = 10.0
@@ -109,4 +128,7 @@ class ServerSettings(QuicKnobs):
 
     _v_listen = field_validator("listen_on", mode="before")(
         lambda v: _host_port(v, allow_port_zero=True)
+    )
+    _v_pins = field_validator("client_fingerprints")(
+        lambda v: None if v is None else [_fingerprint(p) for p in v]
     )

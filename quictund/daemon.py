@@ -143,7 +143,7 @@ class Daemon:
             tls.load_certificate_chain(s.cert_file, s.key_file)
         if s.ca_file:
             _check_ca(s.ca_file)
-        if not s.verify_remote_endpoint:
+        if not s.verify_remote_endpoint and not s.server_fingerprint:
             self._warnings.append(
                 f"[{s.name}] NOT verifying the server's certificate: anyone on the path can "
                 f"impersonate {s.server_endpoint}. Turn verification on with "
@@ -155,7 +155,8 @@ class Daemon:
             is_client=True,
             settings=s.engine_settings(),
             server_name=server_name,
-            verify=s.verify_remote_endpoint,
+            # A pinned key replaces CA verification (checked in the engine's handshake).
+            verify=s.verify_remote_endpoint and not s.server_fingerprint,
             cafile=s.ca_file,
             certfile=s.cert_file,
             keyfile=s.key_file,

@@ -107,6 +107,7 @@ class ServerEndpoint(EndpointBase):
             configuration=config,
             settings=s.engine_settings(),
             client_cafile=s.ca_file if s.verify_remote_endpoint else None,
+            client_pins=frozenset(s.client_fingerprints or []),
             original_destination_connection_id=odcid,
         )
 

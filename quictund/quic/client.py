@@ -64,6 +64,7 @@ class Connector:
         dead_after_s: float,
         handshake_timeout_s: float,
         socket_buffer: int,
+        server_pins: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.host = host
@@ -74,6 +75,7 @@ class Connector:
         self._dead_after_s = dead_after_s
         self._handshake_timeout_s = handshake_timeout_s
         self._socket_buffer = socket_buffer
+        self._server_pins = server_pins
         self.session: QuicSession | None = None
         self._up = asyncio.Event()
         self.state = "connecting"
@@ -172,7 +174,11 @@ class Connector:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             tune_socket(sock, self._socket_buffer)
-        conn = engine.EngineConnection(configuration=self._configuration(), settings=self._settings)
+        conn = engine.EngineConnection(
+            configuration=self._configuration(),
+            settings=self._settings,
+            server_pins=self._server_pins,
+        )
         session = QuicSession(
             conn,
             lambda data, addr: transport.sendto(data),

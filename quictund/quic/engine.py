@@ -50,6 +50,8 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
+from quictund.tls import fingerprint
+
 __all__ = [
     "ALPN",
     "EngineConnection",
@@ -140,10 +142,14 @@ class EngineConnection(QuicConnection):
         configuration: QuicConfiguration,
         settings: EngineSettings,
         client_cafile: str | None = None,
+        client_pins: frozenset[str] = frozenset(),
+        server_pins: frozenset[str] = frozenset(),
         **kwargs: Any,
     ) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._client_cafile = client_cafile
+        self._client_pins = client_pins
+        self._server_pins = server_pins
         self._stream_window = settings.stream_window
         self._connection_window = settings.connection_window
         self._consumed: dict[int, int] = {}
@@ -323,13 +329,19 @@ class EngineConnection(QuicConnection):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
-        if not self._is_client and self._client_cafile is not None:
+        if not self._is_client and (self._client_cafile is not None or self._client_pins):
             # aioquic requests a client certificate only through this private flag, accepts
             # an empty one, and never verifies the chain: _ClientAuthContext closes both gaps
             # so a bad client fails *inside* the handshake with a TLS alert.
             self.tls.__class__ = _ClientAuthContext
             self.tls._request_client_certificate = True
             self.tls._client_cafile = self._client_cafile  # type: ignore[attr-defined]
+            self.tls._pins = self._client_pins  # type: ignore[attr-defined]
+        elif self._is_client and self._server_pins:
+            # Pinning replaces CA verification (make_configuration turned it off): the
+            # server's public key must be one of the pins, checked in the handshake.
+            self.tls.__class__ = _PinnedServerContext
+            self.tls._pins = self._server_pins  # type: ignore[attr-defined]
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
@@ -423,9 +435,10 @@ class EngineConnection(QuicConnection):
 
 
 class _ClientAuthContext(tls.Context):
-    """Server TLS context that requires and verifies a client certificate chain."""
+    """Server TLS context that requires a client certificate: pinned key or CA-verified chain."""
 
-    _client_cafile: str
+    _client_cafile: str | None
+    _pins: frozenset[str]
 
     def _server_handle_certificate(self, input_buf: Buffer) -> None:
         start = input_buf.tell()
@@ -438,11 +451,27 @@ class _ClientAuthContext(tls.Context):
     def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._server_handle_certificate_verify(input_buf)  # checks the signature
         assert self._peer_certificate is not None
+        if self._pins and fingerprint(self._peer_certificate) in self._pins:
+            return
+        if self._client_cafile is None:
+            raise tls.AlertBadCertificate("client key is not one of client-fingerprints")
         tls.verify_certificate(
             certificate=self._peer_certificate,
             chain=self._peer_certificate_chain,
             cafile=self._client_cafile,
         )
+
+
+class _PinnedServerContext(tls.Context):
+    """Client TLS context that accepts the server only by its pinned public key."""
+
+    _pins: frozenset[str]
+
+    def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
+        super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
+        assert self._peer_certificate is not None
+        if fingerprint(self._peer_certificate) not in self._pins:
+            raise tls.AlertBadCertificate("server key does not match server-fingerprint")
 
 
 def _peek_stream_id(buf: Buffer) -> int:

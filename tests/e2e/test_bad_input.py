@@ -356,3 +356,79 @@ async def test_broad_allow_never_reaches_loopback(state_dir: Path) -> None:
         server.kill()
         await server.proc.wait()
         target.close()
+
+
+async def test_key_pinning_both_ways(state_dir: Path, tmp_path: Path) -> None:
+    """server-fingerprint on the client, client-fingerprints on the server: only pinned keys."""
+    from quictund.tls import fingerprint_file
+
+    backend = await echo().tcp()
+    server_cert = state_dir / "server.pem"
+    good_cert, good_key, _, _ = _issue(tmp_path, "pinned-client", None)
+    other_cert, other_key, _, _ = _issue(tmp_path, "other-client", None)
+    server = await Endpoint.start(
+        "server",
+        "--listen-on",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--client-fingerprint",
+        fingerprint_file(good_cert),
+    )
+    wrong_pin = fingerprint_file(other_cert)
+    cases = {
+        "good": [
+            "--cert-file",
+            str(good_cert),
+            "--key-file",
+            str(good_key),
+            "--server-fingerprint",
+            fingerprint_file(server_cert),
+        ],
+        "unpinned-client": [
+            "--cert-file",
+            str(other_cert),
+            "--key-file",
+            str(other_key),
+            "--server-fingerprint",
+            fingerprint_file(server_cert),
+        ],
+        "wrong-server-pin": [
+            "--cert-file",
+            str(good_cert),
+            "--key-file",
+            str(good_key),
+            "--server-fingerprint",
+            wrong_pin,
+        ],
+    }
+    clients = {}
+    try:
+        for name, extra in cases.items():
+            clients[name] = await Endpoint.start(
+                "client",
+                "--listen-on",
+                "tcp:127.0.0.1:0",
+                "--server-endpoint",
+                server.address,
+                "--token-source",
+                backend.address,
+                *extra,
+            )
+        await assert_echo(clients["good"].address)
+        assert not clients["good"].messages("NOT verifying"), "a pin is verification"
+        for name in ("unpinned-client", "wrong-server-pin"):
+            await assert_refused(clients[name].address)
+        await clients["wrong-server-pin"].wait_log(
+            lambda e: "does not match server-fingerprint" in e.get("msg", "")
+        )
+        await clients["unpinned-client"].wait_log(
+            lambda e: "lost" in e.get("msg", "") or "cannot connect" in e.get("msg", "")
+        )
+        assert backend.accepted == 1
+    finally:
+        for ep in clients.values():
+            await ep.stop()
+        server.kill()
+        await server.proc.wait()
+        backend.close()
