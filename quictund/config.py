@@ -110,6 +110,13 @@ class ClientSettings(QuicKnobs):
     _v_server = field_validator("server_endpoint", mode="before")(_host_port)
 
 
+class AllowFor(_Model):
+    """A destination policy for clients whose certificate matches ``identity``."""
+
+    identity: str
+    allow: list[str]
+
+
 class ServerSettings(QuicKnobs):
     name: str = "server"
     listen_on: Annotated[HostPort, Field(alias="listen-on"), _AS_STR] = HostPort("0.0.0.0", 7500)
@@ -121,6 +128,7 @@ class ServerSettings(QuicKnobs):
     verify_remote_endpoint: Annotated[bool, Field(alias="verify-remote-endpoint")] = False
     client_fingerprints: Annotated[list[str] | None, Field(alias="client-fingerprints")] = None
     allow: list[str] | None = None
+    allow_for: Annotated[list[AllowFor] | None, Field(alias="allow-for")] = None
     connect_timeout_s: Annotated[float, Field(alias="connect-timeout", gt=0, le=300)] = 10.0
     token_timeout_s: Annotated[float, Field(alias="token-timeout", gt=0, le=300)] = 10.0
     max_connections: Annotated[int, Field(alias="max-connections", ge=1)] = 10000

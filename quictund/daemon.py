@@ -166,6 +166,8 @@ class Daemon:
     def _build_server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
         parser = make_parser(s.token_parser_plugin, s.token_parser_key)
         allow = s.allow
+        if allow is None and s.allow_for:
+            allow = []  # only the identities listed in allow-for reach anything
         if allow is None:
             if not open_by_default:
                 raise ConfigError(
@@ -178,6 +180,17 @@ class Daemon:
             policy = Policy(allow)
         except ValueError as exc:
             raise ConfigError(f"server '{s.name}': allow: {exc}") from None
+        policies_for = []
+        for i, entry in enumerate(s.allow_for or []):
+            try:
+                policies_for.append((entry.identity, Policy(entry.allow)))
+            except ValueError as exc:
+                raise ConfigError(f"server '{s.name}': allow-for[{i}].allow: {exc}") from None
+        if s.allow_for and not (s.verify_remote_endpoint or s.client_fingerprints):
+            raise ConfigError(
+                f"server '{s.name}': allow-for needs client certificates (verify-remote-endpoint "
+                "= true with ca-file, or client-fingerprints): identities come from them"
+            )
         if policy.open:
             self._warnings.append(
                 f"[{s.name}] OPEN PROXY: any client that completes the QUIC handshake may "
@@ -215,7 +228,11 @@ class Daemon:
         config = engine.make_configuration(
             is_client=False, settings=s.engine_settings(), certfile=certfile, keyfile=keyfile
         )
-        return ServerEndpoint(s, parser=parser, policy=policy, quic_config=config, table=self.table)
+        server = ServerEndpoint(
+            s, parser=parser, policy=policy, quic_config=config, table=self.table
+        )
+        server.policies_for = policies_for
+        return server
 
     # ---- running -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from quictund.addresses import StreamAddress, format_host_port
 from quictund.config import ServerSettings
 from quictund.endpoint import EndpointBase
 from quictund.errors import ConfigError, TokenRejected
+from quictund.identity import Identity
 from quictund.policy import IPAddress, Policy
 from quictund.quic import engine
 from quictund.quic.server import QuicServerProtocol
@@ -49,6 +50,7 @@ class ServerEndpoint(EndpointBase):
         self.settings = settings
         self.parser = parser
         self.policy = policy
+        self.policies_for: list[tuple[str, Policy]] = []  # (identity pattern, policy)
         self.table = table
         self._tg: asyncio.TaskGroup | None = None
         self._proto: QuicServerProtocol | None = None
@@ -149,7 +151,15 @@ class ServerEndpoint(EndpointBase):
         self.settings = other.settings
         self.parser = other.parser
         self.policy = other.policy
+        self.policies_for = other.policies_for
         self.quic_config = other.quic_config
+
+    def policy_for(self, identity: Identity) -> Policy:
+        """The first ``allow-for`` whose identity matches, else the listener's ``allow``."""
+        for pattern, policy in self.policies_for:
+            if identity.matches(pattern):
+                return policy
+        return self.policy
 
     def splice_finished(self, splice: Splice, reason: str) -> None:
         self.untrack(splice)
@@ -173,6 +183,7 @@ class ServerHandshake:
             listener=endpoint.settings.name,
             remote_endpoint_addr=format_host_port(*session.peer),
             stream_id=stream_id,
+            identity=str(session.identity),
         )
         endpoint.table.add(self.record)
         loop = asyncio.get_running_loop()
@@ -291,7 +302,7 @@ class ServerHandshake:
     async def _resolve_and_check(self, dest: StreamAddress) -> tuple[str, int] | None:
         """Resolve once, check every address, return one checked address to connect to."""
         if dest.is_unix:
-            return ("", 0) if self.endpoint.policy.allows(dest, []) else None
+            return ("", 0) if self._policy().allows(dest, []) else None
         family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
             dest.network, socket.AF_UNSPEC
         )
@@ -302,9 +313,12 @@ class ServerHandshake:
             addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
             if addr not in addrs:
                 addrs.append(addr)
-        if not self.endpoint.policy.allows(dest, addrs):
+        if not self._policy().allows(dest, addrs):
             return None
         return (str(addrs[0]), dest.port)
+
+    def _policy(self) -> Policy:
+        return self.endpoint.policy_for(self.session.identity)
 
     def _fail(self, ack: Ack, code: ErrorCode, reason: str) -> None:
         if self.done:

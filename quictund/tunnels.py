@@ -39,6 +39,8 @@ class TunnelRecord:
     client_total_bytes: int = 0
     server_total_bytes: int = 0
     established: bool = False
+    # The client certificate's subject and alternative names (server side, mTLS only).
+    identity: str = ""
     setup_s: float = 0.0
     # What the first bytes say the tunnel carries (Spice, SSH, TLS); fed by the splice, which
     # never waits for it.
@@ -55,6 +57,7 @@ class TunnelRecord:
             "client_app": self.client_app_addr,
             "server_app": self.server_app_addr,
             "peer": self.remote_endpoint_addr,
+            **({"identity": self.identity} if self.identity else {}),
         }
 
 

@@ -52,6 +52,12 @@ def _tunnel_schema(endpoint: str) -> dict[str, Any]:
         "protocol": {"type": "string", "description": '"" when unknown, or "spice"'},
         "protocolProperties": {"$ref": _REF + "ProtocolProperties"},
         "listener": {"type": "string", "description": "name of the listener (quictund only)"},
+        "clientIdentity": {
+            "type": "string",
+            "description": "server side: the client certificate's subject and alternative "
+            'names when client certificates are required, else ""; client side: "" '
+            "(quictund only)",
+        },
     }
     return {
         "type": "object",

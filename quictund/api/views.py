@@ -38,6 +38,7 @@ TUNNEL_KEYS: tuple[str, ...] = (
     "protocol",
     "protocolProperties",
     "listener",
+    "clientIdentity",
 )
 
 
@@ -61,6 +62,7 @@ class TunnelView:
     client_send_rate: float = 0.0
     protocol: str = ""
     protocol_properties: dict[str, object] | None = None
+    client_identity: str = ""
 
     def to_json(self) -> dict[str, object]:
         """The JSON object, with quic-tun's key names and order."""
@@ -85,6 +87,7 @@ class TunnelView:
                 None if self.protocol_properties is None else dict(self.protocol_properties)
             ),
             listener=self.listener,
+            clientIdentity=self.client_identity,
         )
         return out
 
@@ -118,6 +121,7 @@ def view_of(
         client_send_rate=client_rate,
         protocol=protocol,
         protocol_properties=None if properties is None else dict(properties),
+        client_identity=record.identity,
     )
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from quictund.identity import Identity, identity_of
 from quictund.quic.engine import EngineConnection, events
 from quictund.wire import ErrorCode
 
@@ -83,6 +84,7 @@ class QuicSession:
         self.handshake_done: asyncio.Future[None] = self._loop.create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
+        self._identity: Identity | None = None
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.bytes_in = 0
@@ -155,6 +157,13 @@ class QuicSession:
         self._blocked.pop(stream_id, None)
         self.conn.release(stream_id)
         self.transmit_soon()
+
+    @property
+    def identity(self) -> Identity:
+        """The peer's certificate identity (empty when it presented none)."""
+        if self._identity is None:
+            self._identity = identity_of(self.conn.peer_certificate)
+        return self._identity
 
     @property
     def stream_count(self) -> int:
