@@ -49,6 +49,8 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from quictund.tls import fingerprint
 
@@ -451,6 +453,7 @@ class _ClientAuthContext(tls.Context):
     def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._server_handle_certificate_verify(input_buf)  # checks the signature
         assert self._peer_certificate is not None
+        _check_client_usage(self._peer_certificate)
         if self._pins and fingerprint(self._peer_certificate) in self._pins:
             return
         if self._client_cafile is None:
@@ -460,6 +463,22 @@ class _ClientAuthContext(tls.Context):
             chain=self._peer_certificate_chain,
             cafile=self._client_cafile,
         )
+
+
+def _check_client_usage(cert: x509.Certificate) -> None:
+    """A certificate that states its purposes must allow client authentication."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise tls.AlertUnsupportedCertificate("client certificate is not for client authentication")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.digital_signature:
+        raise tls.AlertUnsupportedCertificate("client certificate may not sign (key usage)")
 
 
 class _PinnedServerContext(tls.Context):

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e.harness import Backend, Endpoint, connect, echo
 
@@ -241,6 +241,7 @@ def _issue(
     name: str,
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
     ca: bool = False,
+    eku: list[x509.ObjectIdentifier] | None = None,
 ) -> tuple[Path, Path, x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -255,6 +256,8 @@ def _issue(
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
     cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
     cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -273,6 +276,9 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
     ca_path, _, ca_cert, ca_key = _issue(tmp_path, "ca", None, ca=True)
     good_cert, good_key, _, _ = _issue(tmp_path, "ops", (ca_cert, ca_key))
     rogue_cert, rogue_key, _, _ = _issue(tmp_path, "rogue", None)
+    server_only, server_only_key, _, _ = _issue(
+        tmp_path, "server-only", (ca_cert, ca_key), eku=[ExtendedKeyUsageOID.SERVER_AUTH]
+    )
     server = await Endpoint.start(
         "server",
         "--listen-on",
@@ -288,6 +294,7 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
         for name, extra in {
             "none": [],
             "rogue": ["--cert-file", str(rogue_cert), "--key-file", str(rogue_key)],
+            "server-only": ["--cert-file", str(server_only), "--key-file", str(server_only_key)],
             "good": ["--cert-file", str(good_cert), "--key-file", str(good_key)],
         }.items():
             clients[name] = await Endpoint.start(
@@ -304,7 +311,9 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
         lost = await clients["none"].wait_log(lambda e: "lost" in e.get("msg", ""))
         assert "client certificate required" in lost["msg"]
         await clients["rogue"].wait_log(lambda e: "lost" in e.get("msg", ""))
-        for name in ("none", "rogue"):
+        lost = await clients["server-only"].wait_log(lambda e: "lost" in e.get("msg", ""))
+        assert "not for client authentication" in lost["msg"]
+        for name in ("none", "rogue", "server-only"):
             await assert_refused(clients[name].address)
         assert backend.accepted == 1
         # refused clients back off instead of reconnecting in a tight loop
