@@ -347,6 +347,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "certificate, for server-fingerprint / client-fingerprints",
     )
     fingerprint.add_argument("file")
+    token = sub.add_parser(
+        "token", help="signed tokens: quictund token sign --secret-file F --audience A DEST"
+    )
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    sign = token_sub.add_parser(
+        "sign", help="print a signed token for DEST (tcp:HOST:PORT or unix:/path)"
+    )
+    sign.add_argument("destination")
+    sign.add_argument("--secret-file", required=True)
+    sign.add_argument("--audience", required=True, help="the server's token-audience")
+    sign.add_argument("--ttl", type=float, default=300.0, metavar="SECONDS")
     tunnels = sub.add_parser("tunnels", help="list the open tunnels (from the API socket)")
     inspect_cli.add_arguments(tunnels)
     status = sub.add_parser("status", help="listeners and QUIC connections (from the API socket)")
@@ -368,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "check": _check,
         "dump-config": _dump,
         "fingerprint": _fingerprint,
+        "token": _token,
         "tunnels": inspect_cli.tunnels,
         "status": inspect_cli.status,
     }
@@ -421,6 +433,29 @@ def _dump(args: argparse.Namespace) -> int:
         print(config_files.dump(_load(args)), end="")
     except ConfigError as exc:
         return _report(exc)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    import time
+
+    from quictund.addresses import parse_stream_address
+    from quictund.tokens.signed import read_secret, sign
+
+    try:
+        parse_stream_address(args.destination)
+        secret = read_secret(args.secret_file)
+        print(
+            sign(
+                args.destination,
+                secret=secret,
+                audience=args.audience,
+                expires_at=int(time.time() + args.ttl),
+            )
+        )
+    except (ValueError, ConfigError) as exc:
+        print(f"quictund token sign: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0
 
 

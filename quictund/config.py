@@ -97,6 +97,9 @@ class ClientSettings(QuicKnobs):
     token_source: Annotated[str | None, Field(alias="token-source")] = None
     token_map: Annotated[dict[str, str] | None, Field(alias="token-map")] = None
     token_timeout_s: Annotated[float, Field(alias="token-timeout", gt=0, le=120)] = 5.0
+    token_secret_file: Annotated[str | None, Field(alias="token-secret-file")] = None
+    token_audience: Annotated[str | None, Field(alias="token-audience")] = None
+    token_ttl_s: Annotated[float, Field(alias="token-ttl", gt=0, le=86400)] = 300.0
     cert_file: Annotated[str | None, Field(alias="cert-file")] = None
     key_file: Annotated[str | None, Field(alias="key-file")] = None
     ca_file: Annotated[str | None, Field(alias="ca-file")] = None
@@ -122,6 +125,7 @@ class ServerSettings(QuicKnobs):
     listen_on: Annotated[HostPort, Field(alias="listen-on"), _AS_STR] = HostPort("0.0.0.0", 7500)
     token_parser_plugin: Annotated[str, Field(alias="token-parser-plugin")] = "Cleartext"
     token_parser_key: Annotated[str | None, Field(alias="token-parser-key")] = None
+    token_audience: Annotated[str | None, Field(alias="token-audience")] = None
     cert_file: Annotated[str | None, Field(alias="cert-file")] = None
     key_file: Annotated[str | None, Field(alias="key-file")] = None
     ca_file: Annotated[str | None, Field(alias="ca-file")] = None

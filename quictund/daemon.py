@@ -135,7 +135,13 @@ class Daemon:
 
     def _build_client(self, s: ClientSettings) -> ClientEndpoint:
         source = make_source(
-            s.token_source_plugin, s.token_source, mapping=s.token_map, timeout_s=s.token_timeout_s
+            s.token_source_plugin,
+            s.token_source,
+            mapping=s.token_map,
+            timeout_s=s.token_timeout_s,
+            secret_file=s.token_secret_file,
+            audience=s.token_audience or "",
+            ttl_s=s.token_ttl_s,
         )
         if s.cert_file or s.key_file:
             if not (s.cert_file and s.key_file):
@@ -164,7 +170,14 @@ class Daemon:
         return ClientEndpoint(s, source=source, quic_config=config, table=self.table)
 
     def _build_server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
-        parser = make_parser(s.token_parser_plugin, s.token_parser_key)
+        parser = make_parser(
+            s.token_parser_plugin, s.token_parser_key, audience=s.token_audience or ""
+        )
+        if getattr(parser, "audience", None) == "" and s.token_parser_plugin.lower() == "signed":
+            raise ConfigError(
+                f"server '{s.name}': the Signed parser needs token-audience "
+                "(the name clients sign their tokens for)"
+            )
         allow = s.allow
         if allow is None and s.allow_for:
             allow = []  # only the identities listed in allow-for reach anything

@@ -77,6 +77,8 @@ class TokenParser(ABC):
 
     name: ClassVar[str]
 
+    audience: str = ""  # who the token must be meant for (plugins that check it)
+
     def __init__(self, key: str) -> None:
         self.key = key
 
@@ -146,14 +148,27 @@ def make_source(
     *,
     mapping: dict[str, str] | None = None,
     timeout_s: float = 5.0,
+    secret_file: str | None = None,
+    audience: str = "",
+    ttl_s: float = 300.0,
 ) -> TokenSource:
-    """Build the token source called ``plugin_name`` (case-insensitive); ConfigError if bad."""
-    return _sources.get(plugin_name).from_config(arg, mapping, timeout_s)
+    """Build the token source called ``plugin_name`` (case-insensitive); ConfigError if bad.
+
+    ``secret_file``/``audience``/``ttl_s`` are for sources that sign (``from_signing``).
+    """
+    cls = _sources.get(plugin_name)
+    from_signing = getattr(cls, "from_signing", None)
+    if from_signing is not None:
+        source: TokenSource = from_signing(arg, secret_file, audience, ttl_s)
+        return source
+    return cls.from_config(arg, mapping, timeout_s)
 
 
-def make_parser(plugin_name: str, key: str | None) -> TokenParser:
+def make_parser(plugin_name: str, key: str | None, *, audience: str = "") -> TokenParser:
     """Build the token parser called ``plugin_name`` (case-insensitive); ConfigError if bad."""
-    return _parsers.get(plugin_name)(key or "")
+    parser = _parsers.get(plugin_name)(key or "")
+    parser.audience = audience
+    return parser
 
 
 def source_names() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,47 @@ async def test_allow_for_needs_client_certificates(
     run = await Run.start("--config", str(conf))
     assert await run.exited() == 78
     assert any("allow-for needs client certificates" in line for line in run.log)
+
+
+async def test_signed_tokens_end_to_end(short_tmp: Path, state_dir: Path) -> None:
+    from quictund import tls
+
+    app = await echo().tcp()
+    good, bad = short_tmp / "good.secret", short_tmp / "bad.secret"
+    for path in (good, bad):
+        path.write_text(os.urandom(32).hex())
+        path.chmod(0o600)
+    port = free_udp_port()
+    cert, _ = tls.ensure_self_signed(state_dir, ["localhost"])
+    conf = short_tmp / "d.toml"
+    text = (
+        f'[[server]]\nname = "edge"\nlisten-on = "127.0.0.1:{port}"\n'
+        f'state-dir = "{state_dir}"\ntoken-parser-plugin = "Signed"\n'
+        f'token-parser-key = "{good}"\ntoken-audience = "edge"\nallow = ["{app.address}"]\n'
+    )
+    for name, secret in (("good", good), ("bad", bad)):
+        text += (
+            f'[[client]]\nname = "{name}"\nlisten-on = "unix:{short_tmp}/{name}.sock"\n'
+            f'server-endpoint = "127.0.0.1:{port}"\nserver-name = "localhost"\n'
+            f'ca-file = "{cert}"\ntoken-source-plugin = "Signed"\n'
+            f'token-source = "{app.address}"\ntoken-secret-file = "{secret}"\n'
+            'token-audience = "edge"\n'
+        )
+    conf.write_text(text)
+    run = await Run.start("--config", str(conf))
+    try:
+        await run.wait_log("ready:")
+        reader, writer = await connect(f"unix:{short_tmp}/good.sock")
+        writer.write(b"signed")
+        assert await reader.readexactly(6) == b"signed"
+        writer.close()
+        reader, writer = await connect(f"unix:{short_tmp}/bad.sock")
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):  # UNIX: EOF
+            await asyncio.wait_for(reader.readexactly(1), 10)
+        writer.close()
+        line = await run.wait_log("bad MAC")
+        assert "token rejected" in line
+        assert app.accepted == 1
+    finally:
+        assert await run.stop() == 0
+        app.close()
