@@ -326,11 +326,16 @@ BROKEN: dict[str, tuple[dict[str, str], list[str | re.Pattern[str]]]] = {
             "c.toml": '[[client]]\nname = "a"\nserver-endpoint = "h:1"\n'
             'token-source-plugin = "Vault"\ntoken-source = "x"\n'
         },
-        ["c.toml: client[0]: unknown token source plugin 'Vault'; known: Fixed, File, Http"],
+        [
+            (
+                "c.toml: client[0]: unknown token source plugin 'Vault'; "
+                "known: Fixed, File, Http, Signed"
+            )
+        ],
     ),
     "unknown-token-parser-plugin": (
         {"s.toml": '[[server]]\nname = "s"\nallow = ["*"]\ntoken-parser-plugin = "Jwt"\n'},
-        ["s.toml: server[0]: unknown token parser plugin 'Jwt'; known: Cleartext"],
+        ["s.toml: server[0]: unknown token parser plugin 'Jwt'; known: Cleartext, Signed"],
     ),
     "unknown-token-parser-key": (
         {"s.toml": '[[server]]\nname = "s"\nallow = ["*"]\ntoken-parser-key = "bas64"\n'},
@@ -414,7 +419,10 @@ BROKEN: dict[str, tuple[dict[str, str], list[str | re.Pattern[str]]]] = {
                 "srv.toml: server[2]: unknown token-parser-key 'bas64' for Cleartext; "
                 "use 'base64' or leave it empty"
             ),
-            "srv.toml: client[0]: unknown token source plugin 'Nope'; known: Fixed, File, Http",
+            (
+                "srv.toml: client[0]: unknown token source plugin 'Nope'; "
+                "known: Fixed, File, Http, Signed"
+            ),
         ],
     ),
     "problems-in-two-files": (

@@ -56,13 +56,13 @@ def test_parser_names_are_case_insensitive(name: str) -> None:
 def test_unknown_source_plugin_message() -> None:
     with pytest.raises(ConfigError) as err:
         make_source("Foo", "x")
-    assert str(err.value) == "unknown token source plugin 'Foo'; known: Fixed, File, Http"
+    assert str(err.value) == "unknown token source plugin 'Foo'; known: Fixed, File, Http, Signed"
 
 
 def test_unknown_parser_plugin_message() -> None:
     with pytest.raises(ConfigError) as err:
         make_parser("Foo", None)
-    assert str(err.value) == "unknown token parser plugin 'Foo'; known: Cleartext"
+    assert str(err.value) == "unknown token parser plugin 'Foo'; known: Cleartext, Signed"
 
 
 # ------------------------------------------------------------------------------ Fixed

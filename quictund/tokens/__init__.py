@@ -6,7 +6,7 @@ sources, the ``Cleartext`` and ``Signed`` parsers) so that :func:`make_source` a
 are in ``base.py``.
 """
 
-from quictund.tokens import parsers, signed, sources
+from quictund.tokens import parsers, sources, signed  # noqa: I001 -- registration order = help order
 from quictund.tokens.base import TokenParser, TokenSource, make_parser, make_source
 
 __all__ = [

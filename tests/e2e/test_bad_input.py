@@ -47,7 +47,7 @@ async def run_cli(*args: str) -> tuple[int, str]:
         ),
         (
             ["server", "--token-parser-plugin", "Signedd"],
-            "unknown token parser plugin 'Signedd'; known: Cleartext",
+            "unknown token parser plugin 'Signedd'; known: Cleartext, Signed",
         ),
         (["server", "--token-parser-key", "bas64"], "unknown token-parser-key 'bas64'"),
         (
