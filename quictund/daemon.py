@@ -41,7 +41,7 @@ from quictund.config import ClientSettings, ServerSettings
 from quictund.config_files import Config, ConfigProblems
 from quictund.errors import ConfigError
 from quictund.metrics import Metrics
-from quictund.policy import Policy
+from quictund.policy import Policy, local_addresses
 from quictund.quic import engine
 from quictund.server_endpoint import ServerEndpoint
 from quictund.systemd import Notifier
@@ -179,6 +179,7 @@ class Daemon:
                 "(the name clients sign their tokens for)"
             )
         allow = s.allow
+        own = local_addresses()  # this host's addresses: reachable only when named
         if allow is None and s.allow_for:
             allow = []  # only the identities listed in allow-for reach anything
         if allow is None:
@@ -190,13 +191,13 @@ class Daemon:
                 )
             allow = ["*"]
         try:
-            policy = Policy(allow)
+            policy = Policy(allow, own=own)
         except ValueError as exc:
             raise ConfigError(f"server '{s.name}': allow: {exc}") from None
         policies_for = []
         for i, entry in enumerate(s.allow_for or []):
             try:
-                policies_for.append((entry.identity, Policy(entry.allow)))
+                policies_for.append((entry.identity, Policy(entry.allow, own=own)))
             except ValueError as exc:
                 raise ConfigError(f"server '{s.name}': allow-for[{i}].allow: {exc}") from None
         if s.allow_for and not (s.verify_remote_endpoint or s.client_fingerprints):

@@ -14,10 +14,11 @@ The server resolves a name once, checks **every** address it resolved against IP
 and connects to a checked address (so DNS cannot change the answer between check and
 connect).  A host-name entry allows the name's addresses whatever they are.
 
-Loopback, link-local (cloud metadata) and unspecified addresses are denied unless a rule names
-them explicitly (an address or CIDR inside 127.0.0.0/8, 169.254.0.0/16, ::1, fe80::/10, …, or
-the host name itself): ``tcp:0.0.0.0/0:*`` or ``tcp:*:22`` never reach ``127.0.0.1``, however
-the token spells it (``127.1``, ``0x7f.0.0.1``, ``[::ffff:127.0.0.1]``, a name resolving to it).
+Loopback, link-local (cloud metadata), unspecified and this host's own interface addresses are
+denied unless a rule names them explicitly (an address or CIDR inside 127.0.0.0/8,
+169.254.0.0/16, ::1, fe80::/10, …, the own address itself, or the host name):
+``tcp:0.0.0.0/0:*`` or ``tcp:*:22`` never reach ``127.0.0.1``, however the token spells it
+(``127.1``, ``0x7f.0.0.1``, ``[::ffff:127.0.0.1]``, a name resolving to it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import posixpath
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from quictund.addresses import StreamAddress
 
@@ -90,9 +93,11 @@ def _ports(text: str, rule: str) -> tuple[int, int]:
 
 
 class Policy:
-    def __init__(self, rules: list[str]) -> None:
+    def __init__(self, rules: list[str], own: frozenset[IPAddress] = frozenset()) -> None:
+        """``own``: this host's addresses, reachable only through rules that name them."""
         self.rules = [parse_rule(r) for r in rules]
         self.open = any(r.network == "*" for r in self.rules)
+        self.own = own
 
     def allows(self, dest: StreamAddress, addresses: list[IPAddress]) -> bool:
         """``addresses``: what ``dest.host`` resolved to (every one must be allowed)."""
@@ -109,7 +114,7 @@ class Policy:
         if any(r.name == name for r in tcp):
             return True  # the name itself is listed: whatever it resolves to was meant
         wildcard = any(r.name == "*" for r in tcp)
-        return all(_address_allowed(a, tcp, wildcard) for a in addresses)
+        return all(_address_allowed(a, tcp, wildcard, self.own) for a in addresses)
 
 
 # Loopback, link-local (cloud metadata at 169.254.169.254) and "this host": reachable only
@@ -121,10 +126,14 @@ _SENSITIVE = tuple(
 )
 
 
-def _address_allowed(addr: IPAddress, rules: list[Rule], wildcard: bool) -> bool:
+def _address_allowed(
+    addr: IPAddress, rules: list[Rule], wildcard: bool, own: frozenset[IPAddress] = frozenset()
+) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     block = next((b for b in _SENSITIVE if addr.version == b.version and addr in b), None)
+    if block is None and addr in own:
+        block = ipaddress.ip_network(addr)  # only a rule for exactly this address
     if block is None:
         return wildcard or any(r.net is not None and _contains(r.net, addr) for r in rules)
     return any(
@@ -134,6 +143,39 @@ def _address_allowed(addr: IPAddress, rules: list[Rule], wildcard: bool) -> bool
         and addr in r.net
         for r in rules
     )
+
+
+def local_addresses() -> frozenset[IPAddress]:
+    """This host's interface addresses (Linux), for ``Policy(own=...)``; empty if unknown."""
+    found: set[IPAddress] = set()
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            found.add(ipaddress.IPv6Address(int(line.split()[0], 16)))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+    except OSError:
+        pass
+    found.update(_ipv4_interfaces())
+    return frozenset(found)
+
+
+def _ipv4_interfaces() -> set[IPAddress]:
+    """IPv4 addresses of every interface, read from /proc/net/fib_trie's LOCAL entries."""
+    found: set[IPAddress] = set()
+    try:
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    except OSError:
+        return found
+    for previous, line in zip(lines, lines[1:], strict=False):
+        if "/32 host LOCAL" in line:
+            try:
+                found.add(ipaddress.IPv4Address(previous.split()[-1]))
+            except (ValueError, IndexError):
+                continue
+    return found
 
 
 def _path_matches(path: str, glob: str) -> bool:

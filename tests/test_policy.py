@@ -422,3 +422,21 @@ def test_explicit_rules_do_reach_them(rule: str, spelling: str) -> None:
 def test_open_policy_still_reaches_loopback() -> None:
     """``allow = ["*"]`` is quic-tun's open proxy, loopback included (logged as a WARNING)."""
     assert Policy(["*"]).allows(parse_stream_address("tcp:127.0.0.1:22"), resolve("127.0.0.1"))
+
+
+def test_own_addresses_need_a_rule_that_names_them() -> None:
+    own = frozenset(ips("192.0.2.2", "fd00::2"))
+    dest = parse_stream_address("tcp:192.0.2.2:22")
+    assert Policy(["tcp:192.0.2.0/24:22"], own=own).allows(dest, ips("192.0.2.2")) is False
+    assert Policy(["tcp:*:22"], own=own).allows(dest, ips("192.0.2.2")) is False
+    assert Policy(["tcp:192.0.2.2:22"], own=own).allows(dest, ips("192.0.2.2")) is True
+    # a neighbour in the same subnet is not this host: the broad rule reaches it
+    other = parse_stream_address("tcp:192.0.2.3:22")
+    assert Policy(["tcp:192.0.2.0/24:22"], own=own).allows(other, ips("192.0.2.3")) is True
+
+
+def test_local_addresses_include_loopback() -> None:
+    from quictund.policy import local_addresses
+
+    found = local_addresses()
+    assert ipaddress.ip_address("127.0.0.1") in found or ipaddress.ip_address("::1") in found
