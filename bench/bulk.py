@@ -12,46 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import sys
 import tempfile
 import time
-from pathlib import Path
+
+from _daemons import cpu_s, start  # bench/ is on sys.path
 
 CHUNK = 256 * 1024
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def start(role: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "quictund",
-        role,
-        *args,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while True:
-        line = (await proc.stderr.readline()).decode()
-        if not line:
-            raise SystemExit(f"{role} exited")
-        m = re.search(r"listening on (?:udp )?(\S+?)(?:,|$)", line.strip())
-        if m:
-            _drain.append(asyncio.get_running_loop().create_task(_discard(proc.stderr)))
-            return proc, m.group(1)
-
-
-_drain: list[asyncio.Task[None]] = []
-
-
-async def _discard(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 async def main() -> None:

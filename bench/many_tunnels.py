@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _daemons import rss_kib, start  # bench/ is on sys.path
 
 ECHO = r"""
 import asyncio, uvloop, resource, sys
@@ -33,30 +34,6 @@ async def main():
     await asyncio.Event().wait()
 uvloop.run(main())
 """
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-async def start(role: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "quictund", role, *args, stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    while line := (await proc.stderr.readline()).decode():
-        if m := re.search(r"listening on (?:udp )?(\S+?)(?:,|$)", line.strip()):
-            asyncio.get_running_loop().create_task(_discard(proc.stderr))
-            return proc, m.group(1)
-    raise SystemExit(f"{role} exited")
-
-
-async def _discard(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 async def main() -> None:
