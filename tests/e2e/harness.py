@@ -124,6 +124,29 @@ class Endpoint:
             self.proc.kill()
 
 
+async def start_server(state_dir: Path, *extra: str, listen: str = "127.0.0.1:0") -> Endpoint:
+    """A quic-tun compatible server endpoint keeping its certificate in ``state_dir``."""
+    return await Endpoint.start(
+        "server", "--listen-on", listen, "--state-dir", str(state_dir), *extra
+    )
+
+
+async def start_client(
+    server_address: str, token: str, *extra: str, listen: str = "tcp:127.0.0.1:0"
+) -> Endpoint:
+    """A client endpoint with a Fixed token, talking to ``server_address``."""
+    return await Endpoint.start(
+        "client",
+        "--listen-on",
+        listen,
+        "--server-endpoint",
+        server_address,
+        "--token-source",
+        token,
+        *extra,
+    )
+
+
 # ---- backends --------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.e2e.harness import Backend, Endpoint, connect, echo
+from tests.e2e.harness import Backend, Endpoint, connect, echo, start_client, start_server
 
 
 async def run_cli(*args: str) -> tuple[int, str]:
@@ -87,7 +87,7 @@ async def test_startup_errors_exit_78_with_one_line(
 
 @pytest.fixture
 async def server(state_dir: Path) -> AsyncIterator[Endpoint]:
-    ep = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir))
+    ep = await start_server(state_dir)
     yield ep
     ep.kill()
     await ep.proc.wait()
@@ -194,33 +194,9 @@ async def test_http_source_timeout_and_404(server: Endpoint) -> None:
 async def test_policy_denies_without_connecting(state_dir: Path) -> None:
     allowed = await echo().tcp()
     denied = await Backend(asyncio.Protocol).tcp()
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--allow",
-        allowed.address,
-    )
-    good = await Endpoint.start(
-        "client",
-        "--listen-on",
-        "tcp:127.0.0.1:0",
-        "--server-endpoint",
-        server.address,
-        "--token-source",
-        allowed.address,
-    )
-    bad = await Endpoint.start(
-        "client",
-        "--listen-on",
-        "tcp:127.0.0.1:0",
-        "--server-endpoint",
-        server.address,
-        "--token-source",
-        denied.address,
-    )
+    server = await start_server(state_dir, "--allow", allowed.address)
+    good = await start_client(server.address, allowed.address)
+    bad = await start_client(server.address, denied.address)
     try:
         await assert_refused(bad.address)
         line = await server.wait_log(lambda e: e.get("msg") == "tunnel failed")
@@ -279,16 +255,7 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
     server_only, server_only_key, _, _ = _issue(
         tmp_path, "server-only", (ca_cert, ca_key), eku=[ExtendedKeyUsageOID.SERVER_AUTH]
     )
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--verify-remote-endpoint",
-        "--ca-file",
-        str(ca_path),
-    )
+    server = await start_server(state_dir, "--verify-remote-endpoint", "--ca-file", str(ca_path))
     clients = {}
     try:
         for name, extra in {
@@ -297,16 +264,7 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
             "server-only": ["--cert-file", str(server_only), "--key-file", str(server_only_key)],
             "good": ["--cert-file", str(good_cert), "--key-file", str(good_key)],
         }.items():
-            clients[name] = await Endpoint.start(
-                "client",
-                "--listen-on",
-                "tcp:127.0.0.1:0",
-                "--server-endpoint",
-                server.address,
-                "--token-source",
-                backend.address,
-                *extra,
-            )
+            clients[name] = await start_client(server.address, backend.address, *extra)
         await assert_echo(clients["good"].address)
         lost = await clients["none"].wait_log(lambda e: "lost" in e.get("msg", ""))
         assert "client certificate required" in lost["msg"]
@@ -330,27 +288,11 @@ async def test_broad_allow_never_reaches_loopback(state_dir: Path) -> None:
     """``tcp:0.0.0.0/0:*`` does not open loopback, however the token spells it."""
     target = await Backend(asyncio.Protocol).tcp()
     port = target.address.rsplit(":", 1)[1]
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--allow",
-        "tcp:0.0.0.0/0:*",
-    )
+    server = await start_server(state_dir, "--allow", "tcp:0.0.0.0/0:*")
     clients = []
     try:
         for spelling in ("127.0.0.1", "127.1", "0x7f.0.0.1", "2130706433", "localhost"):
-            client = await Endpoint.start(
-                "client",
-                "--listen-on",
-                "tcp:127.0.0.1:0",
-                "--server-endpoint",
-                server.address,
-                "--token-source",
-                f"tcp:{spelling}:{port}",
-            )
+            client = await start_client(server.address, f"tcp:{spelling}:{port}")
             clients.append(client)
             await assert_refused(client.address)
         await server.wait_log(
@@ -375,15 +317,7 @@ async def test_key_pinning_both_ways(state_dir: Path, tmp_path: Path) -> None:
     server_cert = state_dir / "server.pem"
     good_cert, good_key, _, _ = _issue(tmp_path, "pinned-client", None)
     other_cert, other_key, _, _ = _issue(tmp_path, "other-client", None)
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--client-fingerprint",
-        fingerprint_file(good_cert),
-    )
+    server = await start_server(state_dir, "--client-fingerprint", fingerprint_file(good_cert))
     wrong_pin = fingerprint_file(other_cert)
     cases = {
         "good": [
@@ -414,16 +348,7 @@ async def test_key_pinning_both_ways(state_dir: Path, tmp_path: Path) -> None:
     clients = {}
     try:
         for name, extra in cases.items():
-            clients[name] = await Endpoint.start(
-                "client",
-                "--listen-on",
-                "tcp:127.0.0.1:0",
-                "--server-endpoint",
-                server.address,
-                "--token-source",
-                backend.address,
-                *extra,
-            )
+            clients[name] = await start_client(server.address, backend.address, *extra)
         await assert_echo(clients["good"].address)
         assert not clients["good"].messages("NOT verifying"), "a pin is verification"
         for name in ("unpinned-client", "wrong-server-pin"):

@@ -14,7 +14,7 @@ import pytest
 from aioquic.asyncio import connect as quic_connect
 from aioquic.quic.configuration import QuicConfiguration
 
-from tests.e2e.harness import Endpoint, connect, echo
+from tests.e2e.harness import Endpoint, connect, echo, start_client, start_server
 from tests.e2e.test_wire_compat import RawPeer, token_block
 
 
@@ -71,15 +71,7 @@ async def test_ipv6_both_sides(state_dir: Path) -> None:
 
 async def test_slow_target_does_not_delay_other_tunnels(state_dir: Path, blackhole: str) -> None:
     backend = await echo().tcp()
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--connect-timeout",
-        "4",
-    )
+    server = await start_server(state_dir, "--connect-timeout", "4")
     host, port = server.host_port
     config = QuicConfiguration(
         is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
@@ -111,15 +103,7 @@ async def test_slow_target_does_not_delay_other_tunnels(state_dir: Path, blackho
 
 
 async def test_token_timeout(state_dir: Path) -> None:
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--token-timeout",
-        "1",
-    )
+    server = await start_server(state_dir, "--token-timeout", "1")
     host, port = server.host_port
     config = QuicConfiguration(
         is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
@@ -143,17 +127,7 @@ async def test_client_without_server_stays_up_and_refuses(tmp_path: Path) -> Non
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))  # a port where nobody answers QUIC
     port = udp.getsockname()[1]
-    client = await Endpoint.start(
-        "client",
-        "--listen-on",
-        "tcp:127.0.0.1:0",
-        "--server-endpoint",
-        f"127.0.0.1:{port}",
-        "--token-source",
-        "tcp:127.0.0.1:22",
-        "--connect-wait",
-        "1",
-    )
+    client = await start_client(f"127.0.0.1:{port}", "tcp:127.0.0.1:22", "--connect-wait", "1")
     try:
         started = time.monotonic()
         reader, writer = await connect(client.address)

@@ -18,6 +18,8 @@ from tests.e2e.harness import (
     echo,
     reply_after_eof,
     rst_close,
+    start_client,
+    start_server,
     transfer_both_ways,
 )
 
@@ -26,25 +28,10 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 async def server(state_dir: Path) -> AsyncIterator[Endpoint]:
-    ep = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir))
+    ep = await start_server(state_dir)
     yield ep
     ep.kill()
     await ep.proc.wait()
-
-
-async def start_client(
-    server: Endpoint, token: str, *extra: str, listen: str = "tcp:127.0.0.1:0"
-) -> Endpoint:
-    return await Endpoint.start(
-        "client",
-        "--listen-on",
-        listen,
-        "--server-endpoint",
-        server.address,
-        "--token-source",
-        token,
-        *extra,
-    )
 
 
 @pytest.fixture
@@ -55,7 +42,7 @@ async def tcp_echo() -> AsyncIterator[Backend]:
 
 
 async def test_bulk_64mib_each_way_tcp(server: Endpoint, tcp_echo: Backend) -> None:
-    client = await start_client(server, tcp_echo.address)
+    client = await start_client(server.address, tcp_echo.address)
     try:
         sent, got, n = await transfer_both_ways(client.address, 64 * MiB)
         assert n == 64 * MiB
@@ -69,7 +56,7 @@ async def test_bulk_64mib_each_way_tcp(server: Endpoint, tcp_echo: Backend) -> N
 
 async def test_bulk_64mib_each_way_unix_both_sides(server: Endpoint, short_tmp: Path) -> None:
     backend = await echo().unix(str(short_tmp / "app.sock"))
-    client = await start_client(server, backend.address, listen=f"unix:{short_tmp}/c.sock")
+    client = await start_client(server.address, backend.address, listen=f"unix:{short_tmp}/c.sock")
     try:
         assert oct(os.stat(short_tmp / "c.sock").st_mode & 0o777) == "0o660"
         sent, got, n = await transfer_both_ways(client.address, 64 * MiB)
@@ -81,7 +68,7 @@ async def test_bulk_64mib_each_way_unix_both_sides(server: Endpoint, short_tmp: 
 
 
 async def test_interactive_request_response(server: Endpoint, tcp_echo: Backend) -> None:
-    client = await start_client(server, tcp_echo.address)
+    client = await start_client(server.address, tcp_echo.address)
     try:
         reader, writer = await connect(client.address)
         for i in range(200):
@@ -95,7 +82,7 @@ async def test_interactive_request_response(server: Endpoint, tcp_echo: Backend)
 
 async def test_half_close_reply_still_arrives(server: Endpoint) -> None:
     backend = await reply_after_eof().tcp()
-    client = await start_client(server, backend.address)
+    client = await start_client(server.address, backend.address)
     try:
         reader, writer = await connect(client.address)
         writer.write(b"x" * 100_000)
@@ -142,7 +129,7 @@ async def test_app_reset_becomes_backend_reset(server: Endpoint) -> None:
     _Recorder.instances.clear()
     _Recorder.any_data = asyncio.Event()
     backend = await Backend(_Recorder).tcp()
-    client = await start_client(server, backend.address)
+    client = await start_client(server.address, backend.address)
     try:
         reader, writer = await connect(client.address)
         writer.write(b"hello")
@@ -160,7 +147,7 @@ async def test_backend_reset_becomes_app_reset(server: Endpoint) -> None:
     _Recorder.instances.clear()
     _Recorder.any_data = asyncio.Event()
     backend = await Backend(_Recorder).tcp()
-    client = await start_client(server, backend.address)
+    client = await start_client(server.address, backend.address)
     try:
         reader, writer = await connect(client.address)
         writer.write(b"hello")
@@ -182,11 +169,9 @@ async def test_backend_reset_becomes_app_reset(server: Endpoint) -> None:
 
 
 async def test_server_restart_client_recovers(state_dir: Path, tcp_echo: Backend) -> None:
-    server = await Endpoint.start(
-        "server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir)
-    )
+    server = await start_server(state_dir)
     udp = server.address
-    client = await start_client(server, tcp_echo.address)
+    client = await start_client(server.address, tcp_echo.address)
     try:
         reader, writer = await connect(client.address)
         writer.write(b"ping")
@@ -224,7 +209,7 @@ async def test_slow_reader_memory_is_bounded(server: Endpoint) -> None:
             transport.pause_reading()  # type: ignore[attr-defined]
 
     backend = await Backend(Stalled).tcp()
-    client = await start_client(server, backend.address)
+    client = await start_client(server.address, backend.address)
     try:
         base = {"client": client.rss_kib(), "server": server.rss_kib()}
         reader, writer = await connect(client.address)
@@ -254,7 +239,7 @@ async def test_slow_reader_memory_is_bounded(server: Endpoint) -> None:
 
 
 async def test_thousand_concurrent_tunnels(server: Endpoint, tcp_echo: Backend) -> None:
-    client = await start_client(server, tcp_echo.address)
+    client = await start_client(server.address, tcp_echo.address)
     try:
         conns = [await connect(client.address) for _ in range(1000)]
         for i, (_, w) in enumerate(conns):
@@ -272,6 +257,6 @@ async def test_thousand_concurrent_tunnels(server: Endpoint, tcp_echo: Backend) 
 
 
 async def test_graceful_shutdown_exit_code(server: Endpoint, tcp_echo: Backend) -> None:
-    client = await start_client(server, tcp_echo.address)
+    client = await start_client(server.address, tcp_echo.address)
     assert await client.stop(signal.SIGTERM) == 0
     assert await server.stop(signal.SIGINT) == 0

@@ -18,7 +18,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from quictund import tls
-from tests.e2e.harness import Backend, Endpoint, echo
+from tests.e2e.harness import Backend, Endpoint, echo, start_client, start_server
 from tests.e2e.harness import connect as tcp_connect
 
 
@@ -54,7 +54,7 @@ def token_block(token: str) -> bytes:
 
 @pytest.fixture
 async def server(state_dir: Path) -> AsyncIterator[Endpoint]:
-    ep = await Endpoint.start("server", "--listen-on", "127.0.0.1:0", "--state-dir", str(state_dir))
+    ep = await start_server(state_dir)
     yield ep
     ep.kill()
     await ep.proc.wait()
@@ -111,15 +111,7 @@ async def test_base64_token_parser(state_dir: Path) -> None:
     import base64
 
     backend = await echo().tcp()
-    server = await Endpoint.start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        str(state_dir),
-        "--token-parser-key",
-        "base64",
-    )
+    server = await start_server(state_dir, "--token-parser-key", "base64")
     try:
         host, port = server.host_port
         config = QuicConfiguration(
@@ -177,13 +169,8 @@ async def test_our_client_against_raw_quic_tun_server(tmp_path: Path) -> None:
     config.load_cert_chain(str(cert), str(key))
     raw = await serve("127.0.0.1", 0, configuration=config, create_protocol=make)
     port = raw._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
-    ok = await Endpoint.start(
-        "client",
-        "--listen-on",
-        "tcp:127.0.0.1:0",
-        "--server-endpoint",
+    ok = await start_client(
         f"127.0.0.1:{port}",
-        "--token-source",
         "tcp:10.9.8.7:22",
         "--verify-remote-endpoint",
         "--ca-file",
@@ -191,15 +178,7 @@ async def test_our_client_against_raw_quic_tun_server(tmp_path: Path) -> None:
         "--server-name",
         "localhost",
     )
-    refused = await Endpoint.start(
-        "client",
-        "--listen-on",
-        "tcp:127.0.0.1:0",
-        "--server-endpoint",
-        f"127.0.0.1:{port}",
-        "--token-source",
-        "tcp:refuse.me:1",
-    )
+    refused = await start_client(f"127.0.0.1:{port}", "tcp:refuse.me:1")
     try:
         reader, writer = await tcp_connect(ok.address)
         writer.write(b"over the raw server")
