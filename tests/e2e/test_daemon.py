@@ -46,6 +46,7 @@ class Run:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.log: list[str] = []
+        self._changed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -70,6 +71,8 @@ class Run:
         assert self.proc.stderr is not None
         while line := await self.proc.stderr.readline():
             self.log.append(line.decode(errors="replace").rstrip())
+            self._changed.set()
+        self._changed.set()  # end of output: let waiters see the exit
 
     async def wait_log(self, needle: str, within: float = 15, start: int = 0) -> str:
         async with asyncio.timeout(within):
@@ -77,9 +80,11 @@ class Run:
                 for line in self.log[start:]:
                     if needle in line:
                         return line
-                if self.proc.returncode is not None:
+                start = max(start, len(self.log))
+                if self._task.done():
                     raise AssertionError(f"exited {self.proc.returncode}: {self.log[-10:]}")
-                await asyncio.sleep(0.05)
+                self._changed.clear()
+                await self._changed.wait()
 
     async def exited(self, within: float = 20) -> int:
         rc = await asyncio.wait_for(self.proc.wait(), within)
