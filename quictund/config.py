@@ -136,6 +136,25 @@ class ServerSettings(QuicKnobs):
     connect_timeout_s: Annotated[float, Field(alias="connect-timeout", gt=0, le=300)] = 10.0
     token_timeout_s: Annotated[float, Field(alias="token-timeout", gt=0, le=300)] = 10.0
     max_connections: Annotated[int, Field(alias="max-connections", ge=1)] = 10000
+    # Flood limits (docs/security.md): handshakes in progress, Retry past a threshold,
+    # per-source rates of new connections and tunnels, concurrent tunnels per identity.
+    max_half_open: Annotated[int, Field(alias="max-half-open", ge=1, le=1_000_000)] = 1000
+    retry_threshold: Annotated[int, Field(alias="retry-threshold", ge=0, le=1_000_000)] = 100
+    source_connection_rate: Annotated[
+        float, Field(alias="source-connection-rate", gt=0, le=1_000_000)
+    ] = 20.0
+    source_connection_burst: Annotated[
+        int, Field(alias="source-connection-burst", ge=1, le=1_000_000)
+    ] = 100
+    source_tunnel_rate: Annotated[float, Field(alias="source-tunnel-rate", gt=0, le=1_000_000)] = (
+        1000.0
+    )
+    source_tunnel_burst: Annotated[int, Field(alias="source-tunnel-burst", ge=1, le=10_000_000)] = (
+        5000
+    )
+    max_tunnels_per_identity: Annotated[
+        int, Field(alias="max-tunnels-per-identity", ge=1, le=10_000_000)
+    ] = 65536
     state_dir: Annotated[str | None, Field(alias="state-dir")] = None
 
     _v_listen = field_validator("listen_on", mode="before")(

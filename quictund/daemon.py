@@ -78,6 +78,11 @@ class Daemon:
         self.metrics.add_state(
             self.table.active_by_listener,
             lambda: {c.settings.name: c.connector.reconnects for c in self.clients},
+            lambda: {
+                (srv.settings.name, str(limit)): count
+                for srv in self.servers
+                for limit, count in srv.limit_log.hits.items()
+            },
         )
         self.api = DaemonApi(
             self.table, self.metrics, lambda: list(self.endpoints.values()), self.status_line

@@ -68,10 +68,14 @@ class Metrics:
         )
 
     def add_state(
-        self, active: Callable[[], dict[str, int]], reconnects: Callable[[], dict[str, int]]
+        self,
+        active: Callable[[], dict[str, int]],
+        reconnects: Callable[[], dict[str, int]],
+        limits: Callable[[], dict[tuple[str, str], int]] = dict,
     ) -> None:
-        """Report state read at scrape time: open tunnels and client reconnects per listener."""
-        self.registry.register(_State(active, reconnects))
+        """Report state read at scrape time: open tunnels and client reconnects per listener,
+        and refusals by flood limit per server listener."""
+        self.registry.register(_State(active, reconnects, limits))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE
@@ -79,10 +83,14 @@ class Metrics:
 
 class _State(Collector):
     def __init__(
-        self, active: Callable[[], dict[str, int]], reconnects: Callable[[], dict[str, int]]
+        self,
+        active: Callable[[], dict[str, int]],
+        reconnects: Callable[[], dict[str, int]],
+        limits: Callable[[], dict[tuple[str, str], int]],
     ) -> None:
         self._active = active
         self._reconnects = reconnects
+        self._limits = limits
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -99,6 +107,15 @@ class _State(Collector):
         for listener, count in sorted(self._reconnects().items()):
             counter.add_metric([listener], count)
         yield counter
+        hits = CounterMetricFamily(
+            "quictund_limit_hits",
+            "Connections, handshakes and tunnels refused by a flood limit (docs/security.md); "
+            "limit=retry counts Retry packets sent",
+            labels=["listener", "limit"],
+        )
+        for (listener, limit), count in sorted(self._limits().items()):
+            hits.add_metric([listener, limit], count)
+        yield hits
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

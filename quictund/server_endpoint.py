@@ -21,6 +21,7 @@ from quictund.config import ServerSettings
 from quictund.endpoint import EndpointBase
 from quictund.errors import ConfigError, TokenRejected
 from quictund.identity import Identity
+from quictund.limits import AdmissionSettings, Limit, LimitLog, SourceBuckets, source_key
 from quictund.policy import IPAddress, Policy
 from quictund.quic import engine
 from quictund.quic.server import QuicServerProtocol
@@ -56,6 +57,9 @@ class ServerEndpoint(EndpointBase):
         self._proto: QuicServerProtocol | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self.bound: Address | None = None
+        self.limit_log = LimitLog()
+        self._tunnel_rate = SourceBuckets(settings.source_tunnel_rate, settings.source_tunnel_burst)
+        self._per_identity: dict[str, int] = {}
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the UDP socket; handshakes then run as tasks of ``tg``."""
@@ -67,6 +71,9 @@ class ServerEndpoint(EndpointBase):
             make_connection=self._make_connection,
             new_session=self._new_session,
             max_connections=s.max_connections,
+            admission=self._admission_settings(),
+            handshake_timeout_s=s.handshake_timeout_s,
+            on_limit=self.limit_hit,
         )
         host = s.listen_on.host
         try:
@@ -102,7 +109,7 @@ class ServerEndpoint(EndpointBase):
     # ---- SessionOwner --------------------------------------------------------------------
 
     def _make_connection(
-        self, config: engine.QuicConfiguration, odcid: bytes
+        self, config: engine.QuicConfiguration, odcid: bytes, retry_scid: bytes | None
     ) -> engine.EngineConnection:
         s = self.settings
         return engine.EngineConnection(
@@ -111,7 +118,23 @@ class ServerEndpoint(EndpointBase):
             client_cafile=s.ca_file if s.verify_remote_endpoint else None,
             client_pins=frozenset(s.client_fingerprints or []),
             original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_scid,
         )
+
+    def _admission_settings(self) -> AdmissionSettings:
+        s = self.settings
+        return AdmissionSettings(
+            max_half_open=s.max_half_open,
+            retry_threshold=s.retry_threshold,
+            connection_rate=s.source_connection_rate,
+            connection_burst=s.source_connection_burst,
+        )
+
+    def limit_hit(self, limit: Limit, detail: str) -> None:
+        """Count a refusal (metric ``quictund_limit_hits_total``) and log it, throttled."""
+        line = self.limit_log.hit(limit, detail, asyncio.get_running_loop().time())
+        if line is not None:
+            logger.warning("[%s] %s", self.settings.name, line)
 
     def _new_session(
         self, conn: engine.EngineConnection, peer: Address, on_cid: Callable[[bytes, bool], None]
@@ -129,7 +152,36 @@ class ServerEndpoint(EndpointBase):
         )
 
     def stream_opened(self, session: QuicSession, stream_id: int) -> StreamHandler | None:
-        return ServerHandshake(self, session, stream_id)
+        s = self.settings
+        peer = format_host_port(*session.peer)
+        now = asyncio.get_running_loop().time()
+        if not self._tunnel_rate.take(source_key(session.peer[0]), now):
+            self.limit_hit(Limit.TUNNEL_RATE, f"{peer}: stream {stream_id}")
+            return Refused(session, stream_id)
+        quota = self.quota_key(session)
+        if self._per_identity.get(quota, 0) >= s.max_tunnels_per_identity:
+            self.limit_hit(
+                Limit.TUNNELS_PER_IDENTITY, f"{quota}: {s.max_tunnels_per_identity} tunnels open"
+            )
+            return Refused(session, stream_id)
+        if session.stream_count >= s.max_tunnels:
+            # The peer has used all of its stream credit: it is now blocked until one closes.
+            self.limit_hit(Limit.TUNNELS_PER_CONNECTION, f"{peer}: {s.max_tunnels} tunnels open")
+        self._per_identity[quota] = self._per_identity.get(quota, 0) + 1
+        return ServerHandshake(self, session, stream_id, quota)
+
+    @staticmethod
+    def quota_key(session: QuicSession) -> str:
+        """Whose tunnels count together: the certificate identity, else the source."""
+        return str(session.identity) or f"source {source_key(session.peer[0])}"
+
+    def tunnel_ended(self, record: TunnelRecord, quota: str, reason: str) -> None:
+        left = self._per_identity.get(quota, 0) - 1
+        if left > 0:
+            self._per_identity[quota] = left
+        else:
+            self._per_identity.pop(quota, None)
+        self.table.closed(record, reason)
 
     def session_closed(self, session: QuicSession, reason: str) -> None:
         if self._proto is not None:
@@ -153,6 +205,14 @@ class ServerEndpoint(EndpointBase):
         self.policy = other.policy
         self.policies_for = other.policies_for
         self.quic_config = other.quic_config
+        if (other.settings.source_tunnel_rate, other.settings.source_tunnel_burst) != (
+            self._tunnel_rate.rate,
+            self._tunnel_rate.burst,
+        ):
+            self._tunnel_rate = other._tunnel_rate
+        if self._proto is not None:
+            self._proto.admission.settings = other._admission_settings()
+            self._proto.handshake_timeout_s = other.settings.handshake_timeout_s
 
     def policy_for(self, identity: Identity) -> Policy:
         """The first ``allow-for`` whose identity matches, else the listener's ``allow``."""
@@ -161,16 +221,19 @@ class ServerEndpoint(EndpointBase):
                 return policy
         return self.policy
 
-    def splice_finished(self, splice: Splice, reason: str) -> None:
+    def splice_finished(self, splice: Splice, reason: str, quota: str) -> None:
         self.untrack(splice)
-        self.table.closed(splice.record, reason)
+        self.tunnel_ended(splice.record, quota, reason)
 
 
 class ServerHandshake:
     """StreamHandler for a stream whose token has not been handled yet."""
 
-    def __init__(self, endpoint: ServerEndpoint, session: QuicSession, stream_id: int) -> None:
+    def __init__(
+        self, endpoint: ServerEndpoint, session: QuicSession, stream_id: int, quota: str
+    ) -> None:
         self.endpoint = endpoint
+        self.quota = quota
         self.session = session
         self.stream_id = stream_id
         self.decoder = TokenDecoder()
@@ -254,7 +317,12 @@ class ServerHandshake:
             self._fail(Ack.BAD_TOKEN, ErrorCode.BAD_TOKEN, f"token rejected: {exc}")
             return
         self.record.server_app_addr = str(dest)
-        splice = Splice(self.record, ep.splice_finished, app_is_client=False)
+        quota = self.quota
+        splice = Splice(
+            self.record,
+            lambda sp, reason: ep.splice_finished(sp, reason, quota),
+            app_is_client=False,
+        )
         try:
             async with asyncio.timeout(ep.settings.connect_timeout_s):
                 target = await self._resolve_and_check(dest)
@@ -330,7 +398,7 @@ class ServerHandshake:
         self.session.send(self.stream_id, bytes([ack]), end_stream=True)
         self.session.stop(self.stream_id, code)
         self.session.forget(self.stream_id)
-        self.endpoint.table.closed(self.record, reason)
+        self.endpoint.tunnel_ended(self.record, self.quota, reason)
 
     def _abandon(self, reason: str) -> None:
         if self.done:
@@ -342,13 +410,53 @@ class ServerHandshake:
             self.task.cancel()
         self.session.reset(self.stream_id, ErrorCode.NO_ERROR)
         self.session.forget(self.stream_id)
-        self.endpoint.table.closed(self.record, reason)
+        self.endpoint.tunnel_ended(self.record, self.quota, reason)
 
     def _token_timeout(self) -> None:
         self.timer = None
+        self.endpoint.limit_hit(
+            Limit.TOKEN_TIMEOUT, f"{self.record.remote_endpoint_addr}: stream {self.stream_id}"
+        )
         self._fail(
             Ack.BAD_TOKEN,
             ErrorCode.TIMEOUT,
             f"token not received in {self.endpoint.settings.token_timeout_s:g} s "
             f"({self.decoder.received} of 512 bytes)",
         )
+
+
+class Refused:
+    """StreamHandler for a tunnel refused by a flood limit before anything was read.
+
+    The client gets quic-tun's "unreachable" ack (``0x03``) and FIN, and its direction is
+    stopped with ``RATE_LIMITED``; no token is parsed, no tunnel record is made (a flood would
+    otherwise flood the log: ``limit_hit`` reports it, throttled).
+    """
+
+    def __init__(self, session: QuicSession, stream_id: int) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.done = False
+
+    def on_stream_data(self, data: bytes, end_stream: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.session.send(self.stream_id, bytes([Ack.UNREACHABLE]), end_stream=True)
+        self.session.stop(self.stream_id, ErrorCode.RATE_LIMITED)
+        self.session.forget(self.stream_id)
+
+    def on_stream_reset(self, error_code: int) -> None:
+        self.on_stop_sending(error_code)
+
+    def on_stop_sending(self, error_code: int) -> None:
+        if not self.done:
+            self.done = True
+            self.session.reset(self.stream_id, ErrorCode.RATE_LIMITED)
+            self.session.forget(self.stream_id)
+
+    def on_send_ready(self) -> None:
+        pass
+
+    def on_session_lost(self, reason: str) -> None:
+        self.done = True

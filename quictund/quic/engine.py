@@ -43,6 +43,7 @@ from aioquic.quic.packet import (
     QuicFrameType,
     QuicHeader,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "events",
     "make_configuration",
     "parse_header",
+    "retry",
     "supported_versions",
     "version_negotiation",
 ]
@@ -127,6 +129,18 @@ def version_negotiation(header: QuicHeader, versions: list[int]) -> bytes:
         source_cid=header.destination_cid,
         destination_cid=header.source_cid,
         supported_versions=versions,
+    )
+
+
+def retry(header: QuicHeader, source_cid: bytes, token: bytes) -> bytes:
+    """A Retry packet answering ``header``'s Initial (RFC 9000 §8.1)."""
+    assert header.version is not None  # long header: the caller checked it is an Initial
+    return encode_quic_retry(
+        version=header.version,
+        source_cid=source_cid,
+        destination_cid=header.source_cid,
+        original_destination_cid=header.destination_cid,
+        retry_token=token,
     )
 
 
