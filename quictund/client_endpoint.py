@@ -110,9 +110,14 @@ class ClientEndpoint(EndpointBase):
         splice.record.client_app_addr = _app_addr(splice.transport)
         self.table.add(splice.record)
         self.track(splice)
-        self._track(
-            self._tg.create_task(self._guarded(splice), name=f"tunnel-{splice.record.uuid[:8]}")
-        )
+        coro = self._guarded(splice)
+        try:
+            task = self._tg.create_task(coro, name=f"tunnel-{splice.record.uuid[:8]}")
+        except RuntimeError:  # the daemon is shutting down (its TaskGroup is closing)
+            coro.close()
+            splice.abort("endpoint shutting down", ErrorCode.SHUTDOWN)
+            return
+        self._track(task)
 
     def _finished(self, splice: Splice, reason: str) -> None:
         self.untrack(splice)
