@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aioquic.asyncio import connect as quic_connect
+from aioquic.quic.configuration import QuicConfiguration
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -221,10 +224,11 @@ def _issue(
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
     ca: bool = False,
     eku: list[x509.ObjectIdentifier] | None = None,
+    expired: bool = False,
 ) -> tuple[Path, Path, x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC) - (dt.timedelta(days=60) if expired else dt.timedelta(0))
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -250,11 +254,29 @@ def _issue(
     return cert_path, key_path, cert, key
 
 
+async def assert_raw_handshake_refused(
+    server: Endpoint, cert: Path, key: Path, reason: str
+) -> None:
+    """A raw aioquic client presenting ``cert``: the server's TLS alert ends the handshake."""
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
+    )
+    config.load_cert_chain(cert, key)
+    host, port = server.host_port
+    with pytest.raises(ConnectionError):
+        async with quic_connect(host, port, configuration=config) as peer:
+            await asyncio.wait_for(peer.wait_connected(), 10)
+            await asyncio.wait_for(peer.ping(), 10)
+    entry = await server.wait_log(lambda e: reason in str(e.get("msg", "")).lower())
+    assert entry["level"] in ("info", "warning"), entry
+
+
 async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
     backend = await echo().tcp()
     ca_path, _, ca_cert, ca_key = _issue(tmp_path, "ca", None, ca=True)
     good_cert, good_key, _, _ = _issue(tmp_path, "ops", (ca_cert, ca_key))
     rogue_cert, rogue_key, _, _ = _issue(tmp_path, "rogue", None)
+    old_cert, old_key, _, _ = _issue(tmp_path, "expired", (ca_cert, ca_key), expired=True)
     server_only, server_only_key, _, _ = _issue(
         tmp_path, "server-only", (ca_cert, ca_key), eku=[ExtendedKeyUsageOID.SERVER_AUTH]
     )
@@ -272,6 +294,13 @@ async def test_mutual_tls_is_enforced(state_dir: Path, tmp_path: Path) -> None:
         lost = await clients["none"].wait_log(lambda e: "lost" in e.get("msg", ""))
         assert "client certificate required" in lost["msg"]
         await clients["rogue"].wait_log(lambda e: "lost" in e.get("msg", ""))
+        # Our client refuses to start with an expired certificate; a raw peer presents one.
+        with pytest.raises(AssertionError, match="certificate expired on"):
+            await start_client(
+                server.address, backend.address, "--cert-file", str(old_cert),
+                "--key-file", str(old_key),
+            )  # fmt: skip
+        await assert_raw_handshake_refused(server, old_cert, old_key, "no longer valid")
         lost = await clients["server-only"].wait_log(lambda e: "lost" in e.get("msg", ""))
         assert "not for client authentication" in lost["msg"]
         for name in ("none", "rogue", "server-only"):
