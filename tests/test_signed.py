@@ -103,3 +103,11 @@ async def test_plugins_round_trip(tmp_path: Path) -> None:
         other.parse(tok)
     with pytest.raises(ConfigError, match="needs token-audience"):
         make_source("Signed", "tcp:10.0.0.5:22", secret_file=str(f))
+
+
+def test_a_token_replayed_after_its_expiry_is_refused() -> None:
+    tok = token(exp=NOW + 60)
+    assert verify(tok, secret=SECRET, audience="edge", now=NOW) == "tcp:10.0.0.5:22"
+    assert verify(tok, secret=SECRET, audience="edge", now=NOW + 59) == "tcp:10.0.0.5:22"
+    with pytest.raises(TokenRejected, match="expired"):
+        verify(tok, secret=SECRET, audience="edge", now=NOW + 60)

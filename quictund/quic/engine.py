@@ -162,6 +162,12 @@ class EngineConnection(QuicConnection):
         server_pins: frozenset[str] = frozenset(),
         **kwargs: Any,
     ) -> None:
+        if (client_cafile or client_pins) and (
+            kwargs.get("session_ticket_handler") or kwargs.get("session_ticket_fetcher")
+        ):
+            # A resumed session skips the certificate check; aioquic issues and accepts
+            # tickets only through these callbacks, so without them there is no resumption.
+            raise ValueError("session tickets would bypass client certificate verification")
         super().__init__(configuration=configuration, **kwargs)
         self._client_cafile = client_cafile
         self._client_pins = client_pins

@@ -398,3 +398,29 @@ async def test_key_pinning_both_ways(state_dir: Path, tmp_path: Path) -> None:
         server.kill()
         await server.proc.wait()
         backend.close()
+
+
+async def test_no_session_tickets_with_client_authentication(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """A resumed session would skip the client certificate check: the server issues none."""
+    ca_path, _, ca_cert, ca_key = _issue(tmp_path, "ca", None, ca=True)
+    cert, key, _, _ = _issue(tmp_path, "ops", (ca_cert, ca_key))
+    server = await start_server(state_dir, "--verify-remote-endpoint", "--ca-file", str(ca_path))
+    tickets: list[object] = []
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
+    )
+    config.load_cert_chain(cert, key)
+    host, port = server.host_port
+    try:
+        async with quic_connect(
+            host, port, configuration=config, session_ticket_handler=tickets.append
+        ) as peer:
+            await asyncio.wait_for(peer.ping(), 10)  # the handshake is confirmed
+            await asyncio.sleep(0.3)
+            await asyncio.wait_for(peer.ping(), 10)
+        assert tickets == []
+    finally:
+        server.kill()
+        await server.proc.wait()
