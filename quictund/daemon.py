@@ -216,6 +216,13 @@ class Daemon:
                 "reach any address this host can reach. Restrict it with --allow RULE "
                 "(TOML: allow = [...])"
             )
+        if not (s.verify_remote_endpoint or s.client_fingerprints) and not policy.open:
+            self._warnings.append(
+                f"[{s.name}] clients are not authenticated: anyone who can reach "
+                f"udp {s.listen_on} may open tunnels to the allowed destinations. Require "
+                "client certificates with verify-remote-endpoint = true and ca-file = ..., "
+                "or client-fingerprints = [...]"
+            )
         if s.verify_remote_endpoint:
             if not s.ca_file:
                 raise ConfigError(
