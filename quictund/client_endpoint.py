@@ -153,6 +153,10 @@ class ClientEndpoint(EndpointBase):
         sid = session.open_stream(splice)
         ack_future = splice.begin_handshake(session, sid)
         session.send(sid, block)
+        # One round trip, not two: the app's first bytes follow the token at once (quic-tun's
+        # server, like ours, treats bytes after the 512-byte token as tunnel data and holds
+        # them until its connect() succeeds).  The ack byte is stripped when it arrives.
+        splice.attach(session, sid)
         try:
             async with asyncio.timeout(s.handshake_timeout_s):
                 ack = await ack_future
@@ -167,7 +171,6 @@ class ClientEndpoint(EndpointBase):
             why = _ACK_NAMES.get(ack, f"unknown ack 0x{ack:02x}" if ack >= 0 else "stream ended")
             splice.abort(f"refused: {why}", ErrorCode.REFUSED)
             return
-        splice.attach(session, sid)
         self.table.opened(splice.record)
 
 

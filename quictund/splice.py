@@ -18,8 +18,9 @@ Backpressure:
   *held*; the engine grants the peer more credit only for bytes that drained
   (``session.consume``), so a slow reader costs one stream window, not the whole transfer.
 
-The client endpoint's splice starts *unattached*: it does not read the app until the server's
-ack arrives (``begin_handshake`` / ``attach``).
+The client endpoint's splice starts *unattached*: it does not read the app until its stream is
+open and the token sent (``begin_handshake``, then ``attach`` right away, so the app's first
+bytes travel with the token); the server's ack byte is stripped from the stream when it comes.
 """
 
 from __future__ import annotations

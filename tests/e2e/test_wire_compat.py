@@ -201,3 +201,49 @@ async def test_our_client_against_raw_quic_tun_server(tmp_path: Path) -> None:
         await ok.stop()
         await refused.stop()
         raw.close()
+
+
+async def test_first_bytes_travel_with_the_token(tmp_path: Path) -> None:
+    """New tunnels cost one round trip: the client does not wait for the ack before sending
+    the app's first bytes.  This raw server acks only once it holds the token *and* app
+    bytes, so a client that waited for the ack would never get one."""
+    cert, key = tls.ensure_self_signed(tmp_path, ["localhost"])
+    first_reads: list[bytes] = []
+
+    def on_stream(peer: RawPeer, event: StreamDataReceived) -> None:
+        buf = peer.data[event.stream_id]
+        acked = peer.__dict__.setdefault("acked", set())
+        if event.stream_id not in acked:
+            if len(buf) > 512:
+                acked.add(event.stream_id)
+                first_reads.append(bytes(buf[512:]))
+                peer._quic.send_stream_data(event.stream_id, b"\x01" + bytes(buf[512:]))
+                del buf[:]
+        elif event.data:
+            peer._quic.send_stream_data(event.stream_id, event.data)
+        peer.transmit()
+
+    def make(*args: object, **kwargs: object) -> RawPeer:
+        peer = RawPeer(*args, **kwargs)
+        peer.on_stream = on_stream
+        return peer
+
+    config = QuicConfiguration(is_client=False, alpn_protocols=["quic-tun"])
+    config.load_cert_chain(str(cert), str(key))
+    raw = await serve("127.0.0.1", 0, configuration=config, create_protocol=make)
+    port = raw._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+    client = await start_client(
+        f"127.0.0.1:{port}", "tcp:10.9.8.7:22", "--ca-file", str(cert),
+        "--verify-remote-endpoint", "--server-name", "localhost",
+    )  # fmt: skip
+    try:
+        reader, writer = await tcp_connect(client.address)
+        writer.write(b"SSH-2.0-hello\r\n")
+        assert await asyncio.wait_for(reader.readexactly(15), 10) == b"SSH-2.0-hello\r\n"
+        assert first_reads and first_reads[0].startswith(b"SSH-2.0")
+        writer.write(b"more")
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"more"
+        writer.close()
+    finally:
+        await client.stop()
+        raw.close()
