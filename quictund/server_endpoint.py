@@ -26,7 +26,7 @@ from quictund.policy import IPAddress, Policy
 from quictund.quic import engine
 from quictund.quic.server import QuicServerProtocol
 from quictund.quic.session import Address, QuicSession, StreamHandler
-from quictund.quic.udp import tune_socket
+from quictund.quic.udp import UdpSocket, open_udp
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
 from quictund.tunnels import TunnelRecord, TunnelTable
@@ -55,7 +55,7 @@ class ServerEndpoint(EndpointBase):
         self.table = table
         self._tg: asyncio.TaskGroup | None = None
         self._proto: QuicServerProtocol | None = None
-        self._transport: asyncio.DatagramTransport | None = None
+        self._udp: UdpSocket | None = None
         self.bound: Address | None = None
         self.limit_log = LimitLog()
         self._tunnel_rate = SourceBuckets(settings.source_tunnel_rate, settings.source_tunnel_burst)
@@ -64,7 +64,6 @@ class ServerEndpoint(EndpointBase):
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the UDP socket; handshakes then run as tasks of ``tg``."""
         self._tg = tg
-        loop = asyncio.get_running_loop()
         s = self.settings
         proto = QuicServerProtocol(
             configuration=self.configuration,
@@ -75,17 +74,17 @@ class ServerEndpoint(EndpointBase):
             handshake_timeout_s=s.handshake_timeout_s,
             on_limit=self.limit_hit,
         )
-        host = s.listen_on.host
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: proto, local_addr=(host, s.listen_on.port)
+            udp = await open_udp(
+                proto.datagram_received,
+                local=(s.listen_on.host, s.listen_on.port),
+                buffer=s.socket_buffer,
             )
         except OSError as exc:
             raise ConfigError(f"listen-on {s.listen_on}: {exc.strerror or exc}") from None
-        self._proto, self._transport = proto, transport
-        sock = transport.get_extra_info("socket")
-        tune_socket(sock, s.socket_buffer)
-        self.bound = sock.getsockname()[:2]
+        proto.transport = udp
+        self._proto, self._udp = proto, udp
+        self.bound = udp.sockname[:2]
         logger.info(
             "[%s] server endpoint listening on udp %s", s.name, format_host_port(*self.bound)
         )
@@ -99,8 +98,8 @@ class ServerEndpoint(EndpointBase):
             self._proto.close_all(error_code, reason)
         for splice in list(self.splices):
             splice.abort(reason, error_code)
-        if self._transport is not None:
-            self._transport.close()
+        if self._udp is not None:
+            self._udp.close()
 
     @property
     def sessions(self) -> list[QuicSession]:
@@ -139,11 +138,11 @@ class ServerEndpoint(EndpointBase):
     def _new_session(
         self, conn: engine.EngineConnection, peer: Address, on_cid: Callable[[bytes, bool], None]
     ) -> QuicSession:
-        transport = self._transport
-        assert transport is not None
+        udp = self._udp
+        assert udp is not None
         return QuicSession(
             conn,
-            transport.sendto,
+            udp.send_many,
             self,
             peer=peer,
             keepalive_s=self.settings.keep_alive_s,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from quictund.quic import engine
 from quictund.quic.session import Address, QuicSession, StreamHandler
-from quictund.quic.udp import tune_socket
+from quictund.quic.udp import UdpSocket, open_udp
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +33,6 @@ def backoff(
     """Delay before reconnect attempt ``attempt`` (1, 2, …): equal-jitter exponential backoff."""
     ceiling = min(cap_s, base_s * (2 ** min(attempt - 1, 30)))
     return float(ceiling / 2 + rand() * ceiling / 2)
-
-
-class _ClientDatagram(asyncio.DatagramProtocol):
-    def __init__(self, peer: Address) -> None:
-        self.peer = peer
-        self.session: QuicSession | None = None
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        if self.session is not None:
-            self.session.datagram_received(data, self.peer)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable: the server is down.  Liveness handles it; note it for debug.
-        logger.debug("UDP error from %s: %s", self.peer, exc)
 
 
 class Connector:
@@ -81,7 +67,7 @@ class Connector:
         self.state = "connecting"
         self.reconnects = 0
         self.last_error = ""
-        self._transports: dict[QuicSession, asyncio.DatagramTransport] = {}
+        self._sockets: dict[QuicSession, UdpSocket] = {}
 
     async def run(self) -> None:
         """Keep a connection up until cancelled."""
@@ -155,9 +141,9 @@ class Connector:
         return None  # servers never open streams in quic-tun's protocol
 
     def session_closed(self, session: QuicSession, reason: str) -> None:
-        transport = self._transports.pop(session, None)
-        if transport is not None:
-            transport.close()
+        udp = self._sockets.pop(session, None)
+        if udp is not None:
+            udp.close()
 
     # ---- private -------------------------------------------------------------------------
 
@@ -168,12 +154,13 @@ class Connector:
             raise OSError(f"cannot resolve {self.host}")
         family, _, _, _, sockaddr = infos[0]
         peer: Address = (str(sockaddr[0]), int(sockaddr[1]))
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _ClientDatagram(peer), remote_addr=peer, family=family
-        )
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            tune_socket(sock, self._socket_buffer)
+        holder: list[QuicSession] = []
+
+        def received(data: bytes, addr: tuple[object, ...]) -> None:
+            if holder:
+                holder[0].datagram_received(data, peer)
+
+        udp = await open_udp(received, remote=peer, family=family, buffer=self._socket_buffer)
         conn = engine.EngineConnection(
             configuration=self._configuration(),
             settings=self._settings,
@@ -181,14 +168,14 @@ class Connector:
         )
         session = QuicSession(
             conn,
-            lambda data, addr: transport.sendto(data),
+            udp.send_many,
             self,
             peer=peer,
             keepalive_s=self._keepalive_s,
             dead_after_s=self._dead_after_s,
         )
-        self._transports[session] = transport
-        proto.session = session
+        self._sockets[session] = udp
+        holder.append(session)
         conn.connect(peer, now=time.monotonic())
         session.transmit_soon()
         try:

@@ -16,18 +16,18 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import cast
 
 from quictund.limits import Admission, AdmissionSettings, Decision, Limit
 from quictund.quic import engine
 from quictund.quic.session import Address, QuicSession
+from quictund.quic.udp import UdpSocket
 
 logger = logging.getLogger(__name__)
 
 MIN_INITIAL_SIZE = 1200
 
 
-class QuicServerProtocol(asyncio.DatagramProtocol):
+class QuicServerProtocol:
     def __init__(
         self,
         *,
@@ -53,7 +53,7 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
         self._half_open: dict[QuicSession, asyncio.TimerHandle] = {}
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: UdpSocket | None = None  # set by the owner once bound
         self.accepting = True
 
     @property
@@ -65,11 +65,7 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
         """Connections whose handshake is still in progress."""
         return len(self._half_open)
 
-    # ---- asyncio callbacks ---------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio's ABCs: cast, don't isinstance.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    # ---- datagrams ------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         try:
@@ -87,9 +83,6 @@ class QuicServerProtocol(asyncio.DatagramProtocol):
             logger.exception("QUIC connection from %s failed; closing it", addr)
             self._drop(session)
             session.close(0x1, "internal error")  # INTERNAL_ERROR for this connection only
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("UDP error: %s", exc)
 
     # ---- public --------------------------------------------------------------------------
 

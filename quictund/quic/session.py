@@ -55,7 +55,7 @@ class QuicSession:
     def __init__(
         self,
         conn: EngineConnection,
-        send: Callable[[bytes, Address], None],
+        send: Callable[[list[tuple[bytes, Address]]], None],
         owner: SessionOwner,
         *,
         peer: Address,
@@ -219,10 +219,10 @@ class QuicSession:
             logger.exception("QUIC engine failed while sending to %s", self.peer)
             self._terminate("internal error")
             return
-        for data, addr in datagrams:
-            self._send(data, addr)
-            self.bytes_out += len(data)
-        self.datagrams_out += len(datagrams)
+        if datagrams:
+            self._send(datagrams)  # one batch: GSO sends (quic/udp.py)
+            self.bytes_out += sum(len(data) for data, _ in datagrams)
+            self.datagrams_out += len(datagrams)
         self._arm_timer()
         if self._blocked:
             self._wake_senders()
