@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,3 +28,17 @@ def _done(task: asyncio.Task[Any]) -> None:
     _live.discard(task)
     if not task.cancelled() and task.exception() is not None:
         logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+async def first_of(*aws: Awaitable[object], name: str = "wait-first") -> None:
+    """Wait until one of ``aws`` finishes; cancel the others."""
+
+    async def wrap(aw: Awaitable[object]) -> None:
+        await aw
+
+    tasks = [spawn(wrap(a), name=name) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

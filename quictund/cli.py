@@ -50,7 +50,14 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
         return EX_CONFIG
 
 
-def _serve(config: Config, *, loader: Callable[[], Config] | None, open_by_default: bool) -> int:
+def _serve(
+    config: Config,
+    *,
+    loader: Callable[[], Config] | None,
+    open_by_default: bool,
+    worker: tuple[int, int] | None = None,
+    worker_api: str | None = None,
+) -> int:
     import uvloop
 
     from quictund.daemon import Daemon
@@ -58,7 +65,13 @@ def _serve(config: Config, *, loader: Callable[[], Config] | None, open_by_defau
     _raise_fd_limit()
 
     async def main() -> None:
-        daemon = Daemon(config, loader=loader, open_by_default=open_by_default)
+        daemon = Daemon(
+            config,
+            loader=loader,
+            open_by_default=open_by_default,
+            worker=worker,
+            worker_api=worker_api,
+        )
         await daemon.run()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -120,6 +133,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the listeners defined in TOML files (the daemon)")
     _config_args(run)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N worker processes sharing the listening ports (default: [daemon] workers)",
+    )
+    run.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # I/N, set by the supervisor
+    run.add_argument("--worker-api", default=None, help=argparse.SUPPRESS)
     check = sub.add_parser(
         "check", help="validate TOML files: exit 0, or 78 with one line per problem"
     )
@@ -204,9 +226,41 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
         setup_logging(config.log.level, config.log.format)
+        if args.worker:
+            index, _, count = args.worker.partition("/")
+            return _serve(
+                config,
+                loader=lambda: _load(args),
+                open_by_default=False,
+                worker=(int(index), int(count)),
+                worker_api=args.worker_api,
+            )
+        workers = args.workers or config.daemon.workers
+        if workers > 1:
+            return _supervise(config, args, workers)
         return _serve(config, loader=lambda: _load(args), open_by_default=False)
     except ConfigError as exc:
         return _report(exc)
+
+
+def _supervise(config: Config, args: argparse.Namespace, count: int) -> int:
+    """Run ``count`` worker processes under one supervisor (quictund/workers.py)."""
+    import uvloop
+
+    from quictund.daemon import Daemon
+    from quictund.workers import Supervisor, check_workers
+
+    check_workers(config, count)
+    Daemon(config, dry_run=True)  # refuse a bad configuration before starting anything
+    run_args = [x for f in args.config for x in ("--config", f)]
+    run_args += [x for d in args.config_dir for x in ("--config-dir", d)]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            code = runner.run(Supervisor(config, run_args, count).run())
+        except KeyboardInterrupt:
+            return 130
+    logger.info("stopped")
+    return code
 
 
 def _check(args: argparse.Namespace) -> int:

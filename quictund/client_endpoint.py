@@ -68,7 +68,10 @@ class ClientEndpoint(EndpointBase):
         """Bind the listener and start the connector (as tasks of ``tg``)."""
         self._tg = tg
         self.listener = await listen(
-            self.settings.listen_on, self._new_splice, unix_mode=self.settings.unix_socket_mode
+            self.settings.listen_on,
+            self._new_splice,
+            unix_mode=self.settings.unix_socket_mode,
+            reuse_port=self.reuse_port,
         )
         self._track(tg.create_task(self.connector.run(), name=f"connector-{self.settings.name}"))
         logger.info(

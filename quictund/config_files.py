@@ -51,6 +51,7 @@ class ApiSection(_Section):
 
 class DaemonSection(_Section):
     shutdown_grace_s: Annotated[float, Field(alias="shutdown-grace", ge=0, le=3600)] = 10.0
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class ConfigFile(_Section):

@@ -72,7 +72,13 @@ class Daemon:
         open_by_default: bool = False,
         notifier: Notifier | None = None,
         dry_run: bool = False,
+        worker: tuple[int, int] | None = None,
+        worker_api: str | None = None,
     ) -> None:
+        # One of several workers (quictund/workers.py): share ports, serve UNIX listeners only
+        # in worker 0, and answer the API on the supervisor's private socket only.
+        self.worker = worker
+        self.worker_api = worker_api
         self.metrics = Metrics()
         self.table = TunnelTable(self.metrics)
         self.metrics.add_state(
@@ -127,6 +133,13 @@ class Daemon:
         listeners: list[ClientSettings | ServerSettings] = [*config.clients, *config.servers]
         for settings in listeners:
             origin = config.origins.get(settings.name, f"{settings.name}")
+            if (
+                self.worker is not None
+                and self.worker[0] != 0
+                and isinstance(settings, ClientSettings)
+                and settings.listen_on.is_unix
+            ):
+                continue  # a UNIX socket cannot be shared: worker 0 serves it
             try:
                 if isinstance(settings, ClientSettings):
                     built.endpoints[settings.name] = self._build_client(settings)
@@ -136,6 +149,8 @@ class Daemon:
                 problems.append(f"{origin}: {exc}" if config.origins else str(exc))
         if problems:
             raise ConfigProblems(problems)
+        for endpoint in built.endpoints.values():
+            endpoint.reuse_port = self.worker is not None
         return built
 
     def _build_client(self, s: ClientSettings) -> ClientEndpoint:
@@ -411,6 +426,9 @@ class Daemon:
     async def _start_api(self) -> None:
         api = self.config.api
         router = Router(self.api)
+        if self.worker_api is not None:  # the supervisor serves the configured API
+            self._api_servers.append(await start_unix(self.worker_api, router, mode=0o600))
+            return
         if api.socket:
             server = await start_unix(api.socket, router, group=api.group)
             self._api_servers.append(server)

@@ -16,6 +16,7 @@ from quictund.splice import Splice
 class EndpointBase:
     def __init__(self, quic_config: engine.QuicConfiguration) -> None:
         self.quic_config = quic_config
+        self.reuse_port = False  # set by the daemon when it runs as one of several workers
         self.splices: set[Splice] = set()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -46,7 +46,10 @@ async def listen(
     *,
     unix_mode: int = 0o660,
     backlog: int = 1024,
+    reuse_port: bool = False,
 ) -> StreamListener:
+    """Bind ``address``; ``reuse_port`` lets the daemon's workers share a TCP port (the
+    kernel spreads new connections over them)."""
     loop = asyncio.get_running_loop()
     if address.is_unix:
         remove_stale(address.path, f"listen-on {address}")
@@ -64,6 +67,7 @@ async def listen(
             family=family,
             backlog=backlog,
             reuse_address=True,
+            reuse_port=reuse_port or None,
         )
     except OSError as exc:
         raise ConfigError(f"listen-on {address}: {exc.strerror or exc}") from None

@@ -79,6 +79,7 @@ class ServerEndpoint(EndpointBase):
                 proto.datagram_received,
                 local=(s.listen_on.host, s.listen_on.port),
                 buffer=s.socket_buffer,
+                reuse_port=self.reuse_port,
             )
         except OSError as exc:
             raise ConfigError(f"listen-on {s.listen_on}: {exc.strerror or exc}") from None

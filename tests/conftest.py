@@ -18,3 +18,14 @@ def short_tmp() -> Iterator[Path]:
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where test servers keep their self-signed certificate (generated once per session)."""
     return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture
+def ca(state_dir: Path) -> Path:
+    """The test servers' self-signed certificate, which clients use as their CA."""
+    import socket
+
+    from quictund import tls
+
+    cert, _ = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
+    return cert

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -52,6 +52,12 @@ class Response:
     body: bytes = b""
     content_type: str | None = JSON
     headers: tuple[tuple[str, str], ...] = ()
+
+
+class App(Protocol):
+    """What ``http.py`` serves: the ``Router`` answers at once; a proxy may await."""
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]: ...
 
 
 class ApiProvider(Protocol):

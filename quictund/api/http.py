@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import ipaddress
 import logging
 import os
@@ -34,7 +35,7 @@ from http import HTTPStatus
 
 import h11
 
-from quictund.api.app import Request, Response, Router, error_response
+from quictund.api.app import App, Request, Response, error_response
 from quictund.errors import ConfigError
 from quictund.unixsock import remove_stale
 
@@ -56,7 +57,7 @@ class Limits:
 class ApiServer:
     """A listening API socket and its live connections."""
 
-    def __init__(self, app: Router, limits: Limits) -> None:
+    def __init__(self, app: App, limits: Limits) -> None:
         self._app = app
         self._limits = limits
         self._server: asyncio.Server | None = None
@@ -145,7 +146,7 @@ class _Connection:
 
     def __init__(
         self,
-        app: Router,
+        app: App,
         limits: Limits,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -181,7 +182,9 @@ class _Connection:
         if isinstance(request, Response):
             await self._send(request, close=True)
             return False
-        response = self._app.handle(request)
+        answer = self._app.handle(request)
+        # A proxying app (the workers' supervisor) answers asynchronously.
+        response = await answer if inspect.isawaitable(answer) else answer
         logger.debug("API %s %s -> %d", request.method, request.target, response.status)
         await self._send(response, close=False)
         return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
@@ -293,7 +296,7 @@ def _content_length(event: h11.Request) -> int | None:
 
 async def start_unix(
     path: str,
-    app: Router,
+    app: App,
     *,
     mode: int = 0o660,
     group: str | None = None,
@@ -329,7 +332,7 @@ async def start_unix(
 async def start_tcp(
     host: str,
     port: int,
-    app: Router,
+    app: App,
     *,
     allow_any: bool = False,
     limits: Limits | None = None,

@@ -245,8 +245,12 @@ async def open_udp(
     remote: tuple[str, int] | None = None,
     family: int = socket.AF_UNSPEC,
     buffer: int = 4 * 1024 * 1024,
+    reuse_port: bool = False,
 ) -> UdpSocket:
     """Bind (server) or connect (client) a UDP socket and drive it with ``UdpSocket``.
+
+    ``reuse_port``: several workers bind the same address; the kernel hashes each client's
+    address onto one of them, so a QUIC connection stays with one worker.
 
     Raises ``OSError`` like ``loop.create_datagram_endpoint`` would.
     """
@@ -261,6 +265,8 @@ async def open_udp(
     sock = socket.socket(fam, kind, proto)
     try:
         tune_socket(sock, buffer)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if remote:
             sock.connect(addr)
         else:

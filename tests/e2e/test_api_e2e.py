@@ -39,15 +39,6 @@ async def curl(sock: Path, *args: str) -> tuple[int, str]:
     return int(code), body
 
 
-@pytest.fixture
-def ca(state_dir: Path) -> Path:
-    import socket
-
-    from quictund import tls
-
-    cert, _ = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
-    return cert
-
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

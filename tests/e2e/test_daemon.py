@@ -122,13 +122,6 @@ def client_toml(
     )
 
 
-@pytest.fixture
-def ca(state_dir: Path) -> Path:
-    from quictund import tls
-
-    cert, _ = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
-    return cert
-
 
 async def test_notify_lifecycle(short_tmp: Path, state_dir: Path, ca: Path) -> None:
     backend = await echo().tcp()

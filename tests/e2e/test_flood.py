@@ -294,12 +294,5 @@ async def test_handshake_flood_keeps_legit_tunnels_working(
         backend.close()
 
 
-@pytest.fixture
-def ca(state_dir: Path) -> Path:
-    from quictund import tls
-
-    cert, _ = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
-    return cert
-
 
 _ = Backend  # re-exported helpers used by other modules
