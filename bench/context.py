@@ -224,7 +224,7 @@ class BenchContext:
     paths: list[str]
     variants: dict[str, list[str]]
     python: str = sys.executable
-    verbose: bool = False
+    scale: float = 1.0  # multiplies request counts (the smoke test uses a small one)
     _factory: Any = None
 
     def log(self, msg: str) -> None:

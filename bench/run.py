@@ -107,6 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
     ap.add_argument("--no-docs", action="store_true", help="print only; write nothing to docs/")
     ap.add_argument("--python", default=sys.executable, help="the Python that runs quictund")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts by this")
     return ap.parse_args(argv)
 
 
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or 10.0
     reps = args.reps or (1 if args.quick else 3)
     procs = Procs(out / "logs")
-    ctx = BenchContext(args.quick, duration, reps, out, procs, paths, found, python=args.python)
+    ctx = BenchContext(
+        args.quick, duration, reps, out, procs, paths, found, python=args.python, scale=args.scale
+    )
     desc = machine.describe()
     print(f"quictund bench: {', '.join(chosen)} over {', '.join(paths)}; logs in {out}")
     print("  " + "; ".join(f"{k} {v}" for k, v in desc.items()))

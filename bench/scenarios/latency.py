@@ -17,8 +17,9 @@ TITLE = "Latency"
 NAME = "latency"
 
 
-def measurements(quick: bool) -> list[tuple[str, list[str]]]:
-    n1, n16, nc = (500, 300, 100) if quick else (3000, 1000, 500)
+def measurements(quick: bool, scale: float = 1.0) -> list[tuple[str, list[str]]]:
+    counts = (500, 300, 100) if quick else (3000, 1000, 500)
+    n1, n16, nc = (max(20, int(n * scale)) for n in counts)
     return [
         ("echo 1 B", ["latency", "--size", "1", "--count", str(n1)]),
         ("echo 16 KiB", ["latency", "--size", "16384", "--count", str(n16)]),
@@ -31,7 +32,7 @@ def run(ctx: BenchContext) -> list[Row]:
     running, rows = ctx.start_paths(NAME, PathSpec(target=(app.host, app.port)))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(ctx.reps):
-        for label, args in measurements(ctx.quick):
+        for label, args in measurements(ctx.quick, ctx.scale):
             for name, path in running.items():
                 ctx.log(f"{label} via {name} (run {rep + 1}/{ctx.reps})")
                 try:
