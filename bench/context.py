@@ -225,6 +225,7 @@ class BenchContext:
     variants: dict[str, list[str]]
     python: str = sys.executable
     scale: float = 1.0  # multiplies request counts (the smoke test uses a small one)
+    sources: dict[str, Path] = field(default_factory=dict)  # variant -> its quictund tree
     _factory: Any = None
 
     def log(self, msg: str) -> None:
@@ -241,7 +242,9 @@ class BenchContext:
         from paths import PathFactory
 
         if self._factory is None:
-            self._factory = PathFactory(self.procs, self.out_dir, self.python, self.variants)
+            self._factory = PathFactory(
+                self.procs, self.out_dir, self.python, self.variants, self.sources
+            )
         return self._factory.start(name, spec)
 
     def start_paths(self, scenario: str, spec: Any) -> tuple[dict[str, Any], list[Row]]:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from context import BENCH, REPO, Procs, netns_argv
 
@@ -133,34 +134,49 @@ def wait_log(
     raise PathError(f"no {needle!r} in {path} within {within} s")
 
 
-def make_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
-    """A self-signed ECDSA P-256 certificate for ``hosts`` (IP SANs), kept in ``directory``."""
+def make_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed for ``hosts`` (IP SANs), ECDSA P-256, kept in
+    ``directory``: (ca.pem, cert.pem, key.pem).  A real chain, because some verifiers (rustls'
+    webpki in qh3) refuse a CA certificate presented as the server's own."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    if cert_path.exists():
-        return cert_path, key_path
+    ca_path, cert_path, key_path = (directory / f for f in ("ca.pem", "cert.pem", "key.pem"))
+    if key_path.exists():
+        return ca_path, cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
     now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject: str, issuer: str, public: Any) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        build("bench CA", "bench CA", ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
     sans += [x509.IPAddress(ipaddress.ip_address(h)) for h in hosts]
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        build("bench server", "bench CA", key.public_key())
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
     )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
@@ -170,7 +186,7 @@ def make_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
         )
     )
     key_path.chmod(0o600)
-    return cert_path, key_path
+    return ca_path, cert_path, key_path
 
 
 # -- launchers ---------------------------------------------------------------------------------
@@ -180,12 +196,18 @@ class PathFactory:
     """Starts paths by name; every process goes into ``procs``; files into ``out_dir``."""
 
     def __init__(
-        self, procs: Procs, out_dir: Path, python: str, variants: dict[str, list[str]]
+        self,
+        procs: Procs,
+        out_dir: Path,
+        python: str,
+        variants: dict[str, list[str]],
+        sources: dict[str, Path] | None = None,
     ) -> None:
         self.procs = procs
         self.out_dir = out_dir
         self.python = python
         self.variants = variants
+        self.sources = sources or {}
         self.serial = 0
 
     def start(self, name: str, spec: PathSpec) -> RunningPath:
@@ -216,7 +238,7 @@ class PathFactory:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _cert(self, spec: PathSpec) -> tuple[Path, Path]:
+    def _cert(self, spec: PathSpec) -> tuple[Path, Path, Path]:
         hosts = sorted({"127.0.0.1", spec.wire[0]})
         return make_cert(self.out_dir / "cert" / "-".join(hosts), hosts)
 
@@ -228,7 +250,7 @@ class PathFactory:
             raise SystemExit("stunnel4 is not installed (apt-get install stunnel4)")
         spec = _fill(spec)
         d = self._dir(tag)
-        cert, key = self._cert(spec)
+        ca, cert, key = self._cert(spec)
         common = "foreground = yes\npid =\ndebug = 3\nsyslog = no\n"
         tls = "sslVersionMin = TLSv1.3\nciphersuites = TLS_AES_128_GCM_SHA256\n"
         (d / "server.conf").write_text(
@@ -237,7 +259,8 @@ class PathFactory:
             f"connect = {spec.target[0]}:{spec.target[1]}\n"
         )
         (d / "client.conf").write_text(
-            f"{common}[client]\nclient = yes\n{tls}CAfile = {cert}\nverifyPeer = yes\n"
+            f"{common}[client]\nclient = yes\n{tls}CAfile = {ca}\nverifyChain = yes\n"
+            f"checkIP = {spec.wire[0]}\n"
             f"accept = {spec.listen[0]}:{spec.listen[1]}\n"
             f"connect = {spec.wire[0]}:{spec.wire[1]}\n"
         )
@@ -303,7 +326,7 @@ class PathFactory:
     def _quictund(self, spec: PathSpec, tag: str, name: str) -> RunningPath:
         spec = _fill(spec, socket.SOCK_DGRAM)
         d = self._dir(tag)
-        cert, key = self._cert(spec)
+        ca, cert, key = self._cert(spec)
         extra = {"server": [], "client": []}  # type: dict[str, list[str]]
         for line in self.variants[name]:
             role, sep, rest = line.partition(":")
@@ -325,11 +348,11 @@ class PathFactory:
             'name = "bench"\n'
             f'listen-on = "tcp:{spec.listen[0]}:{spec.listen[1]}"\n'
             f'server-endpoint = "{spec.wire[0]}:{spec.wire[1]}"\n'
-            f'ca-file = "{cert}"\n'
+            f'ca-file = "{ca}"\n'
             f'token-source = "tcp:{t_host}:{t_port}"\n'
             + "".join(f"{x}\n" for x in extra["client"])
         )
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(self.sources.get(name, REPO)))
         env.pop("NOTIFY_SOCKET", None)
         procs = []
         for role, ns in (("server", spec.server_ns), ("client", spec.client_ns)):

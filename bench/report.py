@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def bar_chart(rows: list[Row], out: Path, title: str, log: bool = False) -> list
         ax.bar_label(bars, labels=[fmt(cells[(m, p)]) for m in metrics if (m, p) in cells],
                      fontsize=6, rotation=90, padding=2)  # fmt: skip
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
-    ax.set_xticklabels([m.replace(", ", ",\n", 1) for m in metrics], fontsize=7)
+    ax.set_xticklabels([textwrap.fill(m, 22) for m in metrics], fontsize=7)
     ax.set_ylabel(_unit(metrics[0], paths, cells))
     if log:
         ax.set_yscale("log")

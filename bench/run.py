@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import shlex
 import signal
 import subprocess
@@ -47,9 +46,10 @@ def discover() -> dict[str, ModuleType]:
     return {n: importlib.import_module(f"scenarios.{n}") for n in names}
 
 
-def _check_engine(python: str, engine: str) -> bool:
+def _check_engine(python: str, engine: str, source: Path = REPO) -> bool:
     """Does this quictund accept ``quic-engine = ENGINE`` (and is the engine importable)?"""
-    if importlib.util.find_spec(engine) is None:
+    env = {"PYTHONPATH": str(source), "PATH": "/usr/bin:/bin"}
+    if subprocess.run([python, "-c", f"import {engine}"], capture_output=True).returncode:
         return False
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "s.toml"
@@ -59,22 +59,35 @@ def _check_engine(python: str, engine: str) -> bool:
         )
         probe = subprocess.run(
             [python, "-m", "quictund", "check", "--config", str(cfg)],
-            capture_output=True, cwd=BENCH, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+            capture_output=True,
+            cwd=BENCH,
+            env=env,
+        )
         return probe.returncode == 0
 
 
-def variants(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """quictund variants (name -> extra TOML lines) and the engine each runs."""
+def variants(
+    args: argparse.Namespace,
+) -> tuple[dict[str, list[str]], dict[str, str], dict[str, Path]]:
+    """quictund variants (name -> extra TOML lines), the engine each runs, and the source
+    tree of those that run another checkout (``NAME@DIR=...``)."""
     found: dict[str, list[str]] = {"quictund": []}
     has_engines = _check_engine(args.python, "aioquic")
     if has_engines and _check_engine(args.python, "qh3"):
         found["quictund-qh3"] = ['quic-engine = "qh3"']
         found["quictund"] = ['quic-engine = "aioquic"']
+    sources: dict[str, Path] = {}
     for spec in args.variant:
-        name, _, lines = spec.partition("=")
-        if not name.startswith("quictund") or not lines:
-            raise SystemExit(f"--variant {spec!r}: want quictund-NAME=TOML_LINE[;TOML_LINE...]")
+        name, eq, lines = spec.partition("=")
+        name, at, src = name.partition("@")
+        if not name.startswith("quictund") or not eq:
+            raise SystemExit(
+                f"--variant {spec!r}: want quictund-NAME[@SRC_DIR]=[TOML_LINE[;TOML_LINE...]]"
+            )
+        if at:
+            sources[name] = Path(src).resolve()
+            if not (sources[name] / "quictund" / "__init__.py").exists():
+                raise SystemExit(f"--variant {spec!r}: no quictund package in {src}")
         found[name] = [x.strip() for x in lines.split(";") if x.strip()]
     for name in found:
         found[name] = found[name] + list(args.quictund_extra)
@@ -86,7 +99,7 @@ def variants(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, 
             if key.strip().split(":")[-1].strip() == "quic-engine":
                 engine = value.strip().strip("\"'")
         engines[name] = engine
-    return found, engines
+    return found, engines, sources
 
 
 def _sigterm(signum: int, frame: Any) -> NoReturn:
@@ -99,7 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--skip", default="", help="comma-separated scenario names")
     ap.add_argument("--paths", default="", help="comma-separated path names to compare")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=TOML[;TOML]")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[@SRC]=TOML[;TOML]",
+        help="another quictund path: extra TOML lines, and optionally another checkout",
+    )
     ap.add_argument("--quictund-extra", action="append", default=[], metavar="TOML_LINE")
     ap.add_argument("--duration", type=float, default=None, help="seconds per bulk run")
     ap.add_argument("--reps", type=int, default=None, help="runs per measurement")
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; have {list(scenarios)}")
     chosen = [s for s in (only or scenarios) if s not in skip]
-    found, engines = variants(args)
+    found, engines, sources = variants(args)
     paths = [*ALL_BASE, *found]
     if quictun_go_bins()[0]:
         paths.append("quictun-go")
@@ -137,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     procs = Procs(out / "logs")
     ctx = BenchContext(
-        args.quick, duration, reps, out, procs, paths, found, python=args.python, scale=args.scale
-    )
+        args.quick, duration, reps, out, procs, paths, found,
+        python=args.python, scale=args.scale, sources=sources,
+    )  # fmt: skip
     desc = machine.describe()
     print(f"quictund bench: {', '.join(chosen)} over {', '.join(paths)}; logs in {out}")
     print("  " + "; ".join(f"{k} {v}" for k, v in desc.items()))
@@ -167,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     all_rows = [r for rows in results.values() for r in rows]
     notes = dict(PATH_NOTES)
     for v, lines in found.items():
-        notes[v] = f"quictund run ({engines[v]}" + "".join(f"; `{x}`" for x in lines) + ")"
+        src = f"; from {sources[v]}" if v in sources else ""
+        notes[v] = f"quictund run ({engines[v]}{src}" + "".join(f"; `{x}`" for x in lines) + ")"
     config = {
         "command": "python bench/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
@@ -176,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         "paths": paths,
         "variants": found,
         "engines": engines,
+        "sources": {k: str(v) for k, v in sources.items()},
         "path_notes": {p: notes.get(p, "") for p in paths},
     }
-    checked = targets.check(all_rows, {p: engines[p] for p in paths if p in engines})
+    # targets speak of quictund as configured by default, not of experimental variants
+    standard = {p: engines[p] for p in ("quictund", "quictund-qh3") if p in paths}
+    checked = targets.check(all_rows, standard)
     print("\n== summary")
     for name, rows in results.items():
         print(f"-- {name}\n{report.text_table(rows)}\n")

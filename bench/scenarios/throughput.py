@@ -109,6 +109,6 @@ def plot(rows: list[Row], img_dir: Any) -> list[Any]:
     }
     figs += report.line_chart(
         series, img_dir / "throughput-over-time.png",
-        "Upload through one tunnel, per second (median run)", "second", "Mbit/s",
+        "Upload through one tunnel, per second (median run)", "second", "Mbit/s", log=True,
     )  # fmt: skip
     return figs
