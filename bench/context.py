@@ -290,6 +290,8 @@ class BenchContext:
         )
         try:
             out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"load.py {' '.join(args)} took over {timeout} s") from None
         finally:
             self.procs.stop(proc)
         if proc.returncode != 0:

@@ -133,6 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     scenarios = discover()
     only = [s for s in args.only.split(",") if s]
     skip = {s for s in args.skip.split(",") if s}
