@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             with procs.scope():
                 try:
-                    rows = scenarios[name].run(ctx)
+                    # a Row, or a dict with Row's fields (a scenario that also runs alone)
+                    rows = [r if isinstance(r, Row) else Row(**r) for r in scenarios[name].run(ctx)]
                 except (Exception, SystemExit) as exc:  # one broken scenario must not end the run
                     traceback.print_exc()
                     rows = [Row(name, "-", "scenario", None, "", {"error": repr(exc)})]
