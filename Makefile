@@ -1,13 +1,20 @@
 # quictund -- the two commands of the README:
 #   make run    install into .venv and run the loopback demo (server + client + echo app)
 #   make test   install into .venv and run lint, types and the whole test suite
+# and the benchmark (not run in CI; needs root for its own sshd and, later, namespaces):
+#   make bench        every scenario against direct TCP, stunnel4, ssh -L and quictund
+#                     (~20-30 min); writes docs/performance.md, docs/bench-results.json and
+#                     docs/img/bench/*.png.  `make bench QUICK=1` (or bench-quick): a few minutes.
+#                     More options: make bench BENCH_ARGS='--only latency --paths direct,quictund'
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint typecheck unit e2e clean
+BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools
+
+.PHONY: run test lint typecheck unit e2e clean bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +40,21 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
+
+bench-deps: $(STAMP)
+	@missing=$$(for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "bench: installing $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+		$(BIN)/pip install --quiet -e '.[test,bench,qh3]'
+
+bench: bench-deps
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+bench-quick:
+	$(MAKE) bench QUICK=1
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
