@@ -19,7 +19,7 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   setting up 10,000 tunnels took minutes.  Only streams with something to do stay in the send
   queue (``_streams_queue``); anything that can give a stream work re-queues it.
 * **A pacer that survives a 1 ms clock.**  aioquic's pacer is useless on uvloop's 1 ms timer
-  (it collapses a bulk transfer to ~18 Mbit/s).  It is replaced by a token bucket of ~2 ms of
+  (it collapses a bulk transfer to ~18 Mbit/s).  It is replaced by a token bucket of ~4 ms of
   data (quictund/quic/pacing.py) that paces only controllers publishing a ``pacing_rate``:
   ``bbr`` (quictund/quic/bbr.py, for lossy links); cubic and reno stay unpaced, their
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.

@@ -1,4 +1,4 @@
-"""A pacer that works on a 1 ms event-loop clock (uvloop): a token bucket of ~2 ms of data.
+"""A pacer that works on a 1 ms event-loop clock (uvloop): a token bucket of ~4 ms of data.
 
 Why not aioquic's pacer: it refills only when ``now`` changes and asks to be woken for every
 packet, which on uvloop's 1 ms timer either caps the rate at one small bucket per tick or spins
@@ -6,7 +6,9 @@ the loop on sub-millisecond timers (see docs/design.md and performance-notes.md)
 accounts with the session's high-resolution clock, lets a burst of ``rate * BURST_S`` (at
 least ``MIN_BURST_PACKETS``) go at once, and when the bucket is empty asks to be woken no
 sooner than ``MIN_WAIT_S`` -- one timer tick -- by which time a tick's worth has accrued.  The
-average rate is exact; the burst is small enough not to flood a shallow bottleneck queue.
+average rate is exact; the burst is small enough not to flood a shallow bottleneck queue (4 ms
+is 8 % of a 50 ms BDP buffer) and large enough that a timer firing a few ms late on a busy
+machine does not cost rate, which BBR would read as a lower bottleneck bandwidth.
 
 Sans-IO: ``rate`` (bytes/s, ``None`` = unpaced) is set by the owner, typically from the
 congestion controller on every call.
@@ -14,7 +16,7 @@ congestion controller on every call.
 
 from __future__ import annotations
 
-BURST_S = 0.002
+BURST_S = 0.004
 MIN_WAIT_S = 0.001
 MIN_BURST_PACKETS = 4
 
