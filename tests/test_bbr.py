@@ -100,6 +100,23 @@ def test_app_limited_samples_do_not_lower_the_estimate() -> None:
     assert cc.btl_bw >= 0.9 * bw
 
 
+def test_an_app_limited_flow_is_not_paced_below_its_initial_rate() -> None:
+    # request/response: one small packet per round trip, every sample app-limited.  A pacing
+    # rate taken from those samples would hold a retransmission burst back for seconds.
+    cc = _bbr()
+    now = 0.0
+    for _ in range(50):
+        cc.on_app_limited(0)
+        state = cc.on_sent(now, 0, 100)
+        now += RTT
+        cc.on_acked(now, 100, state)
+        cc.on_rtt(now, RTT)
+        cc.on_ack_done(now, 0)
+    assert cc.pacing_rate is not None
+    assert cc.pacing_rate >= 10 * MDS / RTT  # at least the initial window per RTT
+    assert cc.mode is Mode.STARTUP  # app-limited rounds do not end startup
+
+
 def test_max_filter_expires_old_maxima() -> None:
     f = MaxFilter(10)
     f.update(100.0, 0)

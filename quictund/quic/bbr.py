@@ -24,7 +24,7 @@ Sans-IO and engine-independent: the owner calls
 * ``on_rtt(now, rtt)`` for each RTT sample, ``on_app_limited(bytes_in_flight)`` when it had
   nothing to send while the window was open;
 
-and reads ``cwnd`` (bytes) and ``pacing_rate`` (bytes/s, ``None`` before the first sample).
+and reads ``cwnd`` (bytes) and ``pacing_rate`` (bytes/s, ``None`` before the first RTT sample).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ LOSS_MIN_PACKETS = 8
 LOSS_BETA = 0.7
 LOSS_RECOVERY_PER_ROUND = 1.05
 EXTRA_ACKED_MAX_S = 0.1  # ack-aggregation allowance at most this many seconds of btl_bw
+MIN_RTT_SAMPLE_S = 0.0001  # an ACK handled in the same clock tick reads as 0
 
 
 class Mode(Enum):
@@ -204,6 +205,11 @@ class Bbr:
         self._lost_in_cycle = True
 
     def on_rtt(self, now: float, rtt: float) -> None:
+        rtt = max(rtt, MIN_RTT_SAMPLE_S)
+        if self.pacing_rate is None:
+            # as Linux: start pacing at the startup gain over the initial window and RTT, so
+            # an app-limited flow (tiny delivery-rate samples) is never paced below that
+            self.pacing_rate = STARTUP_GAIN * self.cwnd / rtt
         expired = now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         if rtt <= self.min_rtt or expired:
             self.min_rtt = rtt
@@ -364,6 +370,8 @@ class Bbr:
         if bw <= 0:
             return
         rate = self.pacing_gain * bw * PACING_MARGIN
+        if not math.isinf(self.min_rtt):
+            rate = max(rate, self.min_cwnd / self.min_rtt)  # never below 4 packets a round trip
         if self.filled_pipe or self.pacing_rate is None or rate > self.pacing_rate:
             self.pacing_rate = rate
 
