@@ -323,6 +323,7 @@ def down() -> None:
         except (ProcessLookupError, ValueError):
             pass
         pid_file.unlink(missing_ok=True)
+    (STATE_DIR / "link.json").unlink(missing_ok=True)
     existing = sh("ip", "netns", "list", check=False)
     for name in NAMESPACES:
         if re.search(rf"^{name}\b", existing, re.M):
