@@ -1,6 +1,7 @@
 """Bulk throughput through a quictund tunnel on loopback (one direction, one or more tunnels).
 
     python bench/bulk.py [--seconds 10] [--tunnels 1] [--direction up|down]
+                         [--congestion-control bbr|cubic|reno]
 
 Starts a quictund server and client as subprocesses (uvloop), a sink/source app in this
 process, pushes data for ``--seconds`` (>= 10 s to catch the uvloop-clock pacer collapse) and
@@ -14,8 +15,10 @@ import asyncio
 import os
 import tempfile
 import time
+from pathlib import Path
 
 from _daemons import cpu_s, start  # bench/ is on sys.path
+from _toml_daemons import start_pair
 
 CHUNK = 256 * 1024
 
@@ -30,6 +33,9 @@ async def main() -> None:
         type=int,
         default=0,
         help="open this many idle tunnels (to a separate echo) before measuring",
+    )
+    ap.add_argument(
+        "--congestion-control", default=None, help="start the daemons from TOML with this setting"
     )
     args = ap.parse_args()
     received = 0
@@ -52,24 +58,33 @@ async def main() -> None:
     sink = await asyncio.start_server(app, "127.0.0.1", 0)
     port = sink.sockets[0].getsockname()[1]
     state = tempfile.mkdtemp()
-    server, udp = await start(
-        "server",
-        "--listen-on",
-        "127.0.0.1:0",
-        "--state-dir",
-        state,
-        "--allow",
-        f"tcp:127.0.0.1:{port}",
-    )
-    client, listen = await start(
-        "client",
-        "--listen-on",
-        "tcp:127.0.0.1:0",
-        "--server-endpoint",
-        udp,
-        "--token-source",
-        f"tcp:127.0.0.1:{port}",
-    )
+    if args.congestion_control:
+        server, client, listen = await start_pair(
+            Path(state),
+            congestion_control=args.congestion_control,
+            server_listen="127.0.0.1:0",
+            client_listen="127.0.0.1:0",
+            destination=f"tcp:127.0.0.1:{port}",
+        )
+    else:
+        server, udp = await start(
+            "server",
+            "--listen-on",
+            "127.0.0.1:0",
+            "--state-dir",
+            state,
+            "--allow",
+            f"tcp:127.0.0.1:{port}",
+        )
+        client, listen = await start(
+            "client",
+            "--listen-on",
+            "tcp:127.0.0.1:0",
+            "--server-endpoint",
+            udp,
+            "--token-source",
+            f"tcp:127.0.0.1:{port}",
+        )
     host, _, cport = listen.split(":", 1)[1].rpartition(":")
     idle = []
     for _ in range(args.idle):

@@ -33,9 +33,9 @@ class QuicKnobs(_Model):
     keep_alive_s: Annotated[float, Field(alias="keep-alive", ge=0, le=300)] = 5.0
     dead_after_s: Annotated[float, Field(alias="dead-after", gt=0, le=600)] = 15.0
     handshake_timeout_s: Annotated[float, Field(alias="handshake-timeout", gt=0, le=120)] = 10.0
-    congestion_control: Annotated[Literal["reno", "cubic"], Field(alias="congestion-control")] = (
-        "cubic"
-    )
+    congestion_control: Annotated[
+        Literal["bbr", "cubic", "reno"], Field(alias="congestion-control")
+    ] = "cubic"
     max_datagram_size: Annotated[int, Field(alias="max-datagram-size", ge=1200, le=1452)] = 1350
     stream_window: Annotated[int, Field(alias="stream-window", ge=64 * KiB, le=64 * MiB)] = 2 * MiB
     connection_window: Annotated[

@@ -18,9 +18,11 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   every packet it builds; with 10,000 open but idle tunnels that is milliseconds per packet and
   setting up 10,000 tunnels took minutes.  Only streams with something to do stay in the send
   queue (``_streams_queue``); anything that can give a stream work re-queues it.
-* **No pacer.**  aioquic's pacer reads ``now`` and is useless on uvloop's 1 ms clock (it
-  collapses a bulk transfer to ~18 Mbit/s); the session feeds a high-resolution clock and the
-  congestion window bounds bursts instead.
+* **A pacer that survives a 1 ms clock.**  aioquic's pacer is useless on uvloop's 1 ms timer
+  (it collapses a bulk transfer to ~18 Mbit/s).  It is replaced by a token bucket of ~4 ms of
+  data (quictund/quic/pacing.py) that paces only controllers publishing a ``pacing_rate``:
+  ``bbr`` (quictund/quic/bbr.py, for lossy links); cubic and reno stay unpaced, their
+  congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from aioquic.quic.stream import QuicStream
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.tls import fingerprint
 
 __all__ = [
@@ -202,7 +205,7 @@ class EngineConnection(QuicConnection):
             count_losses(**kwargs)
 
         self._loss._on_packets_lost = on_packets_lost  # type: ignore[method-assign]
-        self._loss._pacer.next_send_time = _never_wait  # type: ignore[method-assign,assignment]
+        aioquic_cc.install(self._loss, self._max_datagram_size)
 
     # ---- public API used by the session ------------------------------------------------
 
@@ -301,6 +304,12 @@ class EngineConnection(QuicConnection):
         return None if tls_ctx is None else tls_ctx._peer_certificate
 
     # ---- aioquic overrides --------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        datagrams = super().datagrams_to_send(now)
+        if self._pacing_at is None:  # stopped for want of data, not by the pacer
+            aioquic_cc.note_app_limited(self._loss, self._max_datagram_size)
+        return datagrams
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
@@ -519,7 +528,3 @@ def _peek_stream_id(buf: Buffer) -> int:
     stream_id = buf.pull_uint_var()
     buf.seek(pos)
     return int(stream_id)
-
-
-def _never_wait(now: float) -> None:
-    return None

@@ -1,0 +1,292 @@
+"""Bad networks: goodput and request latency over an emulated lossy 100 Mbit/s, 50 ms link.
+
+    python bench/scenarios/lossy.py [--quick] [--runs N] [--seconds S] [--loss 0,1,5]
+                                    [--paths tcp-cubic,quictund-bbr,...] [--out FILE]
+
+Builds the link of bench/netem/link.py (namespaces qa | qm | qb; needs root), then for each
+loss level (0, 0.1, 1, 2, 5 %) and each path measures, side by side in one invocation:
+
+* ``goodput_mbit``: one bulk stream qa -> qb for ``--seconds`` (>= 10 s), timed at the sink
+  from its first byte;
+* ``rr_p50_ms`` / ``rr_p99_ms``: 1-byte request/response over an existing connection;
+* ``first_byte_ms`` (loss 0 only): ``connect()`` of a new connection to its first echoed byte
+  (for quictund: a new tunnel over the existing QUIC connection; ``extra.rtts`` in link RTTs).
+
+Paths: ``tcp-cubic`` and ``tcp-bbr`` (direct TCP, congestion control set per socket) and
+``quictund-<cc>`` for each congestion controller (server daemon in qb, client daemon in qa,
+both started from TOML with ``congestion-control = <cc>``).  Runs are interleaved (run 1 of
+every path, then run 2, ...) and each metric is reported as the median over runs.
+
+Suite contract: ``run(ctx) -> list[Row]`` with ``ctx.quick`` (bool); a Row is
+``{scenario, path, metric, value, unit, extra}``.  Standalone it prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH / "netem"))
+
+from _toml_daemons import start_config  # noqa: E402
+from link import SERVER_IP, Link, netns_cmd  # noqa: E402
+
+Row = dict[str, Any]
+SCENARIO = "lossy"
+LOSSES = (0.0, 0.1, 1.0, 2.0, 5.0)
+PATHS = ("tcp-cubic", "tcp-bbr", "quictund-cubic", "quictund-bbr")
+APP = str(BENCH / "netem" / "tcpapp.py")
+SINK_PORT, ECHO_PORT = 5201, 5202
+TUNNEL_PORTS = {"bulk": 6501, "echo": 6502}
+UDP_PORT = 7500
+
+
+def _app(ns: str, *args: str) -> list[str]:
+    return netns_cmd(ns, sys.executable, APP, *args)
+
+
+def _json_run(cmd: list[str], timeout: float) -> dict[str, float]:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip()[-500:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+class Quictund:
+    """A server daemon in qb and a client daemon in qa for one congestion controller."""
+
+    def __init__(self, cc: str, workdir: Path, index: int) -> None:
+        self.cc = cc
+        self.workdir = workdir / cc
+        self.udp_port = UDP_PORT + index
+        self.ports = {what: port + 10 * index for what, port in TUNNEL_PORTS.items()}
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        knobs = f'congestion-control = "{self.cc}"\n'
+        server = self.workdir / "server.toml"
+        server.write_text(
+            f'[[server]]\nname = "lossy"\n'
+            f'listen-on = "{SERVER_IP}:{self.udp_port}"\nstate-dir = "{self.workdir / "state"}"\n'
+            f'allow = ["tcp:127.0.0.1:{SINK_PORT}", "tcp:127.0.0.1:{ECHO_PORT}"]\n{knobs}'
+        )
+        client = self.workdir / "client.toml"
+        sections = [
+            f'[[client]]\nname = "{name}"\nlisten-on = "tcp:127.0.0.1:{port}"\n'
+            f'server-endpoint = "{SERVER_IP}:{self.udp_port}"\n'
+            f'token-source = "tcp:127.0.0.1:{SINK_PORT if name == "bulk" else ECHO_PORT}"\n'
+            f"verify-remote-endpoint = false\n{knobs}"
+            for name, port in self.ports.items()
+        ]
+        # an API socket, so `quictund status --api …/client-api.sock` can show cwnd and RTT
+        api = f'[api]\nsocket = "{self.workdir / "client-api.sock"}"\n'
+        client.write_text(api + "\n".join(sections))
+        for config, ns in ((server, "qb"), (client, "qa")):
+            proc, _ = await start_config(config, ns)
+            self.procs.append(proc)
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+def _kind(path: str) -> tuple[str, str]:
+    kind, _, cc = path.partition("-")
+    return kind, cc
+
+
+_TUNNELS: dict[str, Quictund] = {}
+
+
+def _target(path: str, what: str) -> str:
+    kind, cc = _kind(path)
+    if kind == "tcp":
+        return f"{SERVER_IP}:{SINK_PORT if what == 'bulk' else ECHO_PORT}"
+    return f"127.0.0.1:{_TUNNELS[cc].ports[what]}"
+
+
+def measure_bulk(path: str, seconds: float) -> float:
+    _, cc = _kind(path)
+    tcp_cc = cc if path.startswith("tcp") else ""
+    sink = subprocess.Popen(
+        _app("qb", "sink", "--port", str(SINK_PORT), "--seconds", str(seconds), "--cc", tcp_cc),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.3)
+        subprocess.run(
+            _app(
+                "qa",
+                "send",
+                "--to",
+                _target(path, "bulk"),
+                "--seconds",
+                str(seconds + 20),
+                "--cc",
+                tcp_cc,
+            ),
+            capture_output=True,
+            timeout=seconds + 60,
+        )
+        out, _ = sink.communicate(timeout=30)
+        return float(json.loads(out)["mbit"])
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+
+
+def measure_echo(path: str, count: int, mode: str) -> dict[str, float]:
+    _, cc = _kind(path)
+    tcp_cc = cc if path.startswith("tcp") else ""
+    echo = subprocess.Popen(_app("qb", "echo", "--port", str(ECHO_PORT), "--cc", tcp_cc))
+    try:
+        time.sleep(0.3)
+        return _json_run(
+            _app("qa", mode, "--to", _target(path, "echo"), "--count", str(count), "--cc", tcp_cc),
+            timeout=600,
+        )
+    finally:
+        echo.terminate()
+        echo.wait()
+
+
+async def measure(args: argparse.Namespace) -> list[Row]:
+    link = Link(rate_mbit=100.0, rtt_ms=50.0, loss_pct=0.0).up()
+    samples: dict[tuple[str, str, float], list[float]] = {}
+    tunnels = _TUNNELS
+    workdir = Path(tempfile.mkdtemp(prefix="lossy-"))
+    try:
+        for path in args.paths:
+            kind, cc = _kind(path)
+            if kind == "quictund":
+                tunnels[cc] = Quictund(cc, workdir, len(tunnels))
+                await tunnels[cc].start()
+        rtt = link.ping_rtt_ms()
+        print(f"# link: 100 Mbit/s, ping RTT {rtt:.1f} ms", flush=True)
+        for run in range(args.runs):
+            for loss in args.loss:
+                link.set_loss(loss)
+                for path in args.paths:
+                    mbit = await asyncio.to_thread(measure_bulk, path, args.seconds)
+                    samples.setdefault((path, "goodput_mbit", loss), []).append(mbit)
+                    rr = await asyncio.to_thread(measure_echo, path, args.requests, "rr")
+                    samples.setdefault((path, "rr_p50_ms", loss), []).append(rr["p50_ms"])
+                    samples.setdefault((path, "rr_p99_ms", loss), []).append(rr["p99_ms"])
+                    line = f"run {run + 1} loss {loss:>4} % {path:<15} {mbit:7.1f} Mbit/s"
+                    line += f"  rr p50 {rr['p50_ms']:6.1f} ms  p99 {rr['p99_ms']:7.1f} ms"
+                    if loss == 0:
+                        fb = await asyncio.to_thread(measure_echo, path, 10, "connect")
+                        samples.setdefault((path, "first_byte_ms", loss), []).append(fb["p50_ms"])
+                        line += f"  new conn -> first byte {fb['p50_ms']:.1f} ms"
+                    print(line, flush=True)
+    finally:
+        for tunnel in tunnels.values():
+            await tunnel.stop()
+        link.down()
+    rows = []
+    for (path, metric, loss), values in samples.items():
+        value = statistics.median(values)
+        extra: dict[str, Any] = {"loss_pct": loss, "runs": values, "rate_mbit": 100, "rtt_ms": 50}
+        if metric == "first_byte_ms":
+            extra["rtts"] = round(value / rtt, 2)
+        unit = "Mbit/s" if metric == "goodput_mbit" else "ms"
+        rows.append(
+            {
+                "scenario": SCENARIO,
+                "path": path,
+                "metric": metric,
+                "value": value,
+                "unit": unit,
+                "extra": extra,
+            }
+        )
+    return rows
+
+
+def _args(quick: bool, argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", default=quick)
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--requests", type=int, default=None)
+    ap.add_argument("--loss", default=None, help="comma-separated percentages")
+    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--out", default=str(BENCH / "results" / "lossy.json"))
+    args = ap.parse_args(argv if argv is not None else [])
+    args.runs = args.runs or (1 if args.quick else 2)
+    args.seconds = args.seconds or (10.0 if args.quick else 15.0)
+    args.requests = args.requests or (100 if args.quick else 200)
+    args.loss = [float(x) for x in args.loss.split(",")] if args.loss else list(LOSSES)
+    args.paths = [p for p in args.paths.split(",") if p]
+    return args
+
+
+def run(ctx: Any) -> list[Row]:
+    """Suite entry point: ``ctx.quick`` picks 1 run of 10 s instead of 2 of 15 s."""
+    if os.geteuid() != 0:
+        return []  # namespaces need root; the suite reports the scenario as skipped
+    return asyncio.run(measure(_args(bool(getattr(ctx, "quick", False)))))
+
+
+def table(rows: list[Row]) -> str:
+    losses = sorted({r["extra"]["loss_pct"] for r in rows})
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    get = {(r["path"], r["metric"], r["extra"]["loss_pct"]): r["value"] for r in rows}
+    out = []
+    for metric, label in (
+        ("goodput_mbit", "goodput Mbit/s"),
+        ("rr_p50_ms", "rr p50 ms"),
+        ("rr_p99_ms", "rr p99 ms"),
+    ):
+        out.append(f"| {label} | " + " | ".join(f"{x:g} %" for x in losses) + " |")
+        out.append("|---" * (len(losses) + 1) + "|")
+        for path in paths:
+            cells = [get.get((path, metric, loss)) for loss in losses]
+            out.append(
+                f"| {path} | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |"
+            )
+        out.append("")
+    fb = [
+        (r["path"], r["value"], r["extra"].get("rtts"))
+        for r in rows
+        if r["metric"] == "first_byte_ms"
+    ]
+    if fb:
+        out.append("| new connection -> first echoed byte (loss 0) | ms | RTTs |")
+        out.append("|---|---|---|")
+        out.extend(f"| {p} | {v:.1f} | {n} |" for p, v, n in fb)
+    return "\n".join(out)
+
+
+def main() -> None:
+    args = _args(False, sys.argv[1:])
+    rows = asyncio.run(measure(args))
+    print(table(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print(f"# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
