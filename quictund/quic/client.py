@@ -174,7 +174,7 @@ class Connector:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             tune_socket(sock, self._socket_buffer)
-        conn = engine.EngineConnection(
+        conn = engine.new_connection(
             configuration=self._configuration(),
             settings=self._settings,
             server_pins=self._server_pins,
