@@ -267,6 +267,8 @@ def make_pair(
 
     ``client_class`` replaces the client by a plain aioquic class (a control without our fixes).
     """
+    if client_class is not None:
+        client_engine = "aioquic"
     client_settings = replace(settings, engine=client_engine or settings.engine)
     client_config = engine.make_configuration(
         is_client=True, settings=client_settings, server_name="localhost", verify=False
