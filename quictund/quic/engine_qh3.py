@@ -41,7 +41,8 @@ from aioquic.quic import events
 from cryptography import x509
 from qh3 import tls as qtls
 from qh3._hazmat import Buffer as QBuffer
-from qh3._hazmat import QuicConnectionCore
+from qh3._hazmat import Certificate as QCertificate
+from qh3._hazmat import QuicConnectionCore, SignatureError, verify_with_public_key
 from qh3.quic import events as qevents
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
@@ -121,7 +122,9 @@ class Qh3Connection(QuicConnection):
     @property
     def is_closed(self) -> bool:
         core = self._core
-        return self._close_event is not None or (core is not None and core.state not in _LIVE_STATES)
+        if self._close_event is not None:
+            return True
+        return core is not None and core.state not in _LIVE_STATES
 
     @property
     def held_bytes(self) -> int:
@@ -203,7 +206,7 @@ class Qh3Connection(QuicConnection):
         # Fast path for 1-RTT packets once connected: one core call, no Python header parsing
         # or logging bookkeeping (a short-header packet always ends its datagram).
         if self._handshake_complete and data and not data[0] & 0x80 and self._quic_logger is None:
-            self._call_core(self._core.receive_datagram, data, addr, now, len(data))
+            self._call_core(self._core.receive_datagram, data, addr, now, len(data))  # type: ignore[union-attr]
             self._drain_core()
             return
         super().receive_datagram(data, addr, now)
@@ -242,11 +245,12 @@ class Qh3Connection(QuicConnection):
         if core is None or (self._gate is not None and core.state in _LIVE_STATES):
             return  # withheld: the core grants the peer credit as events leave it
         ledger, released = self._ledger, self._released
+        out: Any = self._events  # holds aioquic events too (next_event converts the rest)
         while (native := core.next_event()) is not None:
             kind = native[0]
             if kind == "stream_data":
                 sid, data = native[1], native[2]
-                self._events.append(events.StreamDataReceived(data, native[3], sid))
+                out.append(events.StreamDataReceived(data, native[3], sid))
                 if data and sid not in released:
                     self._live.add(sid)
                     ledger.delivered(sid, len(data))
@@ -257,9 +261,9 @@ class Qh3Connection(QuicConnection):
                         self._gate = sid
                         return
             elif kind == "stream_reset":
-                self._events.append(events.StreamReset(error_code=native[2], stream_id=native[1]))
+                out.append(events.StreamReset(error_code=native[2], stream_id=native[1]))
             elif kind == "stop_sending":
-                self._events.append(
+                out.append(
                     events.StopSendingReceived(error_code=native[2], stream_id=native[1])
                 )
             else:
@@ -274,6 +278,7 @@ class Qh3Connection(QuicConnection):
     def _drain_one(self, native: tuple[Any, ...]) -> None:
         """Let qh3's own ``_drain_core`` handle one event (TLS, CIDs, close...)."""
         real = self._core
+        assert real is not None
         self._core = _OneEvent(real, native)  # type: ignore[assignment]
         try:
             super()._drain_core()
@@ -297,13 +302,17 @@ class Qh3Connection(QuicConnection):
         frame_size = c.max_datagram_frame_size
         self._core = QuicConnectionCore(
             is_client=self._is_client,
-            version=self._version,
+            version=int(self._version or 0),
             local_addr=("0.0.0.0", 0),
             remote_addr=remote_addr,
             source_cid=self.host_cid,
             destination_cid=initial_dcid,
-            peer_address_validated=self._is_client or self._retry_source_connection_id is not None,
-            active_connection_id_limit=c.active_connection_id_limit or (2 if self._is_client else 8),
+            peer_address_validated=(
+                self._is_client or self._retry_source_connection_id is not None
+            ),
+            active_connection_id_limit=(
+                c.active_connection_id_limit or (2 if self._is_client else 8)
+            ),
             max_datagram_size=c.max_datagram_size,
             probe_datagram_size=c.probe_datagram_size,
             idle_timeout=c.idle_timeout,
@@ -336,9 +345,11 @@ class Qh3Connection(QuicConnection):
         _announce_stream_limits(context, self._max_streams)
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             context.__class__ = _ClientAuthContext
+            assert isinstance(context, _ClientAuthContext)
             context._qt_init(self._client_cafile, self._client_pins)
         elif self._is_client and self._server_pins:
             context.__class__ = _PinnedServerContext
+            assert isinstance(context, _PinnedServerContext)
             context._pins = self._server_pins
         return bridge
 
@@ -458,7 +469,9 @@ class _ClientAuthContext(qtls.Context):
         if not self._alps_negotiated:
             # qh3 pre-computed the client's Finished without a client certificate in the
             # transcript: drop that guess, the real one is checked in _server_handle_finished.
-            self.key_schedule.hash = self.key_schedule.before_last
+            schedule = self.key_schedule
+            assert isinstance(schedule, _RecordingKeySchedule)
+            schedule.hash = schedule.before_last
             self._expected_verify_data = None
         self._qt_expect = _EXPECT_CERTIFICATE
 
@@ -486,12 +499,12 @@ class _ClientAuthContext(qtls.Context):
         if message[0] != qtls.HandshakeType.CERTIFICATE:
             raise _alert(PeerRejected(40, "client certificate required"))
         certificate = qtls.pull_certificate(QBuffer(data=message))
-        self.key_schedule.update_hash(message)
+        self._schedule().update_hash(message)
         if not certificate.certificates:
             raise _alert(PeerRejected(40, "client certificate required"))
         ders = [entry[0] for entry in certificate.certificates]
-        self._peer_certificate = qtls.X509Certificate(ders[0])
-        self._peer_certificate_chain = [qtls.X509Certificate(d) for d in ders[1:]]
+        self._peer_certificate = QCertificate(ders[0])
+        self._peer_certificate_chain = [QCertificate(d) for d in ders[1:]]
         self._qt_ders = ders
         self._qt_expect = _EXPECT_VERIFY
 
@@ -501,30 +514,38 @@ class _ClientAuthContext(qtls.Context):
         verify = qtls.pull_certificate_verify(QBuffer(data=message))
         if verify.algorithm not in _SIG_ALGS:
             raise qtls.AlertIllegalParameter("CertificateVerify uses an algorithm not offered")
+        assert self._peer_certificate is not None
         try:
-            qtls.verify_with_public_key(
+            verify_with_public_key(
                 self._peer_certificate.public_key(),
                 verify.algorithm,
-                self.key_schedule.certificate_verify_data(b"TLS 1.3, client CertificateVerify"),
+                self._schedule().certificate_verify_data(b"TLS 1.3, client CertificateVerify"),
                 verify.signature,
             )
-        except qtls.SignatureError as exc:
+        except SignatureError as exc:
             raise qtls.AlertDecryptError(str(exc)) from None
         certs = [x509.load_der_x509_certificate(der) for der in self._qt_ders]
         try:
-            check_client_certificate(certs[0], certs[1:], cafile=self._qt_cafile, pins=self._qt_pins)
+            check_client_certificate(
+                certs[0], certs[1:], cafile=self._qt_cafile, pins=self._qt_pins
+            )
         except PeerRejected as exc:
             raise _alert(exc) from None
-        self.key_schedule.update_hash(message)
+        self._schedule().update_hash(message)
         self._qt_expect = _IDLE
 
     def _server_handle_finished(self, input_buf: Any, output_buf: Any) -> None:
         guessed = self._expected_verify_data is not None or self._alps_negotiated
         if not guessed:
-            self._expected_verify_data = self.key_schedule.finished_verify_data(self._dec_key)
+            assert self._dec_key is not None
+            self._expected_verify_data = self._schedule().finished_verify_data(self._dec_key)
         super()._server_handle_finished(input_buf, output_buf)
         if not guessed:
-            self.key_schedule.update_hash(input_buf.data)
+            self._schedule().update_hash(input_buf.data)
+
+    def _schedule(self) -> qtls.KeySchedule:
+        assert self.key_schedule is not None
+        return self.key_schedule
 
 
 class _PinnedServerContext(qtls.Context):
@@ -534,6 +555,7 @@ class _PinnedServerContext(qtls.Context):
 
     def _client_handle_certificate_verify(self, input_buf: Any) -> None:
         super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
+        assert self._peer_certificate is not None
         cert = x509.load_der_x509_certificate(self._peer_certificate.public_bytes())
         try:
             check_server_pin(cert, self._pins)
