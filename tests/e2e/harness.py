@@ -23,6 +23,12 @@ from typing import Any
 
 LISTEN_RE = re.compile(r"listening on (?:udp )?(?P<addr>\S+?)(?:,|$)")
 
+# ``make test`` runs the QUIC tests a second time with QUICTUND_TEST_ENGINE=qh3: every endpoint
+# started here (flags) or configured by a test (TOML, via ENGINE_TOML) then uses that engine.
+TEST_ENGINE = os.environ.get("QUICTUND_TEST_ENGINE", "")
+ENGINE_ARGS: tuple[str, ...] = ("--quic-engine", TEST_ENGINE) if TEST_ENGINE else ()
+ENGINE_TOML = f'quic-engine = "{TEST_ENGINE}"\n' if TEST_ENGINE else ""
+
 
 @dataclass
 class Endpoint:
@@ -49,7 +55,8 @@ class Endpoint:
             "json",
             "--log-level",
             "debug" if os.environ.get("QUICTUND_TEST_DEBUG") else "info",
-            *args,
+            *(ENGINE_ARGS if role in ("server", "client") else ()),
+            *args,  # after ENGINE_ARGS: a test's own --quic-engine wins
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
