@@ -1,13 +1,14 @@
 # quictund -- the two commands of the README:
 #   make run    install into .venv and run the loopback demo (server + client + echo app)
-#   make test   install into .venv and run lint, types and the whole test suite
+#   make test   install into .venv and run lint, types and the whole test suite (the tests
+#               that run real QUIC daemons, tests/e2e, a second time on the qh3 engine)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint typecheck unit e2e clean
+.PHONY: run test lint typecheck unit e2e e2e-qh3 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,7 @@ run: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
+	QUICTUND_TEST_ENGINE=qh3 $(BIN)/pytest -q tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check quictund tests bench
@@ -33,6 +35,9 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
+
+e2e-qh3: $(STAMP)
+	QUICTUND_TEST_ENGINE=qh3 $(BIN)/pytest -q tests/e2e
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

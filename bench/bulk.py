@@ -1,10 +1,13 @@
 """Bulk throughput through a quictund tunnel on loopback (one direction, one or more tunnels).
 
-    python bench/bulk.py [--seconds 10] [--tunnels 1] [--direction up|down]
+    python bench/bulk.py [--seconds 10] [--tunnels 1] [--direction up|down|both]
+                         [--engines aioquic,qh3] [--runs 3]
 
 Starts a quictund server and client as subprocesses (uvloop), a sink/source app in this
 process, pushes data for ``--seconds`` (>= 10 s to catch the uvloop-clock pacer collapse) and
-prints Mbit/s and the CPU seconds each daemon used.
+prints Mbit/s and the CPU seconds each daemon used.  With several engines, directions or runs
+the runs are interleaved (engine A, engine B, A, B, ...) so a noisy neighbour hits both alike,
+and a table of medians closes the output.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 
@@ -24,7 +28,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--tunnels", type=int, default=1)
-    ap.add_argument("--direction", choices=["up", "down"], default="up")
+    ap.add_argument("--direction", choices=["up", "down", "both"], default="up")
+    ap.add_argument("--engines", default="aioquic", help="comma-separated quic-engine values")
+    ap.add_argument("--runs", type=int, default=1)
     ap.add_argument(
         "--idle",
         type=int,
@@ -32,11 +38,38 @@ async def main() -> None:
         help="open this many idle tunnels (to a separate echo) before measuring",
     )
     args = ap.parse_args()
+    directions = ["up", "down"] if args.direction == "both" else [args.direction]
+    engines = args.engines.split(",")
+    results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for _ in range(args.runs):
+        for direction in directions:
+            for engine in engines:
+                one = await run_once(args, engine, direction)
+                results.setdefault((engine, direction), []).append(one)
+    if len(results) > 1 or args.runs > 1:
+        print(f"\nmedians of {args.runs} run(s), {args.tunnels} tunnel(s), {args.seconds:g} s each")
+        print("engine   dir   Mbit/s  [min-max]        CPU s client  server  (CPU s per GiB c/s)")
+        for (engine, direction), runs in results.items():
+            mbit = [r[0] for r in runs]
+            med = statistics.median(mbit)
+            cli = statistics.median(r[1] for r in runs)
+            srv = statistics.median(r[2] for r in runs)
+            gib = med * 1e6 * args.seconds / 8 / 2**30
+            print(
+                f"{engine:8} {direction:5} {med:7.0f}  [{min(mbit):.0f}-{max(mbit):.0f}]"
+                f"{'':8} {cli:6.1f}  {srv:6.1f}   ({cli / gib:.1f} / {srv / gib:.1f})"
+            )
+
+
+async def run_once(
+    args: argparse.Namespace, engine: str, direction: str
+) -> tuple[float, float, float]:
+    """One measurement with fresh daemons: (Mbit/s, client CPU s, server CPU s)."""
     received = 0
 
     async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal received
-        if args.direction == "up":
+        if direction == "up":
             while data := await reader.read(CHUNK):
                 received += len(data)
         else:
@@ -60,6 +93,8 @@ async def main() -> None:
         state,
         "--allow",
         f"tcp:127.0.0.1:{port}",
+        "--quic-engine",
+        engine,
     )
     client, listen = await start(
         "client",
@@ -69,6 +104,8 @@ async def main() -> None:
         udp,
         "--token-source",
         f"tcp:127.0.0.1:{port}",
+        "--quic-engine",
+        engine,
     )
     host, _, cport = listen.split(":", 1)[1].rpartition(":")
     idle = []
@@ -93,18 +130,19 @@ async def main() -> None:
         while time.monotonic() < stop:
             got_down += len(await reader.read(CHUNK))
 
-    if args.direction == "up":
+    if direction == "up":
         await asyncio.gather(*(push(w) for _, w in conns))
     else:
         await asyncio.gather(*(pull(r) for r, _ in conns))
     elapsed = time.monotonic() - t0
     cpu1 = (cpu_s(client.pid), cpu_s(server.pid))
-    moved = received if args.direction == "up" else got_down
+    moved = received if direction == "up" else got_down
     mbit = moved * 8 / elapsed / 1e6
+    cpu = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
     print(
-        f"{args.direction} tunnels={args.tunnels} idle={args.idle}: {mbit:.0f} Mbit/s "
-        f"over {elapsed:.1f} s; CPU client {cpu1[0] - cpu0[0]:.1f} s, "
-        f"server {cpu1[1] - cpu0[1]:.1f} s"
+        f"{engine} {direction} tunnels={args.tunnels} idle={args.idle}: {mbit:.0f} Mbit/s "
+        f"over {elapsed:.1f} s; CPU client {cpu[0]:.1f} s, server {cpu[1]:.1f} s",
+        flush=True,
     )
     for _, w in conns + idle:
         w.close()
@@ -112,6 +150,7 @@ async def main() -> None:
         proc.terminate()
         await proc.wait()
     sink.close()
+    return mbit, cpu[0], cpu[1]
 
 
 if __name__ == "__main__":

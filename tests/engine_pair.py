@@ -261,6 +261,7 @@ def make_pair(
     client_cert: tuple[Path, Path] | None = None,
     client_pins: frozenset[str] = frozenset(),
     server_pins: frozenset[str] = frozenset(),
+    server_cafile: Path | None = None,
     handshake: bool = True,
 ) -> Pair:
     """A client of ``client_engine`` (default: the server's) and a server of ``settings.engine``.
@@ -271,7 +272,11 @@ def make_pair(
         client_engine = "aioquic"
     client_settings = replace(settings, engine=client_engine or settings.engine)
     client_config = engine.make_configuration(
-        is_client=True, settings=client_settings, server_name="localhost", verify=False
+        is_client=True,
+        settings=client_settings,
+        server_name="localhost",
+        verify=server_cafile is not None,
+        cafile=str(server_cafile) if server_cafile else None,
     )
     if client_cert is not None:
         client_config.load_cert_chain(client_cert[0], client_cert[1])

@@ -350,6 +350,18 @@ def test_without_client_cafile_no_certificate_is_asked_for(certs: Certs, eng: st
     assert pair.server.peer_certificate is None
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_client_verifies_the_server_certificate(certs: Certs, eng: str, trusted: bool) -> None:
+    """Against ca-file = the server's own self-signed certificate, as quictund deploys it."""
+    cafile = certs.server_cert if trusted else certs.ca
+    pair = make_pair(certs, small(eng), server_cafile=cafile, handshake=False)
+    if trusted:
+        pair.run_until(lambda: pair.client_got(events.HandshakeCompleted))
+        return
+    closed = _fails(pair)
+    assert closed.error_code == CRYPTO_ERROR + 42
+
+
 @pytest.mark.parametrize("matches", [True, False])
 def test_server_pinning(certs: Certs, eng: str, matches: bool) -> None:
     pin = tls.fingerprint_file(certs.server_cert if matches else certs.client_cert)

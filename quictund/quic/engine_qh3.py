@@ -27,6 +27,9 @@ tests/test_engines.py, run against both engines):
   ``_ClientAuthContext`` sends a CertificateRequest, reads the client's Certificate and
   CertificateVerify, and applies the checks shared with aioquic (``peer_checks.py``) before
   accepting its Finished.  No session tickets are issued (no ticket handler is ever set).
+  On the client, ``_ServerCheckContext`` pins the server's key or verifies its chain with the
+  same OpenSSL-based check as aioquic (qh3's webpki verifier refuses a self-signed server
+  certificate given as its own CA, which is how quictund distributes its generated one).
 * Events are handed out as aioquic's event classes, so the session handles both engines alike.
 """
 
@@ -49,7 +52,12 @@ from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
 from quictund.quic.credit import ReceiveLedger
-from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
+from quictund.quic.peer_checks import (
+    PeerRejected,
+    check_client_certificate,
+    check_server_certificate,
+    check_server_pin,
+)
 from quictund.quic.settings import ALPN, EngineSettings
 
 __all__ = ["Qh3Connection", "QuicConfiguration", "make_configuration"]
@@ -347,10 +355,12 @@ class Qh3Connection(QuicConnection):
             context.__class__ = _ClientAuthContext
             assert isinstance(context, _ClientAuthContext)
             context._qt_init(self._client_cafile, self._client_pins)
-        elif self._is_client and self._server_pins:
-            context.__class__ = _PinnedServerContext
-            assert isinstance(context, _PinnedServerContext)
+        elif self._is_client and (self._server_pins or context._verify_mode != ssl.CERT_NONE):
+            # qh3 then checks the signature only; _ServerCheckContext pins or verifies.
+            context.__class__ = _ServerCheckContext
+            assert isinstance(context, _ServerCheckContext)
             context._pins = self._server_pins
+            context._verify_mode = ssl.CERT_NONE
         return bridge
 
 
@@ -548,17 +558,25 @@ class _ClientAuthContext(qtls.Context):
         return self.key_schedule
 
 
-class _PinnedServerContext(qtls.Context):
-    """Client TLS context that accepts the server only by its pinned public key."""
+class _ServerCheckContext(qtls.Context):
+    """Client TLS context: the server by its pinned key, or by a chain verified as aioquic does."""
 
     _pins: frozenset[str]
 
     def _client_handle_certificate_verify(self, input_buf: Any) -> None:
         super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
         assert self._peer_certificate is not None
-        cert = x509.load_der_x509_certificate(self._peer_certificate.public_bytes())
+        cert, *chain = (
+            x509.load_der_x509_certificate(c.public_bytes())
+            for c in [self._peer_certificate, *self._peer_certificate_chain]
+        )
         try:
-            check_server_pin(cert, self._pins)
+            if self._pins:
+                check_server_pin(cert, self._pins)
+            else:
+                check_server_certificate(
+                    cert, chain, server_name=self._server_name, cafile=self._cafile
+                )
         except PeerRejected as exc:
             raise _alert(exc) from None
 

@@ -74,6 +74,29 @@ def check_client_usage(cert: x509.Certificate) -> None:
         raise PeerRejected(UNSUPPORTED_CERTIFICATE, "client certificate may not sign (key usage)")
 
 
+def check_server_certificate(
+    cert: x509.Certificate | None,
+    chain: list[x509.Certificate],
+    *,
+    server_name: str | None,
+    cafile: str | None,
+) -> None:
+    """The server's chain must verify against ``cafile`` (or the system CAs) for ``server_name``.
+
+    aioquic's verifier (OpenSSL) for both engines: qh3's own (webpki) refuses a self-signed
+    certificate used as its own CA, which is how a quictund server's generated certificate is
+    distributed (``ca-file`` = the server's certificate).
+    """
+    if cert is None:
+        raise PeerRejected(BAD_CERTIFICATE, "the server sent no certificate")
+    try:
+        _aioquic_tls.verify_certificate(
+            certificate=cert, chain=chain, server_name=server_name, cafile=cafile
+        )
+    except _aioquic_tls.Alert as exc:
+        raise PeerRejected(int(exc.description), str(exc)) from None
+
+
 def check_server_pin(cert: x509.Certificate | None, pins: frozenset[str]) -> None:
     """Pinning replaces CA verification: the server's public key must be one of ``pins``."""
     if cert is None or fingerprint(cert) not in pins:
