@@ -129,7 +129,7 @@ def test_generated_cert_passes_strict_openssl_handshake(generated: tuple[Path, P
 
 
 def test_generated_cert_contents(generated: tuple[Path, Path]) -> None:
-    now = dt.datetime.now(dt.UTC)  # the fixture just made it (NOW is import time: stale in a long run)
+    now = dt.datetime.now(dt.UTC)  # the fixture just made it; NOW is import time (stale)
     cert = load_leaf(generated[0])
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "tun.example.com"
     assert cert.issuer == cert.subject
