@@ -1,7 +1,8 @@
 # quictund -- the two commands of the README:
 #   make run    install into .venv and run the loopback demo (server + client + echo app)
-#   make test   install into .venv and run lint, types and the whole test suite
-# and the benchmark (not run in CI; needs root for its own sshd and, later, namespaces):
+#   make test   install into .venv and run lint, types and the whole test suite (the tests
+#               that run real QUIC daemons, tests/e2e, a second time on the qh3 engine)
+# and the benchmark (not run in CI; needs root for its own sshd and namespaces):
 #   make bench        every scenario against direct TCP, stunnel4, ssh -L and quictund
 #                     (~20-30 min); writes docs/performance.md, docs/bench-results.json and
 #                     docs/img/bench/*.png.  `make bench QUICK=1` (or bench-quick): a few minutes.
@@ -14,7 +15,7 @@ STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools
 
-.PHONY: run test lint typecheck unit e2e clean bench bench-quick bench-deps
+.PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,7 @@ run: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
+	QUICTUND_TEST_ENGINE=qh3 $(BIN)/pytest -q tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check quictund tests bench
@@ -40,6 +42,9 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
+
+e2e-qh3: $(STAMP)
+	QUICTUND_TEST_ENGINE=qh3 $(BIN)/pytest -q tests/e2e
 
 bench-deps: $(STAMP)
 	@missing=$$(for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

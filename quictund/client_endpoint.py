@@ -153,7 +153,11 @@ class ClientEndpoint(EndpointBase):
             return
         if splice.finished:
             return
-        sid = session.open_stream(splice)
+        try:
+            sid = session.open_stream(splice)
+        except ConnectionRefusedError as exc:  # the qh3 engine at the server's stream limit
+            splice.abort(str(exc), ErrorCode.RATE_LIMITED)
+            return
         ack_future = splice.begin_handshake(session, sid)
         session.send(sid, block)
         # One round trip, not two: the app's first bytes follow the token at once (quic-tun's

@@ -47,6 +47,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument(
+        "--quic-engine",
+        default="aioquic",
+        choices=["aioquic", "qh3"],
+        help="QUIC implementation (a quictund extension; qh3 is an optional extra)",
+    )
+    p.add_argument(
+        "--congestion-control",
+        default="cubic",
+        choices=["bbr", "cubic", "reno"],
+        help="congestion controller, aioquic engine only (a quictund extension)",
+    )
+    p.add_argument(
         "--keep-alive",
         type=float,
         default=5.0,
@@ -158,6 +170,8 @@ def _knobs(args: argparse.Namespace) -> dict[str, object]:
         "verify-remote-endpoint": args.verify_remote_endpoint,
         "idle-timeout": args.idle_timeout,
         "keep-alive": args.keep_alive,
+        "quic-engine": args.quic_engine,
+        "congestion-control": args.congestion_control,
     }
 
 

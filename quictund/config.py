@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
-from quictund.quic.engine import EngineSettings
+from quictund.quic.settings import ENGINES, EngineName, EngineSettings
 
 _AS_STR = PlainSerializer(str, return_type=str, when_used="json")
 
@@ -43,6 +43,19 @@ class QuicKnobs(_Model):
     ] = 16 * MiB
     max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
     socket_buffer: Annotated[int, Field(alias="socket-buffer", ge=64 * KiB, le=256 * MiB)] = 4 * MiB
+    quic_engine: Annotated[EngineName, Field(alias="quic-engine")] = "aioquic"
+
+    @field_validator("quic_engine")
+    @classmethod
+    def _engine_installed(cls, name: EngineName) -> EngineName:
+        from quictund.quic.engine import engine_available
+
+        if not engine_available(name):
+            raise ValueError(
+                f"the {name} package is not installed: pip install 'quictund[{name}]' "
+                f"(known engines: {', '.join(ENGINES)})"
+            )
+        return name
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
@@ -52,6 +65,7 @@ class QuicKnobs(_Model):
             stream_window=self.stream_window,
             connection_window=self.connection_window,
             max_streams=self.max_tunnels,
+            engine=self.quic_engine,
         )
 
 

@@ -231,10 +231,11 @@ class Daemon:
                 "reach any address this host can reach. Restrict it with --allow RULE "
                 "(TOML: allow = [...])"
             )
-        if not (s.verify_remote_endpoint or s.client_fingerprints) and not policy.open:
+        authenticated = s.verify_remote_endpoint or bool(s.client_fingerprints)
+        if not authenticated and policy.broad and not policy.open:
             self._warnings.append(
-                f"[{s.name}] clients are not authenticated: anyone who can reach "
-                f"udp {s.listen_on} may open tunnels to the allowed destinations. Require "
+                f"[{s.name}] clients are not authenticated and allow reaches whole networks: "
+                f"anyone who can reach udp {s.listen_on} may open tunnels there. Require "
                 "client certificates with verify-remote-endpoint = true and ca-file = ..., "
                 "or client-fingerprints = [...]"
             )

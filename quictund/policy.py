@@ -34,6 +34,7 @@ from quictund.addresses import StreamAddress
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_BROAD = {4: 16, 6: 48}  # prefixes shorter than these count as "whole networks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,12 @@ class Policy:
         """``own``: this host's addresses, reachable only through rules that name them."""
         self.rules = [parse_rule(r) for r in rules]
         self.open = any(r.network == "*" for r in self.rules)
+        # Rules that reach whole networks (any host, or more than a /16 or /48): with these an
+        # unauthenticated server is close to an open proxy, so the daemon warns.
+        self.broad = self.open or any(
+            r.name == "*" or (r.net is not None and r.net.prefixlen < _BROAD[r.net.version])
+            for r in self.rules
+        )
         self.own = own
 
     def allows(self, dest: StreamAddress, addresses: list[IPAddress]) -> bool:

@@ -112,7 +112,7 @@ class ServerEndpoint(EndpointBase):
         self, config: engine.QuicConfiguration, odcid: bytes, retry_scid: bytes | None
     ) -> engine.EngineConnection:
         s = self.settings
-        return engine.EngineConnection(
+        return engine.new_connection(
             configuration=config,
             settings=s.engine_settings(),
             client_cafile=s.ca_file if s.verify_remote_endpoint else None,

@@ -602,7 +602,7 @@ def test_dump_config_fills_in_every_default(tmp_path: Path) -> None:
     text, reloaded = _dump_and_reload(tmp_path, "--config", path)
     data = tomllib.loads(text)
     assert data["log"] == {"level": "info", "format": "console"}
-    assert data["daemon"] == {"shutdown-grace": 10.0}
+    assert data["daemon"] == {"shutdown-grace": 10.0, "workers": 1}
     for role, model in (("client", ClientSettings), ("server", ServerSettings)):
         defaults = {
             f.alias or name

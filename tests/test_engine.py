@@ -1,280 +1,34 @@
-"""The engine adapter on an in-memory client/server pair (no sockets, fake clock).
+"""aioquic engine internals on an in-memory pair (tests/engine_pair.py).
 
-The pair follows aioquic's ``tests/test_connection.py`` ``client_and_server``: datagrams from one
-``EngineConnection`` are fed straight into the other, events are drained after every receive
-(as ``QuicSession`` does), and the clock moves 1 ms per round so ACKs flow and RTTs are sane.
+These reach into aioquic's private state to show each gap closure at its source; the same
+behaviours are checked through the engine API on both engines in tests/test_engines.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aioquic.quic.connection import QuicConnection
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from quictund import tls
 from quictund.quic import engine
-from quictund.quic.engine import EngineConnection, EngineSettings, events
-
-CLIENT_ADDR = ("1.2.3.4", 1234)
-SERVER_ADDR = ("2.3.4.5", 4433)
-KIB = 1024
-
-
-# ------------------------------------------------------------------------------ certificates
-
-
-@dataclass(frozen=True)
-class Certs:
-    server_cert: Path
-    server_key: Path
-    ca: Path  # the CA the server trusts for client certificates
-    client_cert: Path  # issued by ``ca``
-    client_key: Path
-    rogue_cert: Path  # self-signed, same subject as client_cert
-    rogue_key: Path
-    other_ca_cert: Path  # issued by an unrelated CA
-    other_ca_key: Path
-    expired_cert: Path  # issued by ``ca``, expired
-    expired_key: Path
-    sub_cert: Path  # leaf + a non-CA "intermediate" issued by ``ca``
-    sub_key: Path
-
-
-NOW = dt.datetime.now(dt.UTC)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool,
-    days: tuple[int, int] = (-1, 10),
-) -> x509.Certificate:
-    issuer_name = issuer[0].subject if issuer else _name(subject)
-    signer = issuer[1] if issuer else key
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW + dt.timedelta(days=days[0]))
-        .not_valid_after(NOW + dt.timedelta(days=days[1]))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(signer, hashes.SHA256())
-    )
-
-
-def _write(
-    directory: Path, name: str, certs: list[x509.Certificate], key: ec.EllipticCurvePrivateKey
-) -> tuple[Path, Path]:
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+from quictund.quic.engine import EngineSettings, events
+from quictund.quic.engine_aioquic import AioquicConnection
+from tests.engine_pair import (
+    CLIENT_ADDR,
+    KIB,
+    Certs,
+    Pair,
+    make_certs,
+    make_pair,
+)
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    d = tmp_path_factory.mktemp("engine-certs")
-    server_cert, server_key = tls.ensure_self_signed(d / "server", ["localhost"])
-
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    ca_key = key()
-    ca_cert = _issue("quictund test CA", ca_key, None, ca=True)
-    ca_path, _ = _write(d, "ca", [ca_cert], ca_key)
-
-    client_key = key()
-    client = _write(
-        d, "client", [_issue("client-1", client_key, (ca_cert, ca_key), ca=False)], client_key
-    )
-    rogue_key = key()
-    rogue = _write(d, "rogue", [_issue("client-1", rogue_key, None, ca=False)], rogue_key)
-
-    other_ca_key = key()
-    other_ca = _issue("quictund test CA", other_ca_key, None, ca=True)  # same name, other key
-    other_key = key()
-    other = _write(
-        d, "other", [_issue("client-1", other_key, (other_ca, other_ca_key), ca=False)], other_key
-    )
-
-    expired_key = key()
-    expired = _write(
-        d,
-        "expired",
-        [_issue("client-1", expired_key, (ca_cert, ca_key), ca=False, days=(-10, -1))],
-        expired_key,
-    )
-
-    # A leaf "issued" by another CA-signed leaf that is not allowed to sign certificates.
-    mid_key = key()
-    mid = _issue("not-a-ca", mid_key, (ca_cert, ca_key), ca=False)
-    sub_key = key()
-    sub = _write(d, "sub", [_issue("client-2", sub_key, (mid, mid_key), ca=False), mid], sub_key)
-
-    return Certs(server_cert, server_key, ca_path, *client, *rogue, *other, *expired, *sub)
-
-
-# ------------------------------------------------------------------------------ the pair
-
-
-@dataclass
-class Pair:
-    client: QuicConnection
-    server: EngineConnection
-    now: float = 1.0
-    rounds: int = 0
-    received: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # server side
-    consumed: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    client_events: list[events.QuicEvent] = field(default_factory=list)
-    server_events: list[events.QuicEvent] = field(default_factory=list)
-    # called with (pair, stream_id, data) for each server StreamDataReceived
-    on_server_data: Callable[[Pair, int, bytes], None] | None = None
-    # checked after every round
-    invariant: Callable[[Pair], None] | None = None
-
-    @property
-    def engine_client(self) -> EngineConnection:
-        assert isinstance(self.client, EngineConnection)
-        return self.client
-
-    def consume(self, stream_id: int, count: int) -> None:
-        self.server.consume(stream_id, count)
-        self.consumed[stream_id] += count
-
-    def drain(self) -> None:
-        while (ev := self.client.next_event()) is not None:
-            self.client_events.append(ev)
-        while (ev := self.server.next_event()) is not None:
-            self.server_events.append(ev)
-            if isinstance(ev, events.StreamDataReceived):
-                self.received[ev.stream_id] += len(ev.data)
-                if self.on_server_data is not None:
-                    self.on_server_data(self, ev.stream_id, ev.data)
-
-    def step(self) -> int:
-        """One round: client -> server, server -> client, then 1 ms passes."""
-        moved = 0
-        for sender, receiver, source in (
-            (self.client, self.server, CLIENT_ADDR),
-            (self.server, self.client, SERVER_ADDR),
-        ):
-            for data, _addr in sender.datagrams_to_send(now=self.now):
-                receiver.receive_datagram(data, source, now=self.now)
-                moved += 1
-            self.drain()
-        self.now += 0.001
-        self.rounds += 1
-        for conn in (self.client, self.server):
-            timer = conn.get_timer()
-            if timer is not None and timer <= self.now:
-                conn.handle_timer(now=self.now)
-        self.drain()
-        if self.invariant is not None:
-            self.invariant(self)
-        return moved
-
-    def pump(self, max_rounds: int = 500) -> None:
-        """Exchange datagrams until three rounds in a row move nothing."""
-        quiet = 0
-        for _ in range(max_rounds):
-            quiet = quiet + 1 if self.step() == 0 else 0
-            if quiet >= 3:
-                return
-        raise AssertionError(f"still busy after {max_rounds} rounds")
-
-    def run_until(self, done: Callable[[], bool], max_rounds: int = 2000) -> None:
-        """Step, jumping the clock to the next timer when idle, until ``done()``."""
-        for _ in range(max_rounds):
-            if done():
-                return
-            if self.step() == 0:
-                timers = [t for c in (self.client, self.server) if (t := c.get_timer())]
-                if timers and min(timers) > self.now:
-                    self.now = min(timers)
-        raise AssertionError("condition not reached")
-
-    def server_got(self, kind: type[events.QuicEvent]) -> bool:
-        return any(isinstance(e, kind) for e in self.server_events)
-
-    def client_got(self, kind: type[events.QuicEvent]) -> bool:
-        return any(isinstance(e, kind) for e in self.client_events)
-
-
-def make_pair(
-    certs: Certs,
-    settings: EngineSettings,
-    *,
-    client_class: type[QuicConnection] = EngineConnection,
-    client_cafile: Path | None = None,
-    client_cert: tuple[Path, Path] | None = None,
-    handshake: bool = True,
-) -> Pair:
-    client_config = engine.make_configuration(
-        is_client=True, settings=settings, server_name="localhost", verify=False
-    )
-    if client_cert is not None:
-        client_config.load_cert_chain(client_cert[0], client_cert[1])
-    server_config = engine.make_configuration(
-        is_client=False,
-        settings=settings,
-        certfile=str(certs.server_cert),
-        keyfile=str(certs.server_key),
-    )
-    client: QuicConnection
-    if client_class is EngineConnection:
-        client = EngineConnection(configuration=client_config, settings=settings)
-    else:
-        client = client_class(configuration=client_config)
-    server = EngineConnection(
-        configuration=server_config,
-        settings=settings,
-        client_cafile=str(client_cafile) if client_cafile else None,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    pair = Pair(client, server)
-    client.connect(SERVER_ADDR, now=pair.now)
-    if handshake:
-        pair.pump()
-        assert pair.client_got(events.HandshakeCompleted)
-        assert pair.server_got(events.HandshakeCompleted)
-    return pair
+    return make_certs(tmp_path_factory.mktemp("engine-certs"))
 
 
 SMALL = EngineSettings(stream_window=64 * KIB, connection_window=1024 * KIB, max_streams=2000)
@@ -609,7 +363,7 @@ def test_unsent_is_zero_for_a_discarded_stream(certs: Certs) -> None:
 # ------------------------------------------------------------------------------ g. no pacer
 
 
-@pytest.mark.parametrize("client_class", [EngineConnection, QuicConnection])
+@pytest.mark.parametrize("client_class", [AioquicConnection, QuicConnection])
 def test_no_pacer_one_call_sends_a_whole_window(
     certs: Certs, client_class: type[QuicConnection]
 ) -> None:
@@ -622,7 +376,7 @@ def test_no_pacer_one_call_sends_a_whole_window(
     sid = client.get_next_available_stream_id()
     client.send_stream_data(sid, b"p" * (2 * 1024 * KIB))
     count = len(client.datagrams_to_send(now=pair.now))  # the same instant, once
-    if client_class is EngineConnection:
+    if client_class is AioquicConnection:
         assert count > 1000  # ~2 MiB / 1350 B: only the congestion window limits the burst
     else:
         assert count <= 20  # control: aioquic's pacer stops after its 16-packet bucket

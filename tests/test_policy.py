@@ -440,3 +440,19 @@ def test_local_addresses_include_loopback() -> None:
 
     found = local_addresses()
     assert ipaddress.ip_address("127.0.0.1") in found or ipaddress.ip_address("::1") in found
+
+
+@pytest.mark.parametrize(
+    ("rules", "broad"),
+    [
+        (["tcp:10.0.0.5:22", "unix:/run/app.sock", "tcp:db.internal:5432"], False),
+        (["tcp:10.1.0.0/16:*"], False),
+        (["tcp:10.0.0.0/8:22"], True),
+        (["tcp:*:443"], True),
+        (["tcp:[2001:db8::/32]:22"], True),
+        (["tcp:[2001:db8:0:1::/64]:22"], False),
+        (["*"], True),
+    ],
+)
+def test_broad_rules_are_recognised(rules: list[str], broad: bool) -> None:
+    assert Policy(rules).broad is broad

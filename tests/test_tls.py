@@ -129,6 +129,7 @@ def test_generated_cert_passes_strict_openssl_handshake(generated: tuple[Path, P
 
 
 def test_generated_cert_contents(generated: tuple[Path, Path]) -> None:
+    now = dt.datetime.now(dt.UTC)  # the fixture just made it; NOW is import time (stale)
     cert = load_leaf(generated[0])
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "tun.example.com"
     assert cert.issuer == cert.subject
@@ -152,7 +153,6 @@ def test_generated_cert_contents(generated: tuple[Path, Path]) -> None:
         "::1",
     ]
     before, after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    now = dt.datetime.now(dt.UTC)  # not the import-time NOW: a long suite may run before this
     assert abs(before - (now - dt.timedelta(days=1))) < dt.timedelta(minutes=5)
     assert abs(after - (now + dt.timedelta(days=825))) < dt.timedelta(minutes=5)
 

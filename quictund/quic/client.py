@@ -161,7 +161,7 @@ class Connector:
                 holder[0].datagram_received(data, peer)
 
         udp = await open_udp(received, remote=peer, family=family, buffer=self._socket_buffer)
-        conn = engine.EngineConnection(
+        conn = engine.new_connection(
             configuration=self._configuration(),
             settings=self._settings,
             server_pins=self._server_pins,

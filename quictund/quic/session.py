@@ -73,6 +73,7 @@ class QuicSession:
         self._blocked: dict[int, StreamHandler] = {}
         self._to_flush: list[Flushable] = []
         self._transmit_scheduled = False
+        self._events_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._keepalive_s = keepalive_s
@@ -133,6 +134,10 @@ class QuicSession:
 
     def consume(self, stream_id: int, count: int) -> None:
         self.conn.consume(stream_id, count)
+        # An engine that withholds events until the tunnels catch up (qh3) may have released
+        # some: handle them in this turn's transmit, never re-entrantly from a tunnel callback.
+        if self.conn.events_ready:
+            self._events_pending = True
         self.transmit_soon()
 
     def reset(self, stream_id: int, error_code: int) -> None:
@@ -156,6 +161,8 @@ class QuicSession:
         self._handlers.pop(stream_id, None)
         self._blocked.pop(stream_id, None)
         self.conn.release(stream_id)
+        if self.conn.events_ready:
+            self._events_pending = True
         self.transmit_soon()
 
     @property
@@ -212,6 +219,11 @@ class QuicSession:
         self._transmit_scheduled = False
         if self.closed.is_set():
             return
+        if self._events_pending:
+            self._events_pending = False
+            self._process_events()
+            if self.closed.is_set():
+                return
         now = time.monotonic()
         try:
             datagrams = self.conn.datagrams_to_send(now)

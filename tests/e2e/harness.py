@@ -23,6 +23,12 @@ from typing import Any
 
 LISTEN_RE = re.compile(r"listening on (?:udp )?(?P<addr>\S+?)(?:,|$)")
 
+# ``make test`` runs the QUIC tests a second time with QUICTUND_TEST_ENGINE=qh3: every endpoint
+# started here (flags) or configured by a test (TOML, via ENGINE_TOML) then uses that engine.
+TEST_ENGINE = os.environ.get("QUICTUND_TEST_ENGINE", "")
+ENGINE_ARGS: tuple[str, ...] = ("--quic-engine", TEST_ENGINE) if TEST_ENGINE else ()
+ENGINE_TOML = f'quic-engine = "{TEST_ENGINE}"\n' if TEST_ENGINE else ""
+
 
 @dataclass
 class Endpoint:
@@ -49,7 +55,8 @@ class Endpoint:
             "json",
             "--log-level",
             "debug" if os.environ.get("QUICTUND_TEST_DEBUG") else "info",
-            *args,
+            *(ENGINE_ARGS if role in ("server", "client") else ()),
+            *args,  # after ENGINE_ARGS: a test's own --quic-engine wins
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -88,10 +95,11 @@ class Endpoint:
                     if pred(entry):
                         return entry
                 seen = len(self.logs)
-                if self.proc.returncode is not None and self._reader and self._reader.done():
-                    raise AssertionError(
-                        f"{self.role} exited {self.proc.returncode}: {self.logs[-5:]}"
-                    )
+                if self._reader is not None and self._reader.done():
+                    # Its stderr is closed, so nothing more will come; the exit status may be
+                    # recorded a moment after EOF, so wait for it rather than for more output.
+                    code = await self.proc.wait()
+                    raise AssertionError(f"{self.role} exited {code}: {self.logs[-5:]}")
                 self._changed.clear()
                 await self._changed.wait()
 

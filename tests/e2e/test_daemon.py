@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Backend, connect, echo
+from tests.e2e.harness import ENGINE_TOML, Backend, connect, echo
 
 
 def free_udp_port() -> int:
@@ -102,7 +102,7 @@ class Run:
 def server_toml(name: str, port: int, state: Path, allow: list[str]) -> str:
     rules = ", ".join(f'"{a}"' for a in allow)
     return (
-        f'[[server]]\nname = "{name}"\nlisten-on = "127.0.0.1:{port}"\n'
+        f'[[server]]\nname = "{name}"\n{ENGINE_TOML}listen-on = "127.0.0.1:{port}"\n'
         f'state-dir = "{state}"\nallow = [{rules}]\n'
     )
 
@@ -116,7 +116,7 @@ def client_toml(
         else f'token-source = "{token}"\n'
     )
     return (
-        f'[[client]]\nname = "{name}"\nlisten-on = "{listen}"\n'
+        f'[[client]]\nname = "{name}"\n{ENGINE_TOML}listen-on = "{listen}"\n'
         f'server-endpoint = "127.0.0.1:{port}"\nserver-name = "localhost"\n'
         f'ca-file = "{ca}"\n{source}'
     )

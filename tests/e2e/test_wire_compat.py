@@ -18,7 +18,15 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from quictund import tls
-from tests.e2e.harness import Backend, Endpoint, echo, start_client, start_server
+from quictund.quic.engine import engine_available
+from tests.e2e.harness import (
+    Backend,
+    Endpoint,
+    echo,
+    start_client,
+    start_server,
+    transfer_both_ways,
+)
 from tests.e2e.harness import connect as tcp_connect
 
 
@@ -247,3 +255,28 @@ async def test_first_bytes_travel_with_the_token(tmp_path: Path) -> None:
     finally:
         await client.stop()
         raw.close()
+
+
+@pytest.mark.skipif(not engine_available("qh3"), reason="qh3 is not installed")
+@pytest.mark.parametrize(
+    ("client_engine", "server_engine"), [("aioquic", "qh3"), ("qh3", "aioquic")]
+)
+async def test_engines_interoperate(
+    state_dir: Path, client_engine: str, server_engine: str
+) -> None:
+    """An aioquic-engine client and a qh3-engine server (and the reverse) carry a tunnel."""
+    backend = await echo().tcp()
+    server = await start_server(state_dir, "--quic-engine", server_engine)
+    client = await start_client(server.address, backend.address, "--quic-engine", client_engine)
+    try:
+        sent, got, n = await transfer_both_ways(client.address, 8 * 1024 * 1024)
+        assert (n, got) == (8 * 1024 * 1024, sent)
+        reader, writer = await tcp_connect(client.address)
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+        writer.close()
+    finally:
+        await client.stop()
+        server.kill()
+        await server.proc.wait()
+        backend.close()

@@ -1,0 +1,587 @@
+"""The qh3 2.x engine adapter (``quic-engine = "qh3"``), chosen through ``engine.py``.
+
+qh3 2.x keeps aioquic's Python API but runs packets, streams, loss recovery, congestion control
+and flow control in a Rust core (``QuicConnectionCore``); TLS stays in Python (``qh3.tls``).
+Everything here reaches into qh3 beyond its public API; nothing else in quictund may.  How each
+gap (docs/design.md, "Engine gaps") is closed, and where qh3 already closes it (evidence in
+tests/test_engines.py, run against both engines):
+
+* **Receive credit follows consumption.**  The core grants credit as data *leaves* it
+  (``consumed + window``, never doubling; qh3 ``src/quic/path.rs`` ``FlowLimit::consume``) and
+  the facade takes every event out at once.  Here events leave the core only while the tunnels
+  keep up: once a stream holds ``stream_window - core window`` undrained bytes (or the
+  connection ``connection_window - core window``), ``_drain_core`` stops until ``consume`` /
+  ``release`` bring it below.  So a peer may send at most ``consumed + stream_window``.  The
+  price: while one stream is over its budget, later events of the *whole connection* wait in
+  the core (head-of-line) -- qh3 2.1 has no per-stream credit hook.
+* **Out-of-window data** is a FLOW_CONTROL_ERROR and out-of-order data is capped per stream at
+  one core window (``max_stream_reassembly``): qh3 closes both itself.
+* **Send backlog** is qh3's own ``get_send_buffer_size`` (bytes not yet sent once).
+* **Peer streams**: qh3 hard-codes 100 bidirectional (+103 unidirectional); ``_create_core``
+  and the transport parameters say ``max_streams`` and 0 unidirectional instead.
+* **Idle streams** cost nothing per packet: the core keeps a send queue of streams with work
+  (qh3 closes this itself).
+* **Pacer**: the core's token bucket holds one congestion window and refills by elapsed time,
+  so a late (1 ms) timer is never a collapse (qh3 closes this itself).
+* **mTLS**: qh3's TLS server cannot ask for a client certificate at all.
+  ``_ClientAuthContext`` sends a CertificateRequest, reads the client's Certificate and
+  CertificateVerify, and applies the checks shared with aioquic (``peer_checks.py``) before
+  accepting its Finished.  No session tickets are issued (no ticket handler is ever set).
+  On the client, ``_ServerCheckContext`` pins the server's key or verifies its chain with the
+  same OpenSSL-based check as aioquic (qh3's webpki verifier refuses a self-signed server
+  certificate given as its own CA, which is how quictund distributes its generated one).
+* Events are handed out as aioquic's event classes, so the session handles both engines alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+import types
+from typing import Any
+
+from aioquic.quic import events
+from cryptography import x509
+from qh3 import tls as qtls
+from qh3._hazmat import Buffer as QBuffer
+from qh3._hazmat import Certificate as QCertificate
+from qh3._hazmat import QuicConnectionCore, SignatureError, verify_with_public_key
+from qh3.quic import events as qevents
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+
+from quictund.quic.credit import ReceiveLedger
+from quictund.quic.peer_checks import (
+    PeerRejected,
+    check_client_certificate,
+    check_server_certificate,
+    check_server_pin,
+)
+from quictund.quic.settings import ALPN, EngineSettings
+
+__all__ = ["Qh3Connection", "QuicConfiguration", "make_configuration"]
+
+_LIVE_STATES = ("first_flight", "connected")
+
+
+def make_configuration(
+    *,
+    is_client: bool,
+    settings: EngineSettings,
+    server_name: str | None = None,
+    verify: bool = True,
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> QuicConfiguration:
+    """qh3's configuration; the core's windows are half of ours (the rest is the gate's)."""
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=settings.idle_timeout_s,
+        max_datagram_size=settings.max_datagram_size,
+        max_data=settings.connection_window // 2,
+        max_stream_data=settings.stream_window // 2,
+        server_name=server_name,
+        probe_datagram_size=False,  # max-datagram-size is the setting, as with aioquic
+    )
+    if is_client:
+        config.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if cafile:
+            config.load_verify_locations(cafile=cafile)
+    if certfile and keyfile:
+        config.load_cert_chain(certfile, keyfile)
+    return config
+
+
+class Qh3Connection(QuicConnection):
+    """qh3's ``QuicConnection`` with gated event delivery, our stream limits and mTLS."""
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        settings: EngineSettings,
+        client_cafile: str | None = None,
+        client_pins: frozenset[str] = frozenset(),
+        server_pins: frozenset[str] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        self._client_cafile = client_cafile
+        self._client_pins = client_pins
+        self._server_pins = server_pins
+        self._max_streams = settings.max_streams
+        self._stream_gate = max(1, settings.stream_window - configuration.max_stream_data)
+        self._conn_gate = max(1, settings.connection_window - configuration.max_data)
+        self._ledger = ReceiveLedger()
+        self._released: dict[int, None] = {}  # insertion-ordered set
+        self._live: set[int] = set()
+        self._gate: int | None = None  # the stream whose backlog stopped event delivery
+        self._peer_cert: x509.Certificate | None = None
+
+    # ---- quictund's engine API ----------------------------------------------------------
+
+    @property
+    def is_client(self) -> bool:
+        return bool(self._is_client)
+
+    @property
+    def is_closed(self) -> bool:
+        core = self._core
+        if self._close_event is not None:
+            return True
+        return core is not None and core.state not in _LIVE_STATES
+
+    @property
+    def held_bytes(self) -> int:
+        return self._ledger.held_total
+
+    @property
+    def events_ready(self) -> bool:
+        return bool(self._events)
+
+    def open_stream(self) -> int:
+        """Open the next client stream, or raise ``ConnectionRefusedError`` at the peer's limit.
+
+        aioquic queues such a stream until MAX_STREAMS; qh3 refuses it (and would fall out of
+        step with its core if asked anyway), so the tunnel is refused instead.
+        """
+        core = self._core
+        if core is not None and self._handshake_complete:
+            limit, _, opened, _ = core.stream_limits
+            if opened >= limit:
+                raise ConnectionRefusedError(f"the peer allows no more than {limit} streams")
+        sid = self._open_stream()
+        self._live.add(sid)
+        return sid
+
+    def unsent(self, stream_id: int) -> int:
+        """Bytes queued on ``stream_id`` that have not been sent once yet (qh3's own count)."""
+        return int(self.get_send_buffer_size(stream_id))
+
+    def consume(self, stream_id: int, count: int) -> None:
+        """``count`` bytes of ``stream_id`` have been drained: the peer may send that many more."""
+        if self._ledger.consume(stream_id, count):
+            self._maybe_ungate()
+
+    def release(self, stream_id: int) -> None:
+        """Stop tracking ``stream_id``: what it holds no longer counts, its data is discarded."""
+        if stream_id in self._released:
+            return
+        self._ledger.forget(stream_id)
+        self._live.discard(stream_id)
+        self._released[stream_id] = None
+        if len(self._released) > 65536:
+            del self._released[next(iter(self._released))]
+        self._maybe_ungate()
+
+    def is_released(self, stream_id: int) -> bool:
+        return stream_id in self._released
+
+    def stats(self) -> dict[str, float | int]:
+        core = self._core
+        if core is None:
+            return {"rtt_s": 0.0, "cwnd_bytes": 0, "bytes_in_flight": 0, "streams": 0,
+                    "packets_lost": 0}  # fmt: skip
+        return {
+            "rtt_s": float(core.smoothed_rtt or 0.0),
+            "cwnd_bytes": int(core.congestion_window),
+            "bytes_in_flight": int(core.bytes_in_flight),
+            "streams": len(self._live),
+            "packets_lost": int(core.loss_total),
+        }
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        if self._peer_cert is None:
+            cert = self.get_peercert()
+            if cert is not None:
+                self._peer_cert = x509.load_der_x509_certificate(cert.public_bytes())
+        return self._peer_cert
+
+    # ---- qh3 overrides ------------------------------------------------------------------
+
+    def next_event(self) -> Any:
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        convert = _FROM_QH3.get(type(event))
+        return event if convert is None else convert(event)
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        # Fast path for 1-RTT packets once connected: one core call, no Python header parsing
+        # or logging bookkeeping (a short-header packet always ends its datagram).
+        if self._handshake_complete and data and not data[0] & 0x80 and self._quic_logger is None:
+            self._call_core(self._core.receive_datagram, data, addr, now, len(data))  # type: ignore[union-attr]
+            self._drain_core()
+            return
+        super().receive_datagram(data, addr, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        core = self._core
+        if core is None:
+            return []
+        out = []
+        try:
+            while (transmit := core.poll_transmit(now)) is not None:
+                out.append((transmit[0], transmit[1]))
+        except RuntimeError as exc:
+            # qh3 2.1 counts only the first QUIC packet of a client's Initial datagram toward
+            # the anti-amplification budget (aioquic pads with bytes after its packet) and then
+            # fails instead of waiting once the budget is spent.  The core rolls that build
+            # back; wait for the client's next datagram, which raises the budget.
+            if self._handshake_complete or "capacity exhausted" not in str(exc):
+                raise QuicConnectionError(0x1, None, str(exc)) from exc
+        return out
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        try:
+            super().reset_stream(stream_id, error_code)
+        except QuicConnectionError as exc:
+            raise ValueError(str(exc)) from None  # as aioquic: that direction is already over
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        try:
+            super().stop_stream(stream_id, error_code)
+        except QuicConnectionError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _drain_core(self) -> None:
+        core = self._core
+        if core is None or (self._gate is not None and core.state in _LIVE_STATES):
+            return  # withheld: the core grants the peer credit as events leave it
+        ledger, released = self._ledger, self._released
+        out: Any = self._events  # holds aioquic events too (next_event converts the rest)
+        while (native := core.next_event()) is not None:
+            kind = native[0]
+            if kind == "stream_data":
+                sid, data = native[1], native[2]
+                out.append(events.StreamDataReceived(data, native[3], sid))
+                if data and sid not in released:
+                    self._live.add(sid)
+                    ledger.delivered(sid, len(data))
+                    if (
+                        ledger.held[sid] >= self._stream_gate
+                        or ledger.held_total >= self._conn_gate
+                    ) and core.state in _LIVE_STATES:
+                        self._gate = sid
+                        return
+            elif kind == "stream_reset":
+                out.append(events.StreamReset(error_code=native[2], stream_id=native[1]))
+            elif kind == "stop_sending":
+                out.append(
+                    events.StopSendingReceived(error_code=native[2], stream_id=native[1])
+                )
+            else:
+                if kind == "stream_finished":
+                    self._live.discard(native[1])
+                    released.pop(native[1], None)  # the core drops its late frames itself
+                self._drain_one(native)
+                core = self._core
+                if core is None:
+                    return
+
+    def _drain_one(self, native: tuple[Any, ...]) -> None:
+        """Let qh3's own ``_drain_core`` handle one event (TLS, CIDs, close...)."""
+        real = self._core
+        assert real is not None
+        self._core = _OneEvent(real, native)  # type: ignore[assignment]
+        try:
+            super()._drain_core()
+        finally:
+            if isinstance(self._core, _OneEvent):
+                self._core = real
+
+    def _maybe_ungate(self) -> None:
+        gate = self._gate
+        if gate is None:
+            return
+        ledger = self._ledger
+        if ledger.held.get(gate, 0) < self._stream_gate and ledger.held_total < self._conn_gate:
+            self._gate = None
+            self._drain_core()
+
+    def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
+        # qh3's own _create_core with our stream limits (it hard-codes 100 / 103).  We never
+        # resume sessions, so there are no remembered transport parameters to carry over.
+        c = self._configuration
+        frame_size = c.max_datagram_frame_size
+        self._core = QuicConnectionCore(
+            is_client=self._is_client,
+            version=int(self._version or 0),
+            local_addr=("0.0.0.0", 0),
+            remote_addr=remote_addr,
+            source_cid=self.host_cid,
+            destination_cid=initial_dcid,
+            peer_address_validated=(
+                self._is_client or self._retry_source_connection_id is not None
+            ),
+            active_connection_id_limit=(
+                c.active_connection_id_limit or (2 if self._is_client else 8)
+            ),
+            max_datagram_size=c.max_datagram_size,
+            probe_datagram_size=c.probe_datagram_size,
+            idle_timeout=c.idle_timeout,
+            ack_delay_exponent=3,
+            max_datagram_frame_size=(
+                frame_size if frame_size is not None else (65536 if self._is_client else None)
+            ),
+            peer_max_datagram_frame_size=None,
+            connection_receive_window=c.max_data,
+            connection_send_limit=0,
+            stream_receive_window=c.max_stream_data,
+            stream_send_limit_bidi_local=0,
+            stream_send_limit_bidi_remote=0,
+            stream_send_limit_uni=0,
+            max_stream_reassembly=c.max_stream_data,
+            local_max_streams_bidi=self._max_streams,
+            local_max_streams_uni=0,
+            peer_max_streams_bidi=0,
+            peer_max_streams_uni=0,
+            initial_rtt=c.initial_rtt,
+            max_ack_delay=0.025,
+            initial_time=now,
+        )
+        self._applied_transport_parameters = None
+        self._pre_handshake_state_replayed = False
+
+    def _create_tls(self, remote_source_cid: bytes | None) -> Any:
+        bridge = super()._create_tls(remote_source_cid)
+        context = bridge.tls
+        _announce_stream_limits(context, self._max_streams)
+        if not self._is_client and (self._client_cafile is not None or self._client_pins):
+            context.__class__ = _ClientAuthContext
+            assert isinstance(context, _ClientAuthContext)
+            context._qt_init(self._client_cafile, self._client_pins)
+        elif self._is_client and (self._server_pins or context._verify_mode != ssl.CERT_NONE):
+            # qh3 then checks the signature only; _ServerCheckContext pins or verifies.
+            context.__class__ = _ServerCheckContext
+            assert isinstance(context, _ServerCheckContext)
+            context._pins = self._server_pins
+            context._verify_mode = ssl.CERT_NONE
+        return bridge
+
+
+class _OneEvent:
+    """Stands in for the core while qh3 handles one event we already took from it."""
+
+    def __init__(self, core: QuicConnectionCore, native: tuple[Any, ...]) -> None:
+        self._core = core
+        self._native: tuple[Any, ...] | None = native
+
+    def next_event(self) -> tuple[Any, ...] | None:
+        native, self._native = self._native, None
+        return native
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
+def _as_aioquic(cls: type[events.QuicEvent]) -> Any:
+    def convert(event: Any) -> events.QuicEvent:
+        return cls(**{f.name: getattr(event, f.name) for f in dataclasses.fields(event)})
+
+    return convert
+
+
+_FROM_QH3: dict[type, Any] = {
+    getattr(qevents, cls.__name__): _as_aioquic(cls)
+    for cls in (
+        events.ConnectionIdIssued,
+        events.ConnectionIdRetired,
+        events.ConnectionTerminated,
+        events.DatagramFrameReceived,
+        events.HandshakeCompleted,
+        events.PingAcknowledged,
+        events.ProtocolNegotiated,
+        events.StreamDataReceived,
+        events.StreamReset,
+        events.StopSendingReceived,
+    )
+}
+
+
+def _announce_stream_limits(context: qtls.Context, max_streams: int) -> None:
+    """Rewrite our transport parameters: ``max_streams`` bidirectional, no unidirectional."""
+    rewritten = []
+    for ext_type, data in context.handshake_extensions:
+        if ext_type == qtls.ExtensionType.QUIC_TRANSPORT_PARAMETERS:
+            params = pull_quic_transport_parameters(QBuffer(data=data))
+            params.initial_max_streams_bidi = max_streams
+            params.initial_max_streams_uni = 0
+            buf = QBuffer(capacity=len(data) + 64)
+            push_quic_transport_parameters(buf, params)
+            data = buf.data
+        rewritten.append((ext_type, data))
+    context.handshake_extensions = rewritten
+
+
+# ---- TLS: client certificates on the server, key pinning on the client ---------------------
+
+_SIG_ALGS = [
+    qtls.SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
+    qtls.SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
+    qtls.SignatureAlgorithm.ECDSA_SECP521R1_SHA512,
+    qtls.SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
+    qtls.SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
+    qtls.SignatureAlgorithm.RSA_PSS_RSAE_SHA512,
+    qtls.SignatureAlgorithm.ED25519,
+]
+_IDLE, _EXPECT_CERTIFICATE, _EXPECT_VERIFY = 0, 1, 2
+
+
+def _push_certificate_request_and_certificate(buf: QBuffer, certificate: Any) -> None:
+    """Our server flight: a CertificateRequest right before the server's Certificate."""
+    buf.push_uint8(qtls.HandshakeType.CERTIFICATE_REQUEST)
+    with qtls.push_block(buf, 3):
+        qtls.push_opaque(buf, 1, b"")
+        with qtls.push_block(buf, 2), qtls.push_extension(
+            buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS
+        ):
+            qtls.push_list(buf, 2, buf.push_uint16, _SIG_ALGS)
+    qtls.push_certificate(buf, certificate)
+
+
+class _RecordingKeySchedule(qtls.KeySchedule):
+    """Remembers the transcript before its last update (to undo qh3's guess of our Finished)."""
+
+    before_last: Any = None
+
+    def update_hash(self, data: bytes) -> None:
+        self.before_last = self.hash.copy()
+        super().update_hash(data)
+
+
+def _with_globals(fn: Any, **names: Any) -> Any:
+    scope = dict(fn.__globals__, **names)
+    return types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+_server_hello_with_request = _with_globals(
+    qtls.Context._server_handle_hello,
+    push_certificate=_push_certificate_request_and_certificate,
+    KeySchedule=_RecordingKeySchedule,
+)
+
+
+class _ClientAuthContext(qtls.Context):
+    """Server TLS context that asks for, and verifies, a client certificate in the handshake."""
+
+    def _qt_init(self, cafile: str | None, pins: frozenset[str]) -> None:
+        self._qt_cafile = cafile
+        self._qt_pins = pins
+        self._qt_expect = _IDLE
+
+    def _server_handle_hello(self, input_buf: Any, initial_buf: Any, *bufs: Any) -> None:
+        _server_hello_with_request(self, input_buf, initial_buf, *bufs)
+        if not self._alps_negotiated:
+            # qh3 pre-computed the client's Finished without a client certificate in the
+            # transcript: drop that guess, the real one is checked in _server_handle_finished.
+            schedule = self.key_schedule
+            assert isinstance(schedule, _RecordingKeySchedule)
+            schedule.hash = schedule.before_last
+            self._expected_verify_data = None
+        self._qt_expect = _EXPECT_CERTIFICATE
+
+    def handle_message(self, input_data: bytes, output_buf: Any, epoch: int = -1) -> None:
+        if self._qt_expect == _IDLE:
+            super().handle_message(input_data, output_buf, epoch)
+            return
+        self._receive_buffer += input_data
+        while self._qt_expect != _IDLE and len(self._receive_buffer) >= 4:
+            length = 4 + int.from_bytes(self._receive_buffer[1:4], byteorder="big")
+            if len(self._receive_buffer) < length:
+                return
+            message = bytes(self._receive_buffer[:length])
+            self._receive_buffer = self._receive_buffer[length:]
+            if epoch >= 0 and epoch != qtls.Epoch.HANDSHAKE:
+                raise qtls.AlertUnexpectedMessage
+            if self._qt_expect == _EXPECT_CERTIFICATE:
+                self._qt_certificate(message)
+            else:
+                self._qt_certificate_verify(message)
+        if self._qt_expect == _IDLE:
+            super().handle_message(b"", output_buf, epoch)
+
+    def _qt_certificate(self, message: bytes) -> None:
+        if message[0] != qtls.HandshakeType.CERTIFICATE:
+            raise _alert(PeerRejected(40, "client certificate required"))
+        certificate = qtls.pull_certificate(QBuffer(data=message))
+        self._schedule().update_hash(message)
+        if not certificate.certificates:
+            raise _alert(PeerRejected(40, "client certificate required"))
+        ders = [entry[0] for entry in certificate.certificates]
+        self._peer_certificate = QCertificate(ders[0])
+        self._peer_certificate_chain = [QCertificate(d) for d in ders[1:]]
+        self._qt_ders = ders
+        self._qt_expect = _EXPECT_VERIFY
+
+    def _qt_certificate_verify(self, message: bytes) -> None:
+        if message[0] != qtls.HandshakeType.CERTIFICATE_VERIFY:
+            raise qtls.AlertUnexpectedMessage
+        verify = qtls.pull_certificate_verify(QBuffer(data=message))
+        if verify.algorithm not in _SIG_ALGS:
+            raise qtls.AlertIllegalParameter("CertificateVerify uses an algorithm not offered")
+        assert self._peer_certificate is not None
+        try:
+            verify_with_public_key(
+                self._peer_certificate.public_key(),
+                verify.algorithm,
+                self._schedule().certificate_verify_data(b"TLS 1.3, client CertificateVerify"),
+                verify.signature,
+            )
+        except SignatureError as exc:
+            raise qtls.AlertDecryptError(str(exc)) from None
+        certs = [x509.load_der_x509_certificate(der) for der in self._qt_ders]
+        try:
+            check_client_certificate(
+                certs[0], certs[1:], cafile=self._qt_cafile, pins=self._qt_pins
+            )
+        except PeerRejected as exc:
+            raise _alert(exc) from None
+        self._schedule().update_hash(message)
+        self._qt_expect = _IDLE
+
+    def _server_handle_finished(self, input_buf: Any, output_buf: Any) -> None:
+        guessed = self._expected_verify_data is not None or self._alps_negotiated
+        if not guessed:
+            assert self._dec_key is not None
+            self._expected_verify_data = self._schedule().finished_verify_data(self._dec_key)
+        super()._server_handle_finished(input_buf, output_buf)
+        if not guessed:
+            self._schedule().update_hash(input_buf.data)
+
+    def _schedule(self) -> qtls.KeySchedule:
+        assert self.key_schedule is not None
+        return self.key_schedule
+
+
+class _ServerCheckContext(qtls.Context):
+    """Client TLS context: the server by its pinned key, or by a chain verified as aioquic does."""
+
+    _pins: frozenset[str]
+
+    def _client_handle_certificate_verify(self, input_buf: Any) -> None:
+        super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
+        assert self._peer_certificate is not None
+        cert, *chain = (
+            x509.load_der_x509_certificate(c.public_bytes())
+            for c in [self._peer_certificate, *self._peer_certificate_chain]
+        )
+        try:
+            if self._pins:
+                check_server_pin(cert, self._pins)
+            else:
+                check_server_certificate(
+                    cert, chain, server_name=self._server_name, cafile=self._cafile
+                )
+        except PeerRejected as exc:
+            raise _alert(exc) from None
+
+
+def _alert(exc: PeerRejected) -> qtls.Alert:
+    alert = qtls.Alert(exc.reason)
+    alert.description = qtls.AlertDescription(exc.alert)
+    return alert

@@ -1,0 +1,103 @@
+"""Certificate checks made inside the TLS handshake, shared by every engine adapter.
+
+Each engine calls these from its own TLS context subclass and turns ``PeerRejected`` into its
+own TLS alert, so a rejected peer fails *in the handshake* (CRYPTO_ERROR + alert) before any
+stream is accepted.  Certificates are ``cryptography`` objects; an engine with its own
+certificate type converts through DER first.
+"""
+
+from __future__ import annotations
+
+from aioquic import tls as _aioquic_tls
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from quictund.tls import fingerprint
+
+# TLS alert numbers (RFC 8446 section 6)
+HANDSHAKE_FAILURE = 40
+BAD_CERTIFICATE = 42
+UNSUPPORTED_CERTIFICATE = 43
+CERTIFICATE_EXPIRED = 45
+
+
+class PeerRejected(Exception):
+    """The peer's certificate is refused; ``alert`` is the TLS alert to send."""
+
+    def __init__(self, alert: int, reason: str) -> None:
+        super().__init__(reason)
+        self.alert = alert
+        self.reason = reason
+
+
+def check_client_certificate(
+    cert: x509.Certificate | None,
+    chain: list[x509.Certificate],
+    *,
+    cafile: str | None,
+    pins: frozenset[str],
+) -> None:
+    """Accept a client by a pinned key or by a chain to ``cafile``; else raise ``PeerRejected``.
+
+    Checked: a certificate was sent at all, it may be used for client authentication (EKU and
+    key usage, when stated), and then either its key is pinned or its chain verifies (dates,
+    signatures, CA flags) against ``cafile``.
+    """
+    if cert is None:
+        raise PeerRejected(HANDSHAKE_FAILURE, "client certificate required")
+    check_client_usage(cert)
+    if pins and fingerprint(cert) in pins:
+        return
+    if cafile is None:
+        raise PeerRejected(BAD_CERTIFICATE, "client key is not one of client-fingerprints")
+    try:
+        _aioquic_tls.verify_certificate(certificate=cert, chain=chain, cafile=cafile)
+    except _aioquic_tls.Alert as exc:
+        raise PeerRejected(int(exc.description), str(exc)) from None
+
+
+def check_client_usage(cert: x509.Certificate) -> None:
+    """A certificate that states its purposes must allow client authentication."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise PeerRejected(
+            UNSUPPORTED_CERTIFICATE, "client certificate is not for client authentication"
+        )
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.digital_signature:
+        raise PeerRejected(UNSUPPORTED_CERTIFICATE, "client certificate may not sign (key usage)")
+
+
+def check_server_certificate(
+    cert: x509.Certificate | None,
+    chain: list[x509.Certificate],
+    *,
+    server_name: str | None,
+    cafile: str | None,
+) -> None:
+    """The server's chain must verify against ``cafile`` (or the system CAs) for ``server_name``.
+
+    aioquic's verifier (OpenSSL) for both engines: qh3's own (webpki) refuses a self-signed
+    certificate used as its own CA, which is how a quictund server's generated certificate is
+    distributed (``ca-file`` = the server's certificate).
+    """
+    if cert is None:
+        raise PeerRejected(BAD_CERTIFICATE, "the server sent no certificate")
+    try:
+        _aioquic_tls.verify_certificate(
+            certificate=cert, chain=chain, server_name=server_name, cafile=cafile
+        )
+    except _aioquic_tls.Alert as exc:
+        raise PeerRejected(int(exc.description), str(exc)) from None
+
+
+def check_server_pin(cert: x509.Certificate | None, pins: frozenset[str]) -> None:
+    """Pinning replaces CA verification: the server's public key must be one of ``pins``."""
+    if cert is None or fingerprint(cert) not in pins:
+        raise PeerRejected(BAD_CERTIFICATE, "server key does not match server-fingerprint")
