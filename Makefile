@@ -1,13 +1,17 @@
 # quictund -- the two commands of the README:
 #   make run    install into .venv and run the loopback demo (server + client + echo app)
 #   make test   install into .venv and run lint, types and the whole test suite
+# Packaging (Debian 12, as root; each installs the host tools it needs with apt-get):
+#   make deb            build dist/quictund_<version>_amd64.deb and run lintian on it
+#   make e2e-systemd    build the package, then install and drive it under a real systemd in
+#                       a systemd-nspawn container (tests/systemd/e2e.sh; DEB=path skips the build)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint typecheck unit e2e clean
+.PHONY: run test lint typecheck unit e2e clean deb e2e-systemd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +37,17 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
+
+deb:
+	packaging/deb/build.sh
+
+ifdef DEB
+e2e-systemd:
+	DEB=$(DEB) tests/systemd/e2e.sh
+else
+e2e-systemd: deb
+	tests/systemd/e2e.sh
+endif
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
