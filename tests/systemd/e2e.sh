@@ -25,7 +25,7 @@ CACHE=${E2E_CACHE:-/var/cache/quictund-e2e}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 PACKAGES=systemd,systemd-sysv,dbus,curl,python3,adduser,man-db
-SANDBOX_TESTS=${SANDBOX_TESTS:-tests/e2e/test_daemon.py tests/e2e/test_reload_cli.py tests/e2e/test_api_e2e.py tests/test_systemd.py}
+SANDBOX_TESTS=${SANDBOX_TESTS:-tests/test_policy.py tests/e2e/test_daemon.py tests/e2e/test_reload_cli.py tests/e2e/test_api_e2e.py tests/test_systemd.py}
 
 say() { printf 'e2e: %s\n' "$*"; }
 die() { printf 'e2e: FAILED: %s\n' "$*" >&2; exit 1; }
