@@ -3,8 +3,9 @@
 #   make test   install into .venv and run lint, types and the whole test suite
 # Packaging (Debian 12, as root; each installs the host tools it needs with apt-get):
 #   make deb            build dist/quictund_<version>_amd64.deb and run lintian on it
-#   make e2e-systemd    build the package, then install and drive it under a real systemd in
-#                       a systemd-nspawn container (tests/systemd/e2e.sh; DEB=path skips the build)
+#   make e2e-systemd    build the package (as make deb) and install and drive it under a real
+#                       systemd in a systemd-nspawn container (tests/systemd/e2e.sh; DEB=path
+#                       uses that package instead of building one)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -41,13 +42,8 @@ e2e: $(STAMP)
 deb:
 	packaging/deb/build.sh
 
-ifdef DEB
 e2e-systemd:
-	DEB=$(DEB) tests/systemd/e2e.sh
-else
-e2e-systemd: deb
 	tests/systemd/e2e.sh
-endif
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
