@@ -152,8 +152,11 @@ def test_generated_cert_contents(generated: tuple[Path, Path]) -> None:
         "::1",
     ]
     before, after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    assert abs(before - (NOW - dt.timedelta(days=1))) < dt.timedelta(minutes=5)
-    assert abs(after - (NOW + dt.timedelta(days=825))) < dt.timedelta(minutes=5)
+    # now, not NOW: the module's NOW is taken at collection, minutes before a long suite
+    # gets here; the fixture generated the certificate just before this test
+    now = dt.datetime.now(dt.UTC)
+    assert abs(before - (now - dt.timedelta(days=1))) < dt.timedelta(minutes=5)
+    assert abs(after - (now + dt.timedelta(days=825))) < dt.timedelta(minutes=5)
 
 
 def test_generated_files_and_modes(tmp_path: Path, generated: tuple[Path, Path]) -> None:

@@ -409,6 +409,12 @@ fi
 
 # ---- 12. stop --------------------------------------------------------------------------------
 step "systemctl stop (exit 0, socket files gone, other instance unaffected)"
+# Running since step 7 with WatchdogSec=30s: the pings arrived, nothing restarted.
+for unit in quictun@server quictun@client; do
+    props=$(X systemctl show -p NRestarts -p WatchdogUSec -p ActiveEnterTimestampMonotonic "$unit" | tr '\n' ' ')
+    case $props in *"NRestarts=0 "*"WatchdogUSec=30s "*) ;; *) die "$unit: $props" ;; esac
+done
+say "up for $(( ($(X cat /proc/uptime | cut -d. -f1) * 1000000 - $(X systemctl show -p ActiveEnterTimestampMonotonic --value quictun@server)) / 1000000 )) s with the watchdog armed, no restarts"
 X systemctl stop quictun@client
 [ "$(X systemctl show -p Result --value quictun@client)" = success ] || die "client stop result"
 [ "$(X systemctl show -p ExecMainStatus --value quictun@client)" = 0 ] || die "client exit status"
