@@ -73,7 +73,8 @@ async def test_reload_waits_and_reports(short_tmp: Path, state_dir: Path, ca: Pa
         rc, out, err = await quictund("reload", "--api", str(api))
         assert (rc, err) == (0, ""), err
         assert "accepted: kept 2, started b, stopped none" in out
-        # "reloaded" is logged before the answer is published: the reload had finished
+        # the answer carries the reload's own summary: it had finished, and there was one
+        await run.wait_log("reloaded: kept 2, started b")
         assert sum("reloaded:" in line for line in run.log) == 1
         await echoes(f"unix:{short_tmp}/b.sock", b"new listener")
 
