@@ -2,6 +2,11 @@
 #   make run    install into .venv and run the loopback demo (server + client + echo app)
 #   make test   install into .venv and run lint, types and the whole test suite (the tests
 #               that run real QUIC daemons, tests/e2e, a second time on the qh3 engine)
+# Packaging (Debian 12, as root; each installs the host tools it needs with apt-get):
+#   make deb            build dist/quictund_<version>_amd64.deb and run lintian on it
+#   make e2e-systemd    build the package (as make deb) and install and drive it under a real
+#                       systemd in a systemd-nspawn container (tests/systemd/e2e.sh; DEB=path
+#                       uses that package instead of building one)
 # and the benchmark (not run in CI; needs root for its own sshd and namespaces):
 #   make bench        every scenario against direct TCP, stunnel4, ssh -L and quictund
 #                     (~20-30 min); writes docs/performance.md, docs/bench-results.json and
@@ -15,7 +20,7 @@ STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools
 
-.PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps
+.PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps deb e2e-systemd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +65,12 @@ bench: bench-deps
 
 bench-quick:
 	$(MAKE) bench QUICK=1
+
+deb:
+	packaging/deb/build.sh
+
+e2e-systemd:
+	tests/systemd/e2e.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

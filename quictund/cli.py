@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quictund import __version__, config_files, inspect_cli
+from quictund import __version__, config_files, inspect_cli, reload_cli
 from quictund.compat import client_parser, compat_config, server_parser
 from quictund.config_files import Config
 from quictund.errors import ConfigError
@@ -124,15 +124,28 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="every *.toml in DIR, sorted (repeatable); default /etc/quictun",
     )
+    p.add_argument(
+        "--drop-in-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="like --config-dir, but DIR may be missing (systemd-style NAME.d drop-ins)",
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The ``quictund`` command line (also read by packaging/deb/mkman.py for the man page)."""
     parser = argparse.ArgumentParser(prog="quictund", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"quictund {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the listeners defined in TOML files (the daemon)")
     _config_args(run)
+    run.add_argument(
+        "--api-socket",
+        default=None,
+        metavar="PATH",
+        help="serve the tunnel API on this UNIX socket (overrides [api] socket)",
+    )
     run.add_argument(
         "--workers",
         type=int,
@@ -142,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     run.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # I/N, set by the supervisor
     run.add_argument("--worker-api", default=None, help=argparse.SUPPRESS)
+    reload = sub.add_parser(
+        "reload",
+        help="reload a running daemon and wait for the verdict: exit 0 if the new "
+        "configuration was accepted, 78 with the reason if it was rejected (systemd ExecReload)",
+    )
+    reload_cli.add_arguments(reload)
     check = sub.add_parser(
         "check", help="validate TOML files: exit 0, or 78 with one line per problem"
     )
@@ -192,6 +211,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--server-port", type=int, default=7500)
     demo.add_argument("--state-dir", default=None, help="where the demo certificate is kept")
     demo.add_argument("--once", action="store_true", help="exit after proving the tunnel")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     if argv and argv[0] in ("server", "client"):
         sys.exit(_run_compat(argv[0], argv[1:]))
     if argv and argv[0] == "convert":
@@ -207,12 +232,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "token": _token,
         "tunnels": inspect_cli.tunnels,
         "status": inspect_cli.status,
+        "reload": reload_cli.reload,
     }
     sys.exit(commands[args.command](args))
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return config_files.load(config_files.find_files(args.config, args.config_dir))
+    dirs = [*args.config_dir, *(d for d in args.drop_in_dir if Path(d).is_dir())]
+    config = config_files.load(config_files.find_files(args.config, dirs))
+    if getattr(args, "api_socket", None):
+        config.api = config.api.model_copy(update={"socket": args.api_socket})
+    return config
 
 
 def _report(exc: ConfigError) -> int:
@@ -254,6 +284,7 @@ def _supervise(config: Config, args: argparse.Namespace, count: int) -> int:
     Daemon(config, dry_run=True)  # refuse a bad configuration before starting anything
     run_args = [x for f in args.config for x in ("--config", f)]
     run_args += [x for d in args.config_dir for x in ("--config-dir", d)]
+    run_args += [x for d in args.drop_in_dir for x in ("--drop-in-dir", d)]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             code = runner.run(Supervisor(config, run_args, count).run())

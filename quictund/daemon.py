@@ -11,6 +11,9 @@ listener name: unchanged listeners keep running and keep their tunnels (they get
 loaded TLS material for new connections; File token maps re-read themselves); added ones start;
 removed ones stop accepting and their tunnels drain; changed ones are replaced the same way
 (a server whose UDP address is unchanged adopts the new settings in place instead).
+Each outcome is recorded in ``reload_state`` (shown by the API's ``/healthz``), which is how
+``quictund reload`` -- systemd's ``ExecReload`` -- knows when its SIGHUP was handled and whether
+the new configuration was accepted.
 
 Shutdown order (uvicorn's, with hypercorn's refusal of new QUIC connections):
 1. ``STOPPING=1``; stop accepting app connections and new QUIC connections;
@@ -55,6 +58,31 @@ Endpoint = ClientEndpoint | ServerEndpoint
 
 
 @dataclass
+class ReloadState:
+    """Reload bookkeeping for ``quictund reload`` (see ``reload_cli.py``).
+
+    ``requested`` counts reload requests (SIGHUPs) received; ``answered`` is the value
+    ``requested`` had when the most recently *finished* reload began.  A client that read
+    ``requested == n`` and then sent SIGHUP knows its request was handled -- by a reload
+    that read the files after its signal -- once ``answered > n``.  Signals coalesce, so one
+    reload may answer several requests.
+    """
+
+    requested: int = 0
+    answered: int = 0
+    ok: bool | None = None  # None: no reload finished yet
+    message: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "requested": self.requested,
+            "answered": self.answered,
+            "ok": self.ok,
+            "message": self.message,
+        }
+
+
+@dataclass
 class Built:
     """Endpoints built (not started) from one configuration, keyed by listener name."""
 
@@ -90,8 +118,13 @@ class Daemon:
                 for limit, count in srv.limit_log.hits.items()
             },
         )
+        self.reload_state = ReloadState()
         self.api = DaemonApi(
-            self.table, self.metrics, lambda: list(self.endpoints.values()), self.status_line
+            self.table,
+            self.metrics,
+            lambda: list(self.endpoints.values()),
+            self.status_line,
+            reload=self.reload_state.as_json,
         )
         self._api_servers: list[ApiServer] = []
         self.loader = loader
@@ -285,6 +318,7 @@ class Daemon:
         self._stop.set()
 
     def request_reload(self) -> None:
+        self.reload_state.requested += 1
         self._reload.set()
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[object]] | None = None) -> None:
@@ -342,6 +376,7 @@ class Daemon:
 
     async def _do_reload(self, tg: asyncio.TaskGroup) -> None:
         self.notifier.reloading()
+        answers = self.reload_state.requested
         stamp = time.strftime("%H:%M:%S")
         try:
             if self.loader is None:
@@ -353,19 +388,29 @@ class Daemon:
             for line in lines:
                 logger.error("reload rejected, keeping the running configuration: %s", line)
             self.last_reload = f"FAILED at {stamp}: {lines[0]}"
+            more = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
+            self._answer(
+                answers, False, f"rejected, still running the old configuration: {lines[0]}{more}"
+            )
             self.metrics.reloads.labels("failed").inc()
         else:
             for warning in built.warnings:
                 logger.warning("%s", warning)
             summary = await self._apply(built, tg)
-            self.config = config
-            self.last_reload = f"ok at {stamp} ({summary})"
-            self.metrics.reloads.labels("ok").inc()
             if config.api != self.config.api:
                 logger.warning("reload: [api] changed; it takes effect at the next restart")
+            self.config = config
+            self.last_reload = f"ok at {stamp} ({summary})"
+            self._answer(answers, True, summary)
+            self.metrics.reloads.labels("ok").inc()
             logger.info("reloaded: %s", summary)
         self.notifier.ready(self.status_line())
         self.reloaded.set()
+
+    def _answer(self, answers: int, ok: bool, message: str) -> None:
+        # One assignment per field, no await in between: the API never sees a mix.
+        state = self.reload_state
+        state.answered, state.ok, state.message = answers, ok, message
 
     async def _apply(self, built: Built, tg: asyncio.TaskGroup) -> str:
         old, new = self.endpoints, built.endpoints

@@ -153,10 +153,14 @@ def _address_allowed(
 
 
 def local_addresses() -> frozenset[IPAddress]:
-    """This host's interface addresses (Linux), for ``Policy(own=...)``; empty if unknown."""
+    """This host's interface addresses (Linux), for ``Policy(own=...)``; empty if unknown.
+
+    Read through ``/proc/self/net``: ``/proc/net`` is a symlink outside the per-process part of
+    procfs, hidden by systemd's ``ProcSubset=pid`` (the packaged units set it).
+    """
     found: set[IPAddress] = set()
     try:
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+        for line in Path("/proc/self/net/if_inet6").read_text().splitlines():
             found.add(ipaddress.IPv6Address(int(line.split()[0], 16)))
     except (OSError, ValueError, IndexError):
         pass
@@ -173,7 +177,7 @@ def _ipv4_interfaces() -> set[IPAddress]:
     """IPv4 addresses of every interface, read from /proc/net/fib_trie's LOCAL entries."""
     found: set[IPAddress] = set()
     try:
-        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+        lines = Path("/proc/self/net/fib_trie").read_text().splitlines()
     except OSError:
         return found
     for previous, line in zip(lines, lines[1:], strict=False):

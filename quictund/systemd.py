@@ -1,6 +1,6 @@
 """sd_notify(3) for the daemon: tell systemd where we are in our lifecycle.
 
-Why each message exists (see ``packaging/systemd/quictund.service``, ``Type=notify``):
+Why each message exists (see ``packaging/systemd/quictun@.service``, ``Type=notify``):
 
 - ``READY=1`` — with ``Type=notify`` systemd treats the unit as started (``systemctl start``
   returns, ``After=`` units start) only on this message, so the daemon sends it once every
@@ -8,8 +8,9 @@ Why each message exists (see ``packaging/systemd/quictund.service``, ``Type=noti
 - ``RELOADING=1`` + ``MONOTONIC_USEC=<CLOCK_MONOTONIC µs>`` — sent in *one* datagram when a
   SIGHUP reload starts, followed by ``READY=1`` when it is done (also after a failed reload,
   with a ``STATUS=`` saying so). Debian 12 ships systemd 252, which has no
-  ``Type=notify-reload``: there ``ExecReload=kill -HUP $MAINPID`` delivers the signal and
-  ``RELOADING=1`` keeps the unit in "reloading" until ``READY=1``; unknown fields such as
+  ``Type=notify-reload``: there ``ExecReload=quictund reload`` delivers the signal and waits
+  for the outcome (see ``reload_cli.py``), and ``RELOADING=1`` keeps the unit in "reloading"
+  until ``READY=1``; unknown fields such as
   ``MONOTONIC_USEC`` are ignored. systemd >= 253 with ``Type=notify-reload`` requires
   ``MONOTONIC_USEC`` (a timestamp taken after the signal arrived) to match the message to
   its reload request, so sending both keeps one daemon correct on either version.

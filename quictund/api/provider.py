@@ -26,11 +26,13 @@ class DaemonApi:
         metrics: Metrics,
         endpoints: Callable[[], list[Endpoint]],
         status: Callable[[], str],
+        reload: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self._table = table
         self._metrics = metrics
         self._endpoints = endpoints
         self._status = status
+        self._reload = reload
         self._meters: dict[str, RateMeter] = {}
 
     def tick(self) -> None:
@@ -74,7 +76,10 @@ class DaemonApi:
         return [_listener(e) for e in self._endpoints()]
 
     def health(self) -> dict[str, object]:
-        return {"status": "ok", "summary": self._status()}
+        health: dict[str, object] = {"status": "ok", "summary": self._status()}
+        if self._reload is not None:
+            health["reload"] = self._reload()  # what `quictund reload` waits for
+        return health
 
     def metrics(self) -> tuple[bytes, str]:
         return self._metrics.render()
