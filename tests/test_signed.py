@@ -103,3 +103,27 @@ async def test_plugins_round_trip(tmp_path: Path) -> None:
         other.parse(tok)
     with pytest.raises(ConfigError, match="needs token-audience"):
         make_source("Signed", "tcp:10.0.0.5:22", secret_file=str(f))
+
+
+def test_mac_has_exactly_one_spelling() -> None:
+    """Regression (found by fuzzing): the MAC was base64-decoded leniently before comparing.
+
+    The last character's two unused bits, ``+`` for ``-`` and ignored junk gave one issued token
+    several accepted spellings, e.g. a single flipped bit ``Q`` -> ``S`` at the end.
+    """
+    good = token(dest="tcp:10.0.0.5:1")
+    head, _, mac = good.rpartition(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    low_bits = alphabet[alphabet.index(mac[-1]) ^ 0b11]  # same 4 significant bits
+    variants = [mac[:-1] + low_bits, mac.replace("-", "+"), mac + "=", mac + "!", mac[:10] + "\n"]
+    for variant in (v for v in variants if v != mac):
+        with pytest.raises(TokenRejected, match="bad MAC"):
+            verify(f"{head}.{variant}", secret=SECRET, audience="edge", now=NOW)
+    assert verify(good, secret=SECRET, audience="edge", now=NOW) == "tcp:10.0.0.5:1"
+
+
+def test_lone_surrogates_are_a_bad_mac_not_a_crash() -> None:
+    """Regression (found by fuzzing): ``"qt1.\\ud800.x"`` raised UnicodeEncodeError."""
+    for text in ("qt1.\ud800.x", "qt1.e30.\udcff"):
+        with pytest.raises(TokenRejected, match="bad MAC"):
+            verify(text, secret=SECRET, audience="edge", now=NOW)
