@@ -2,9 +2,10 @@
 
 Each ``fuzz_<name>.py`` defines ``test_one(data: bytes)`` that feeds one input to one parser
 of outside input and raises only on a real finding: an exception type the parser does not
-document, or a broken invariant (an ``AssertionError``).  Run one directly with libFuzzer
-flags (``python bench/fuzz/fuzz_wire.py -runs=1000 bench/fuzz/corpus/wire``) or all of them
-through ``bench/fuzz/run.py``.
+document, or a broken invariant (an ``AssertionError``).  Run all of them through
+``bench/fuzz/run.py``, or one directly with libFuzzer flags:
+``python bench/fuzz/fuzz_wire.py -runs=1000 WORKDIR bench/fuzz/corpus/wire`` (libFuzzer writes
+new inputs into its first directory, so never name the committed seeds first).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from tests.quic_packets import (
     seal_initial,
 )
 
-PEER = ("127.0.0.1", 40000)
+_inputs = 0  # each input comes from its own source address: per-source limits stay out of the way
 DCID = bytes.fromhex("c0ffee00c0ffee00")
 SCID = open_initial(
     client_initial_datagram()
@@ -87,9 +87,14 @@ LOOP_ERRORS: list[str] = []
 LOOP.set_exception_handler(lambda loop, ctx: LOOP_ERRORS.append(str(ctx.get("message"))))
 
 
-def _make_connection(config: engine.QuicConfiguration, odcid: bytes) -> engine.EngineConnection:
+def _make_connection(
+    config: engine.QuicConfiguration, odcid: bytes, retry_scid: bytes | None = None
+) -> engine.EngineConnection:
     return engine.EngineConnection(
-        configuration=config, settings=SETTINGS, original_destination_connection_id=odcid
+        configuration=config,
+        settings=SETTINGS,
+        original_destination_connection_id=odcid,
+        retry_source_connection_id=retry_scid,
     )
 
 
@@ -142,8 +147,11 @@ def _datagrams(fdp: FuzzedDataProvider) -> list[bytes]:
 
 
 async def _deliver(datagrams: list[bytes]) -> None:
+    global _inputs
+    _inputs += 1
+    peer = (f"10.{_inputs >> 16 & 255}.{_inputs >> 8 & 255}.{_inputs & 255}", 40000)
     for data in datagrams:
-        PROTO.datagram_received(data, PEER)
+        PROTO.datagram_received(data, peer)
         await asyncio.sleep(0)  # let the sessions' coalesced transmits run
     PROTO.close_all(0, "next input")
     await asyncio.sleep(0)

@@ -86,9 +86,12 @@ async def round_trip(client: Endpoint) -> None:
         writer.close()
 
 
-def send_all(server: Endpoint, datagrams: list[bytes]) -> None:
+def send_all(server: Endpoint, datagrams: list[bytes], source: str = "127.0.0.2") -> None:
+    """Send from another loopback address than the legitimate clients (127.0.0.1), as an
+    attacker elsewhere would: per-source limits must not lock the legitimate client out."""
     host, port = server.host_port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
         for data in datagrams:
             sock.sendto(data, (host, port))
 
@@ -102,12 +105,12 @@ def errors(server: Endpoint) -> list[dict[str, object]]:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(batch=st.lists(_datagrams, min_size=1, max_size=6))
+@given(batch=st.lists(_datagrams, min_size=1, max_size=6), source=st.integers(2, 254))
 async def test_any_datagrams_leave_the_server_serving(
-    tunnel: tuple[Endpoint, Endpoint, Backend], batch: list[bytes]
+    tunnel: tuple[Endpoint, Endpoint, Backend], batch: list[bytes], source: int
 ) -> None:
     server, client, _ = tunnel
-    send_all(server, batch)
+    send_all(server, batch, f"127.0.0.{source}")
     await round_trip(client)
     assert server.proc.returncode is None
     assert errors(server) == []
