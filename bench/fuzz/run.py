@@ -1,18 +1,21 @@
 """Run every atheris harness for a time budget and record runs, coverage and findings.
 
-    python bench/fuzz/run.py --seconds 120            # each harness 120 s, results into docs
+    python bench/fuzz/run.py --seconds 120   # each harness 120 s x its weight, results into docs
     python bench/fuzz/run.py --only signed,config --seconds 30 --no-docs
 
-Each harness runs as its own process (libFuzzer owns the process) with a fresh working corpus
-seeded from bench/fuzz/corpus/<name>/ (the committed seeds are never written to), at nice 19,
-under ``-max_total_time``.  A crash stops that harness; its input is kept in
-bench/fuzz/findings/ and the exception is reported.  The table goes into docs/security.md
-between the ``fuzz-results`` markers of the "Fuzzing" section.
+Each harness runs as its own process (libFuzzer owns the process) at nice 19 under
+``-max_total_time``, reading the committed seeds in bench/fuzz/corpus/<name>/ (never written to)
+and growing a working corpus in bench/fuzz/work/<name>/ (not committed), so a second run goes on
+from where the first stopped (``--fresh`` starts from the seeds in a temporary directory).
+A crash stops that harness; its input is kept in bench/fuzz/findings/ and the exception is
+reported.  The table goes into docs/security.md between the ``fuzz-results`` markers of the
+"Fuzzing" section.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -70,9 +73,14 @@ class Result:
     artifact: str = ""
 
 
-def run_one(name: str, seconds: int, findings: Path) -> Result:
+def run_one(name: str, seconds: int, findings: Path, work_root: Path | None) -> Result:
     result = Result(name)
-    with tempfile.TemporaryDirectory(prefix=f"qt-fuzz-{name}-") as work:
+    with contextlib.ExitStack() as stack:
+        if work_root is None:
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"qt-fuzz-{name}-"))
+        else:
+            work = str(work_root / name)
+            os.makedirs(work, exist_ok=True)
         cmd = [
             sys.executable,
             str(HERE / f"fuzz_{name}.py"),
@@ -158,6 +166,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated harness names")
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
     parser.add_argument("--no-nice", action="store_true", help="do not run at nice 19")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from the seeds only (default: continue bench/fuzz/work/, kept between runs)",
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(HARNESSES)
     unknown = set(names) - set(HARNESSES)
@@ -171,7 +184,7 @@ def main() -> None:
     for name in names:
         seconds = round(args.seconds * WEIGHTS.get(name, 1.0))
         print(f"fuzz_{name}: {seconds} s ...", flush=True)
-        result = run_one(name, seconds, findings)
+        result = run_one(name, seconds, findings, None if args.fresh else HERE / "work")
         print(f"  {result.runs:,} runs, cov {result.cov}, {result.finding or 'no finding'}")
         results.append(result)
     text = table(results, args.seconds)
