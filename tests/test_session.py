@@ -45,11 +45,11 @@ async def test_an_exception_in_the_timer_closes_that_connection(
         settings=settings,
         original_destination_connection_id=header.destination_cid,
     )
-    sent: list[bytes] = []
+    sent: list[object] = []
     owner = _Owner()
     session = QuicSession(
         conn,
-        lambda data, addr: sent.append(data),
+        lambda *datagrams: sent.append(datagrams),  # (data, addr) or one batch
         owner,
         peer=("127.0.0.1", 5000),
         keepalive_s=0,
