@@ -75,7 +75,10 @@ def test_signed_round_trip(dest: str, audience: str, expires_at: int) -> None:
 @given(_destinations, st.integers(NOW + 1, NOW + 10**6))
 def test_signed_rejects_every_single_bit_flip(dest: str, expires_at: int) -> None:
     """No other string than the issued one verifies: a flipped bit anywhere is refused."""
-    token = sign(dest, secret=SECRET, audience="edge", expires_at=expires_at)
+    try:
+        token = sign(dest, secret=SECRET, audience="edge", expires_at=expires_at)
+    except ValueError:
+        return  # too long for the wire (refused at signing, see test_signed_round_trip)
     raw = token.encode()
     for i in range(len(raw)):
         for bit in range(8):

@@ -127,3 +127,16 @@ def test_lone_surrogates_are_a_bad_mac_not_a_crash() -> None:
     for text in ("qt1.\ud800.x", "qt1.e30.\udcff"):
         with pytest.raises(TokenRejected, match="bad MAC"):
             verify(text, secret=SECRET, audience="edge", now=NOW)
+
+
+def test_a_destination_too_long_to_sign_is_a_config_error(tmp_path: Path) -> None:
+    """Found by fuzzing: a valid 107-byte UNIX path of non-ASCII characters becomes a token of
+    more than 512 bytes (JSON escapes each as \\uXXXX\\uXXXX); the source accepted it at startup
+    and then failed every tunnel.  Now it is refused when the source is built."""
+    f = tmp_path / "secret"
+    f.write_bytes(SECRET)
+    f.chmod(0o600)
+    path = "unix:/" + "\U00010000" * 26  # 104 bytes of UTF-8: a valid socket path
+    with pytest.raises(ConfigError, match="at most 512 fit"):
+        make_source("Signed", path, secret_file=str(f), audience="edge")
+    assert make_source("Signed", "unix:/" + "x" * 100, secret_file=str(f), audience="edge")

@@ -145,6 +145,10 @@ class SignedSource(TokenSource):
         self._secret = secret
         self._audience = audience
         self._ttl_s = ttl_s
+        try:  # a destination that can never fit would fail every tunnel: say so at startup
+            sign(destination, secret=secret, audience=audience, expires_at=int(time.time() + ttl_s))
+        except ValueError as exc:
+            raise ConfigError(f"token source Signed: {exc} (shorten the destination)") from None
 
     @classmethod
     def from_config(
