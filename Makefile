@@ -12,6 +12,7 @@
 #                     (~20-30 min); writes docs/performance.md, docs/bench-results.json and
 #                     docs/img/bench/*.png.  `make bench QUICK=1` (or bench-quick): a few minutes.
 #                     More options: make bench BENCH_ARGS='--only latency --paths direct,quictund'
+#   make fuzz   the atheris harnesses of bench/fuzz/ (FUZZ_SECONDS each, times a weight)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +21,7 @@ STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools
 
-.PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps deb e2e-systemd
+.PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps deb e2e-systemd fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +72,12 @@ deb:
 
 e2e-systemd:
 	tests/systemd/e2e.sh
+
+FUZZ_SECONDS ?= 75
+
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet atheris
+	$(BIN)/python bench/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -12,6 +12,7 @@ builds its endpoints, and their messages get the same ``file: client[i]:`` prefi
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,7 @@ def _read(path: Path, problems: list[str]) -> ConfigFile | None:
         return None
     parts: dict[str, Any] = {}
     problems.extend(
-        f"{path.name}: {key}: unknown key (got {data[key]!r})"
+        f"{path.name}: {_key(key)}: unknown key (got {data[key]!r})"
         for key in sorted(set(data) - set(ConfigFile.model_fields))
     )
     sections: tuple[tuple[str, type[_Section]], ...] = (
@@ -211,7 +212,10 @@ def validation_lines(exc: ValidationError, prefix: str = "") -> list[str]:
     for err in exc.errors():
         loc = prefix
         for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            else:
+                loc += f".{_key(part)}" if loc else _key(part)
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -221,6 +225,14 @@ def validation_lines(exc: ValidationError, prefix: str = "") -> list[str]:
             msg += f" (got {err.get('input')!r})"
         lines.append(f"{loc}: {msg}")
     return lines
+
+
+def _key(part: object) -> str:
+    """A TOML key for a message: bare if it reads well, else quoted so it stays on one line."""
+    text = str(part)
+    if text and text.isprintable() and not any(c.isspace() for c in text):
+        return text
+    return json.dumps(text)  # a TOML basic string: "a\nb", "" (control characters escaped)
 
 
 def dump(config: Config, *, minimal: bool = False) -> str:

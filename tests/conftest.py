@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import tests.hypothesis_profiles  # noqa: F401 -- loads HYPOTHESIS_PROFILE
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:

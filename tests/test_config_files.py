@@ -1004,6 +1004,23 @@ def test_validation_lines_one_line_each() -> None:
     assert "client[0].server-endpoint: not a host:port address (got 'a\\nb')" in lines
 
 
+def test_keys_with_line_breaks_are_quoted(tmp_path: Path) -> None:
+    """Regression (found by fuzzing): a key holding a newline split its message in two."""
+    path = tmp_path / "k.toml"
+    path.write_text(
+        '"a\\nb" = 1\n[[client]]\nname = "x"\nserver-endpoint = "h:1"\n'
+        '"\\r" = 2\ntoken-map = { "\\u2028" = 3, "@" = 4 }\n'
+    )
+    with pytest.raises(ConfigProblems) as info:
+        load([path])
+    assert sorted(info.value.lines) == [
+        'k.toml: "a\\nb": unknown key (got 1)',
+        'k.toml: client[0]."\\r": unknown key (got 2)',
+        'k.toml: client[0].token-map."\\u2028": Input should be a valid string (got 3)',
+        "k.toml: client[0].token-map.@: Input should be a valid string (got 4)",
+    ]
+
+
 def test_validation_lines_does_not_repeat_got() -> None:
     (line,) = _lines({"client": [{"name": "x", "server-endpoint": "h:0"}]})
     assert line == "client[0].server-endpoint: port out of range (got 'h:0')"

@@ -111,3 +111,40 @@ def test_a_token_replayed_after_its_expiry_is_refused() -> None:
     assert verify(tok, secret=SECRET, audience="edge", now=NOW + 59) == "tcp:10.0.0.5:22"
     with pytest.raises(TokenRejected, match="expired"):
         verify(tok, secret=SECRET, audience="edge", now=NOW + 60)
+
+
+def test_mac_has_exactly_one_spelling() -> None:
+    """Regression (found by fuzzing): the MAC was base64-decoded leniently before comparing.
+
+    The last character's two unused bits, ``+`` for ``-`` and ignored junk gave one issued token
+    several accepted spellings, e.g. a single flipped bit ``Q`` -> ``S`` at the end.
+    """
+    good = token(dest="tcp:10.0.0.5:1")
+    head, _, mac = good.rpartition(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    low_bits = alphabet[alphabet.index(mac[-1]) ^ 0b11]  # same 4 significant bits
+    variants = [mac[:-1] + low_bits, mac.replace("-", "+"), mac + "=", mac + "!", mac[:10] + "\n"]
+    for variant in (v for v in variants if v != mac):
+        with pytest.raises(TokenRejected, match="bad MAC"):
+            verify(f"{head}.{variant}", secret=SECRET, audience="edge", now=NOW)
+    assert verify(good, secret=SECRET, audience="edge", now=NOW) == "tcp:10.0.0.5:1"
+
+
+def test_lone_surrogates_are_a_bad_mac_not_a_crash() -> None:
+    """Regression (found by fuzzing): ``"qt1.\\ud800.x"`` raised UnicodeEncodeError."""
+    for text in ("qt1.\ud800.x", "qt1.e30.\udcff"):
+        with pytest.raises(TokenRejected, match="bad MAC"):
+            verify(text, secret=SECRET, audience="edge", now=NOW)
+
+
+def test_a_destination_too_long_to_sign_is_a_config_error(tmp_path: Path) -> None:
+    """Found by fuzzing: a valid 107-byte UNIX path of non-ASCII characters becomes a token of
+    more than 512 bytes (JSON escapes each as \\uXXXX\\uXXXX); the source accepted it at startup
+    and then failed every tunnel.  Now it is refused when the source is built."""
+    f = tmp_path / "secret"
+    f.write_bytes(SECRET)
+    f.chmod(0o600)
+    path = "unix:/" + "\U00010000" * 26  # 104 bytes of UTF-8: a valid socket path
+    with pytest.raises(ConfigError, match="at most 512 fit"):
+        make_source("Signed", path, secret_file=str(f), audience="edge")
+    assert make_source("Signed", "unix:/" + "x" * 100, secret_file=str(f), audience="edge")

@@ -263,8 +263,15 @@ class QuicSession:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.conn.handle_timer(time.monotonic())
-        self._process_events()
+        try:
+            self.conn.handle_timer(time.monotonic())
+            self._process_events()
+        except Exception:
+            # As for a datagram (quic/server.py): a bug inside one connection closes that
+            # connection, instead of leaving it without a timer until the keep-alive gives up.
+            logger.exception("QUIC connection with %s failed in its timer; closing it", self.peer)
+            self.close(ErrorCode.INTERNAL, "internal error")
+            return
         self._transmit()
 
     def _on_keepalive(self) -> None:

@@ -63,12 +63,13 @@ def verify(token: str, *, secret: bytes, audience: str, now: float) -> str:
     payload_part, _, mac_part = rest.partition(".")
     if prefix != PREFIX or not payload_part or not mac_part:
         raise TokenRejected("not a signed token (qt1.PAYLOAD.MAC)")
-    expected = hmac.new(secret, f"{PREFIX}.{payload_part}".encode(), hashlib.sha256).digest()
-    try:
-        mac = _unb64(mac_part)
-    except ValueError:
-        mac = b""
-    if not hmac.compare_digest(mac, expected):
+    signed_part = f"{PREFIX}.{payload_part}".encode("utf-8", "surrogatepass")
+    expected = hmac.new(secret, signed_part, hashlib.sha256).digest()
+    # Compare the MAC's *text* with the canonical encoding of the expected MAC: decoding first
+    # would accept other spellings of the same bytes (the unused low bits of the last base64
+    # character, "+" for "-", ignored junk), so one issued token would have several valid forms.
+    given = mac_part.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(given, _b64(expected).encode()):
         raise TokenRejected("signed token: bad MAC")
     try:
         claims = json.loads(_unb64(payload_part))
@@ -144,6 +145,10 @@ class SignedSource(TokenSource):
         self._secret = secret
         self._audience = audience
         self._ttl_s = ttl_s
+        try:  # a destination that can never fit would fail every tunnel: say so at startup
+            sign(destination, secret=secret, audience=audience, expires_at=int(time.time() + ttl_s))
+        except ValueError as exc:
+            raise ConfigError(f"token source Signed: {exc} (shorten the destination)") from None
 
     @classmethod
     def from_config(

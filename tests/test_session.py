@@ -1,0 +1,66 @@
+"""QuicSession: an exception inside one connection's engine closes that connection only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from quictund import tls
+from quictund.quic import engine
+from quictund.quic.session import QuicSession, StreamHandler
+from tests.quic_packets import client_initial_datagram
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    def stream_opened(self, session: QuicSession, stream_id: int) -> StreamHandler | None:
+        return None
+
+    def session_closed(self, session: QuicSession, reason: str) -> None:
+        self.closed.append(reason)
+
+
+class _BrokenTimer(engine.EngineConnection):
+    def handle_timer(self, now: float) -> None:
+        raise RuntimeError("engine bug")
+
+
+async def test_an_exception_in_the_timer_closes_that_connection(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tls.ensure_self_signed(state_dir, ["localhost"])
+    settings = engine.EngineSettings()
+    config = engine.make_configuration(
+        is_client=False, settings=settings, certfile=str(cert), keyfile=str(key)
+    )
+    initial = client_initial_datagram()
+    header = engine.parse_header(initial, 8)
+    conn = _BrokenTimer(
+        configuration=config,
+        settings=settings,
+        original_destination_connection_id=header.destination_cid,
+    )
+    sent: list[object] = []
+    owner = _Owner()
+    session = QuicSession(
+        conn,
+        lambda *datagrams: sent.append(datagrams),  # (data, addr) or one batch
+        owner,
+        peer=("127.0.0.1", 5000),
+        keepalive_s=0,
+        dead_after_s=30,
+    )
+    session.datagram_received(initial, ("127.0.0.1", 5000))
+    await asyncio.sleep(0)  # the coalesced transmit: the server's first flight, a timer armed
+    assert sent and session._timer is not None
+    with caplog.at_level(logging.ERROR, "quictund.quic.session"):
+        session._on_timer()  # what the loop calls when the timer fires
+    assert session.closed.is_set() and owner.closed == ["internal error"]
+    assert "failed in its timer; closing it" in caplog.text
+    with pytest.raises(ConnectionError):
+        await session.handshake_done
