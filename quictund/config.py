@@ -36,7 +36,7 @@ class QuicKnobs(_Model):
     congestion_control: Annotated[
         Literal["bbr", "cubic", "reno"], Field(alias="congestion-control")
     ] = "cubic"
-    max_datagram_size: Annotated[int, Field(alias="max-datagram-size", ge=1200, le=1452)] = 1350
+    max_datagram_size: Annotated[int, Field(alias="max-datagram-size", ge=1200, le=1452)] = 1452
     stream_window: Annotated[int, Field(alias="stream-window", ge=64 * KiB, le=64 * MiB)] = 2 * MiB
     connection_window: Annotated[
         int, Field(alias="connection-window", ge=256 * KiB, le=1024 * MiB)

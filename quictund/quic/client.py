@@ -161,8 +161,16 @@ class Connector:
                 holder[0].datagram_received(data, peer)
 
         udp = await open_udp(received, remote=peer, family=family, buffer=self._socket_buffer)
+        config = self._configuration()
+        limit = udp.path_payload()
+        if limit is not None and limit < config.max_datagram_size:
+            logger.info(
+                "[%s] route to %s carries %d-byte UDP payloads: max-datagram-size lowered "
+                "from %d", self.name, self.host, limit, config.max_datagram_size,
+            )  # fmt: skip
+            config = engine.with_datagram_size(config, max(1200, limit))
         conn = engine.new_connection(
-            configuration=self._configuration(),
+            configuration=config,
             settings=self._settings,
             server_pins=self._server_pins,
         )

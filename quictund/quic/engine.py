@@ -13,6 +13,7 @@ certificates verified in the handshake, key pinning, ``stats()``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from typing import Any, Protocol
 
@@ -45,6 +46,7 @@ __all__ = [
     "new_connection",
     "parse_header",
     "retry",
+    "with_datagram_size",
     "require_engine",
     "supported_versions",
     "version_negotiation",
@@ -55,6 +57,7 @@ class QuicConfiguration(Protocol):
     """What quictund reads from an engine's configuration object (built by make_configuration)."""
 
     supported_versions: list[int]
+    max_datagram_size: int
 
 
 class EngineConnection(Protocol):
@@ -144,6 +147,13 @@ def make_configuration(
     from quictund.quic import engine_aioquic
 
     return engine_aioquic.make_configuration(**kwargs)
+
+
+def with_datagram_size(config: QuicConfiguration, size: int) -> QuicConfiguration:
+    """A copy of ``config`` sending datagrams of at most ``size`` bytes (both engines'
+    configurations are dataclasses)."""
+    copy: QuicConfiguration = dataclasses.replace(config, max_datagram_size=size)  # type: ignore[type-var]
+    return copy
 
 
 def new_connection(

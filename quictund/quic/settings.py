@@ -16,7 +16,7 @@ class EngineSettings:
     """The engine knobs a listener sets (validated upstream in config.py)."""
 
     idle_timeout_s: float = 30.0
-    max_datagram_size: int = 1350
+    max_datagram_size: int = 1452
     congestion_control: str = "cubic"  # aioquic only: qh3's controller is built into its core
     stream_window: int = 2 * 1024 * 1024
     connection_window: int = 16 * 1024 * 1024

@@ -120,6 +120,18 @@ class UdpSocket:
         self.dropped = 0
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
+    def path_payload(self) -> int | None:
+        """The largest UDP payload the route of a connected socket carries unfragmented
+        (the kernel's path MTU minus IP and UDP headers), or ``None`` if unknown."""
+        v6 = self.sock.family == socket.AF_INET6
+        try:
+            mtu = self.sock.getsockopt(
+                socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, 24 if v6 else 14
+            )  # IPV6_MTU / IP_MTU
+        except OSError:
+            return None
+        return int(mtu) - (48 if v6 else 28)
+
     @property
     def sockname(self) -> tuple[Any, ...]:
         name: tuple[Any, ...] = self.sock.getsockname()
