@@ -70,14 +70,14 @@ async def test_unconnected_socket_sends_to_each_address() -> None:
             s.close()
 
 
-async def test_path_payload_follows_the_route_mtu() -> None:
-    from pathlib import Path
+LO_MTU = int(open("/sys/class/net/lo/mtu").read())
 
+
+async def test_path_payload_follows_the_route_mtu() -> None:
     receiver = await open_udp(lambda d, a: None, local=("127.0.0.1", 0))
     sender = await open_udp(lambda d, a: None, remote=receiver.sockname[:2])
     try:
-        mtu = int(Path("/sys/class/net/lo/mtu").read_text())
-        assert sender.path_payload() == min(mtu, 65535) - 28  # IPv4 + UDP headers
+        assert sender.path_payload() == min(LO_MTU, 65535) - 28  # IPv4 + UDP headers
         assert receiver.path_payload() is None  # not connected: no route yet
     finally:
         sender.close()
