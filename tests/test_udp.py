@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from quictund.quic.udp import MAX_GSO_BYTES, MAX_SEGMENTS, gso_runs, open_udp
 
@@ -70,7 +71,7 @@ async def test_unconnected_socket_sends_to_each_address() -> None:
             s.close()
 
 
-LO_MTU = int(open("/sys/class/net/lo/mtu").read())
+LO_MTU = int(Path("/sys/class/net/lo/mtu").read_text())
 
 
 async def test_path_payload_follows_the_route_mtu() -> None:
