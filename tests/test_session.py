@@ -10,6 +10,7 @@ import pytest
 
 from quictund import tls
 from quictund.quic import engine
+from quictund.quic.engine_aioquic import AioquicConnection
 from quictund.quic.session import QuicSession, StreamHandler
 from tests.quic_packets import client_initial_datagram
 
@@ -25,7 +26,7 @@ class _Owner:
         self.closed.append(reason)
 
 
-class _BrokenTimer(engine.EngineConnection):
+class _BrokenTimer(AioquicConnection):
     def handle_timer(self, now: float) -> None:
         raise RuntimeError("engine bug")
 
