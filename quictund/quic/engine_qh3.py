@@ -258,6 +258,11 @@ class Qh3Connection(QuicConnection):
             kind = native[0]
             if kind == "stream_data":
                 sid, data = native[1], native[2]
+                if core.state not in _LIVE_STATES:
+                    # The connection is closing (e.g. the peer broke flow control): what the
+                    # gate withheld must not now flood in beyond the window.  Its tunnels are
+                    # reset when the session sees the close, so nothing would write it.
+                    continue
                 out.append(events.StreamDataReceived(data, native[3], sid))
                 if data and sid not in released:
                     self._live.add(sid)
