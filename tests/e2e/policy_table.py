@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 TRAP, ALLOWED, OPS = 7001, 7002, 7003
+STAGE = ["start"]  # where we are, for the timeout message
 UDP = 7500
 OWN4, OWN6 = "10.200.0.1", "fd00:200::1"
 
@@ -195,9 +196,11 @@ async def main(tmp: Path) -> dict[str, object]:
         f"allow = {json.dumps(allow)}\nverify-remote-endpoint = true\nca-file = \"{ca_pem}\"\n"
         f'[[server.allow-for]]\nidentity = "CN=ops"\nallow = {json.dumps(ops)}\n'
     )
+    STAGE.append("starting the server")
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "quictund", "run", "--config", str(conf),
         stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,  # our stdout is the JSON answer; it must not hold it
     )  # fmt: skip
     assert server.stderr is not None
     log: list[dict[str, object]] = []
@@ -216,6 +219,7 @@ async def main(tmp: Path) -> dict[str, object]:
         writer.close()
         await asyncio.sleep(0.02)
         selfcheck[host] = traps["v4"].count + traps["v6"].count - before
+    STAGE.append("connecting the clients")
     results = []
     peers: dict[str, Peer] = {}
     stack = []
@@ -230,6 +234,7 @@ async def main(tmp: Path) -> dict[str, object]:
         stack.append(cm)
         peers[who] = peer
     for case in cases(unix_dir):
+        STAGE.append(f"case {case}")
         before = {k: t.count for k, t in traps.items()}
         ack = await peers[str(case["who"])].tunnel(str(case["token"]))
         await asyncio.sleep(0.02)  # an attempt after the ack would still be counted
@@ -237,6 +242,7 @@ async def main(tmp: Path) -> dict[str, object]:
         results.append({**case, "got": ack, "hits": hits})
     for cm in stack:
         await cm.__aexit__(None, None, None)
+    STAGE.append("stopping the server")
     server.terminate()
     rest = await server.stderr.read()
     await server.wait()
@@ -255,4 +261,7 @@ def _entry(line: str) -> dict[str, object]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="qt-pol-") as d:
         os.chmod(d, 0o755)
-        print(json.dumps(asyncio.run(main(Path(d)))))
+        try:
+            print(json.dumps(asyncio.run(asyncio.wait_for(main(Path(d)), 90))))
+        except TimeoutError:
+            sys.exit(f"policy table: stuck at {STAGE[-1]!r} after 90 s")

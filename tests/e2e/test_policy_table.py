@@ -5,10 +5,10 @@ UNIX globs allow exactly what they name.  See ``policy_table.py`` for the set-up
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,18 +28,16 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, Any]:
-    async def run() -> dict[str, Any]:
-        proc = await asyncio.create_subprocess_exec(
-            "unshare", "--net", "--mount", sys.executable, "-m", "tests.e2e.policy_table",
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        result: dict[str, Any] = json.loads(out)
-        return result
-
-    return asyncio.run(run())
+    # A plain blocking subprocess: this runs in a module-scoped fixture, outside any test's
+    # event loop, and must not depend on whatever child watcher earlier tests left behind.
+    proc = subprocess.run(
+        ["unshare", "--net", "--mount", sys.executable, "-m", "tests.e2e.policy_table"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def test_traps_see_connections_to_every_local_address(table: dict[str, Any]) -> None:
