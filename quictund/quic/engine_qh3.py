@@ -217,7 +217,18 @@ class Qh3Connection(QuicConnection):
             self._call_core(self._core.receive_datagram, data, addr, now, len(data))  # type: ignore[union-attr]
             self._drain_core()
             return
-        super().receive_datagram(data, addr, now)
+        try:
+            super().receive_datagram(data, addr, now)
+        except QuicConnectionError:
+            raise
+        except Exception as exc:
+            if self._handshake_complete:
+                raise
+            # A malformed ClientHello (say, an invalid P-256 key share) makes qh3's TLS raise
+            # a crypto error instead of answering with an alert, as aioquic does.  Answer with
+            # the handshake_failure alert (CRYPTO_ERROR 0x100 + 40): hostile input is not a
+            # quictund fault to be logged with a traceback.
+            self.close(error_code=0x128, reason_phrase=f"handshake failure: {exc}")
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         core = self._core
