@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quictund import tls
-from quictund._tasks import spawn
+from quictund._tasks import first_of, spawn
 from quictund.addresses import parse_host_port
 from quictund.api.app import Router
 from quictund.api.http import ApiServer, start_tcp, start_unix
@@ -344,7 +344,7 @@ class Daemon:
                 self.notifier.ready(self.status_line())
                 logger.info("ready: %s", self.status_line())
                 while not self._stop.is_set():
-                    await _first(self._stop.wait(), self._reload.wait())
+                    await first_of(self._stop.wait(), self._reload.wait())
                     if self._reload.is_set() and not self._stop.is_set():
                         self._reload.clear()
                         await self._do_reload(tg)
@@ -517,19 +517,6 @@ class Daemon:
         for api in self._api_servers:
             api.close()
             await api.wait_closed()
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    tasks = [spawn(_wrap(a), name="wait-first") for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-async def _wrap(aw: Awaitable[object]) -> None:
-    await aw
 
 
 def _check_ca(path: str) -> None:

@@ -113,10 +113,7 @@ class Endpoint:
         return host.strip("[]"), int(port)
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
+        return rss_kib(self.proc.pid)
 
     async def stop(self, sig: int = signal.SIGTERM, within: float = 20) -> int:
         if self.proc.returncode is None:
@@ -130,6 +127,14 @@ class Endpoint:
     def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 async def start_server(state_dir: Path, *extra: str, listen: str = "127.0.0.1:0") -> Endpoint:

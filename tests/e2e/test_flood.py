@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import flooder
-from tests.e2e.harness import Backend, connect, echo
+from tests.e2e.harness import Backend, connect, echo, rss_kib
 from tests.e2e.test_daemon import Run, client_toml, free_udp_port, server_toml
 
 
@@ -199,13 +199,6 @@ async def test_tunnels_per_identity_cap(short_tmp: Path, state_dir: Path, ca: Pa
     finally:
         assert await run.stop() == 0
         backend.close()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # The bound this test states: while 3,000 real and 3,000 garbage handshakes arrive from 200
