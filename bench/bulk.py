@@ -68,13 +68,18 @@ async def run_once(
 ) -> tuple[float, float, float]:
     """One measurement with fresh daemons: (Mbit/s, client CPU s, server CPU s)."""
     received = 0
+    per_tunnel: list[int] = []  # bytes each tunnel moved before ``stop``
 
     async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal received
         if direction == "up":
+            mine = len(per_tunnel)
+            per_tunnel.append(0)
             try:
                 while data := await reader.read(CHUNK):
                     received += len(data)
+                    if time.monotonic() < stop:
+                        per_tunnel[mine] += len(data)
             except ConnectionError:
                 pass  # the daemons are stopped with tunnels open
         else:
@@ -124,6 +129,7 @@ async def run_once(
         idle.append((r, w))
     conns = [await asyncio.open_connection(host, int(cport)) for _ in range(args.tunnels)]
     cpu0 = (cpu_s(client.pid), cpu_s(server.pid))
+    own0 = time.process_time()
     t0 = time.monotonic()
     stop = t0 + args.seconds
     got_down = 0
@@ -136,8 +142,12 @@ async def run_once(
 
     async def pull(reader: asyncio.StreamReader) -> None:
         nonlocal got_down
+        mine = len(per_tunnel)
+        per_tunnel.append(0)
         while time.monotonic() < stop:
-            got_down += len(await reader.read(CHUNK))
+            data = await reader.read(CHUNK)
+            got_down += len(data)
+            per_tunnel[mine] += len(data)
 
     if direction == "up":
         await asyncio.gather(*(push(w) for _, w in conns))
@@ -145,12 +155,19 @@ async def run_once(
         await asyncio.gather(*(pull(r) for r, _ in conns))
     elapsed = time.monotonic() - t0
     cpu1 = (cpu_s(client.pid), cpu_s(server.pid))
+    own = time.process_time() - own0
     moved = received if direction == "up" else got_down
     mbit = moved * 8 / elapsed / 1e6
     cpu = (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+    # fairness: the slowest tunnel's share of what an equal split would give it
+    # (the largest --tunnels entries: with --idle, the idle tunnels' zeros are the rest)
+    moved_each = sorted(per_tunnel)[-args.tunnels :]
+    fair = min(moved_each) / (sum(moved_each) / len(moved_each)) if sum(moved_each) else 0.0
     print(
         f"{engine} {direction} tunnels={args.tunnels} idle={args.idle}: {mbit:.0f} Mbit/s "
-        f"over {elapsed:.1f} s; CPU client {cpu[0]:.1f} s, server {cpu[1]:.1f} s",
+        f"over {elapsed:.1f} s; CPU client {cpu[0]:.1f} s, server {cpu[1]:.1f} s, "
+        f"apps {own:.1f} s; "
+        f"slowest tunnel {fair:.2f} of an equal share",
         flush=True,
     )
     for _, w in conns + idle:

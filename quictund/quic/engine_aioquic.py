@@ -53,6 +53,8 @@ from quictund.quic.credit import ReceiveLedger, raised_limit
 from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
 from quictund.quic.settings import ALPN, EngineSettings
 
+SEND_SLICE = 8  # streams aioquic sees per packet-building pass (_write_application)
+
 __all__ = ["AioquicConnection", "QuicConfiguration", "events", "make_configuration"]
 
 
@@ -355,20 +357,40 @@ class AioquicConnection(QuicConnection):
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     def _write_application(self, builder: QuicPacketBuilder, network_path: Any, now: float) -> None:
-        # Show aioquic only the streams that have work: it walks ``_streams`` (for limits)
-        # and ``_streams_queue`` (for data) once per packet it builds.
+        # aioquic walks ``_streams`` (for limits) and ``_streams_queue`` (for data) once per
+        # packet it builds, so a packet costs O(streams).  Show it only streams that have work
+        # (see _stays_queued), and those a slice of ``SEND_SLICE`` at a time: the next slice
+        # only once this one has nothing left to send, so 100 busy tunnels cost what 8 do.
+        # Fairness across calls is aioquic's own rule applied to the whole queue: streams that
+        # sent new data go to the back, behind those not reached and those that had nothing.
         every = self._streams
-        queued = self._streams_queue
-        active = {s.stream_id: s for s in queued}
-        self._streams = active  # type: ignore[assignment]
+        queue = self._streams_queue
+        waited: list[QuicStream] = []
+        sent: list[QuicStream] = []
+        pos = 0
         try:
-            super()._write_application(builder, network_path, now)
+            while True:
+                batch = queue[pos : pos + SEND_SLICE]
+                pos += len(batch)
+                before = {s.stream_id: s.sender.highest_offset for s in batch}
+                self._streams = {s.stream_id: s for s in batch}  # type: ignore[misc]
+                self._streams_queue = batch
+                try:
+                    super()._write_application(builder, network_path, now)
+                finally:
+                    for stream in batch:
+                        if stream.stream_id not in self._streams:  # aioquic discarded it
+                            every.pop(stream.stream_id, None)  # type: ignore[arg-type]
+                    for stream in self._streams_queue:
+                        moved = stream.sender.highest_offset != before[stream.stream_id]
+                        (sent if moved else waited).append(stream)
+                if pos >= len(queue) or self._pacing_at is not None:
+                    break
         finally:
             self._streams = every
-            for stream in queued:
-                if stream.stream_id not in active:  # aioquic discarded it from ``active``
-                    every.pop(stream.stream_id, None)  # type: ignore[arg-type]
-            self._streams_queue = [s for s in self._streams_queue if self._stays_queued(s)]
+            self._streams_queue = [
+                s for s in queue[pos:] + waited + sent if self._stays_queued(s)
+            ]
 
     # ---- private ------------------------------------------------------------------------
 
