@@ -53,7 +53,11 @@ from quictund.quic.credit import ReceiveLedger, raised_limit
 from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
 from quictund.quic.settings import ALPN, EngineSettings
 
-SEND_SLICE = 8  # streams aioquic sees per packet-building pass (_write_application)
+# What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
+# streams, and more while together they have less than SLICE_BYTES to send -- so many streams
+# with a few bytes each still share packets.
+SEND_SLICE = 8
+SLICE_BYTES = 16 * 1024
 
 __all__ = ["AioquicConnection", "QuicConfiguration", "events", "make_configuration"]
 
@@ -359,8 +363,8 @@ class AioquicConnection(QuicConnection):
     def _write_application(self, builder: QuicPacketBuilder, network_path: Any, now: float) -> None:
         # aioquic walks ``_streams`` (for limits) and ``_streams_queue`` (for data) once per
         # packet it builds, so a packet costs O(streams).  Show it only streams that have work
-        # (see _stays_queued), and those a slice of ``SEND_SLICE`` at a time: the next slice
-        # only once this one has nothing left to send, so 100 busy tunnels cost what 8 do.
+        # (see _stays_queued), and those a slice at a time (_slice_end): the next slice only
+        # once this one has nothing left to send, so 100 busy tunnels cost what 8 do.
         # Fairness across calls is aioquic's own rule applied to the whole queue: streams that
         # sent new data go to the back, behind those not reached and those that had nothing.
         every = self._streams
@@ -370,8 +374,9 @@ class AioquicConnection(QuicConnection):
         pos = 0
         try:
             while True:
-                batch = queue[pos : pos + SEND_SLICE]
-                pos += len(batch)
+                end = _slice_end(queue, pos)
+                batch = queue[pos:end]
+                pos = end
                 before = {s.stream_id: s.sender.highest_offset for s in batch}
                 self._streams = {s.stream_id: s for s in batch}  # type: ignore[misc]
                 self._streams_queue = batch
@@ -425,6 +430,17 @@ class AioquicConnection(QuicConnection):
         if idle:
             stream._qt_queued = False  # type: ignore[attr-defined]
         return not idle
+
+
+def _slice_end(queue: list[QuicStream], pos: int) -> int:
+    """End of the slice starting at ``pos``: SEND_SLICE streams, more while they are small."""
+    end = min(pos + SEND_SLICE, len(queue))
+    pending = sum(s.sender._buffer_stop - s.sender.highest_offset for s in queue[pos:end])
+    while end < len(queue) and pending < SLICE_BYTES:
+        sender = queue[end].sender
+        pending += sender._buffer_stop - sender.highest_offset
+        end += 1
+    return end
 
 
 class _ClientAuthContext(tls.Context):
