@@ -15,7 +15,7 @@ import socket
 from quictund.addresses import format_host_port
 from quictund.config import ClientSettings
 from quictund.endpoint import EndpointBase
-from quictund.errors import TokenError
+from quictund.errors import ConfigError, TokenError
 from quictund.listeners import StreamListener, listen
 from quictund.quic import engine
 from quictund.quic.client import Connector
@@ -67,12 +67,7 @@ class ClientEndpoint(EndpointBase):
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the listener and start the connector (as tasks of ``tg``)."""
         self._tg = tg
-        self.listener = await listen(
-            self.settings.listen_on,
-            self._new_splice,
-            unix_mode=self.settings.unix_socket_mode,
-            reuse_port=self.reuse_port,
-        )
+        self.listener = await self._bind()
         self._track(tg.create_task(self.connector.run(), name=f"connector-{self.settings.name}"))
         logger.info(
             "[%s] client endpoint listening on %s, server %s",
@@ -85,6 +80,16 @@ class ClientEndpoint(EndpointBase):
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+
+    async def resume_accepting(self) -> None:
+        """Bind again after ``stop_accepting`` (a reload that was rolled back)."""
+        if self.listener is not None or self._tg is None:
+            return
+        try:
+            self.listener = await self._bind()
+        except ConfigError as exc:
+            name = self.settings.name
+            logger.error("[%s] cannot accept again after a refused reload: %s", name, exc)
 
     def close(self, error_code: int = ErrorCode.SHUTDOWN, reason: str = "shutdown") -> None:
         self.stop_accepting()
@@ -99,6 +104,14 @@ class ClientEndpoint(EndpointBase):
         task.add_done_callback(self._tasks.discard)
 
     # ---- private -------------------------------------------------------------------------
+
+    async def _bind(self) -> StreamListener:
+        return await listen(
+            self.settings.listen_on,
+            self._new_splice,
+            unix_mode=self.settings.unix_socket_mode,
+            reuse_port=self.reuse_port,
+        )
 
     def _new_splice(self) -> Splice:
         record = TunnelRecord(

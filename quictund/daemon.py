@@ -10,7 +10,9 @@ keep running the old configuration untouched and say why.  Otherwise apply the d
 listener name: unchanged listeners keep running and keep their tunnels (they get the freshly
 loaded TLS material for new connections; File token maps re-read themselves); added ones start;
 removed ones stop accepting and their tunnels drain; changed ones are replaced the same way
-(a server whose UDP address is unchanged adopts the new settings in place instead).
+(a server whose UDP address is unchanged adopts the new settings in place instead).  It is
+all or nothing: new listeners bind before old ones let go, and one that cannot bind (a port
+taken since) refuses the whole reload with nothing changed.
 Each outcome is recorded in ``reload_state`` (shown by the API's ``/healthz``), which is how
 ``quictund reload`` -- systemd's ``ExecReload`` -- knows when its SIGHUP was handled and whether
 the new configuration was accepted.
@@ -383,6 +385,9 @@ class Daemon:
                 raise ConfigProblems(["started from the command line: nothing to reload"])
             config = self.loader()
             built = self.build(config)
+            for warning in built.warnings:
+                logger.warning("%s", warning)
+            summary = await self._apply(built, tg)
         except ConfigError as exc:
             lines = exc.lines if isinstance(exc, ConfigProblems) else [str(exc)]
             for line in lines:
@@ -394,9 +399,6 @@ class Daemon:
             )
             self.metrics.reloads.labels("failed").inc()
         else:
-            for warning in built.warnings:
-                logger.warning("%s", warning)
-            summary = await self._apply(built, tg)
             if config.api != self.config.api:
                 logger.warning("reload: [api] changed; it takes effect at the next restart")
             self.config = config
@@ -413,41 +415,61 @@ class Daemon:
         state.answered, state.ok, state.message = answers, ok, message
 
     async def _apply(self, built: Built, tg: asyncio.TaskGroup) -> str:
+        """Switch to ``built``, all or nothing: raises ``ConfigError`` with nothing changed.
+
+        Binding is the one step ``build`` cannot check (a port taken since, a directory
+        gone), so the new listeners start first.  A listener being replaced on the same
+        address stops accepting just before its successor binds; if any new listener fails,
+        the ones started are closed, the paused ones accept again, and the reload is refused.
+        """
         old, new = self.endpoints, built.endpoints
-        kept, started, stopped = [], [], []
-        result: dict[str, Endpoint] = {}
+        kept: dict[str, Endpoint] = {}
         for name, fresh in new.items():
             current = old.get(name)
-            if current is not None and current.settings == fresh.settings:
-                current.quic_config = fresh.quic_config  # new certificates, new connections
-                result[name] = current
-                kept.append(name)
-            elif (
-                isinstance(current, ServerEndpoint)
-                and isinstance(fresh, ServerEndpoint)
-                and current.settings.listen_on == fresh.settings.listen_on
+            if current is not None and (
+                current.settings == fresh.settings
+                or (
+                    isinstance(current, ServerEndpoint)
+                    and isinstance(fresh, ServerEndpoint)
+                    and current.settings.listen_on == fresh.settings.listen_on
+                )
             ):
-                current.adopt(fresh)
-                result[name] = current
-                kept.append(name)
-        for name, current in old.items():
-            if name not in result:
-                current.stop_accepting()
-                self._drain(current, tg)
-                stopped.append(name)
+                kept[name] = current
+        leaving = {name: ep for name, ep in old.items() if name not in kept}
+        started: list[Endpoint] = []
+        paused: list[Endpoint] = []
         for name, fresh in new.items():
-            if name not in result:
-                try:
-                    await fresh.start(tg)
-                except ConfigError as exc:
-                    logger.error("reload: listener %s not started: %s", name, exc)
-                    continue
-                result[name] = fresh
-                started.append(name)
-        self.endpoints = result
+            if name in kept:
+                continue
+            for other in leaving.values():
+                if other not in paused and other.settings.listen_on == fresh.settings.listen_on:
+                    other.stop_accepting()
+                    paused.append(other)
+            try:
+                await fresh.start(tg)
+            except ConfigError as exc:
+                for ep in started:
+                    ep.close(ErrorCode.SHUTDOWN, "reload refused")
+                for ep in paused:
+                    await ep.resume_accepting()
+                raise ConfigError(f"listener {name} cannot start: {exc}") from None
+            started.append(fresh)
+        # Committed: nothing below can fail.
+        for name, current in kept.items():
+            fresh = new[name]
+            if current.settings == fresh.settings:
+                current.quic_config = fresh.quic_config  # new certificates, new connections
+            else:
+                assert isinstance(current, ServerEndpoint) and isinstance(fresh, ServerEndpoint)
+                current.adopt(fresh)
+        for current in leaving.values():
+            current.stop_accepting()
+            self._drain(current, tg)
+        self.endpoints = {name: kept.get(name) or fresh for name, fresh in new.items()}
+        added = [name for name in new if name not in kept]
         return (
-            f"kept {len(kept)}, started {', '.join(started) or 'none'}, "
-            f"stopped {', '.join(stopped) or 'none'}"
+            f"kept {len(kept)}, started {', '.join(added) or 'none'}, "
+            f"stopped {', '.join(leaving) or 'none'}"
         )
 
     def _drain(self, endpoint: Endpoint, tg: asyncio.TaskGroup) -> None:

@@ -6,6 +6,8 @@ one line a person can act on (it names the file, field, peer or plugin at fault)
 
 from __future__ import annotations
 
+import os
+
 
 class QuictunError(Exception):
     """Base class of every error quictund reports to a person."""
@@ -21,3 +23,9 @@ class TokenError(QuictunError):
 
 class TokenRejected(QuictunError):
     """The server's token parser refused a token (ack 0x02 for that tunnel only)."""
+
+
+def os_reason(exc: OSError) -> str:
+    """``Address already in use``: the errno's text, not the event loop's wording of it (uvloop
+    says "error while attempting to bind on address ('127.0.0.1', 80): address already in use")."""
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))

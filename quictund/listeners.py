@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 
 from quictund.addresses import StreamAddress
-from quictund.errors import ConfigError
+from quictund.errors import ConfigError, os_reason
 from quictund.unixsock import remove_stale
 
 
@@ -70,5 +70,5 @@ async def listen(
             reuse_port=reuse_port or None,
         )
     except OSError as exc:
-        raise ConfigError(f"listen-on {address}: {exc.strerror or exc}") from None
+        raise ConfigError(f"listen-on {address}: {os_reason(exc)}") from None
     return StreamListener(server, address, None)

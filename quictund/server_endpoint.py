@@ -19,7 +19,7 @@ from typing import Any
 from quictund.addresses import StreamAddress, format_host_port
 from quictund.config import ServerSettings
 from quictund.endpoint import EndpointBase
-from quictund.errors import ConfigError, TokenRejected
+from quictund.errors import ConfigError, TokenRejected, os_reason
 from quictund.identity import Identity
 from quictund.limits import AdmissionSettings, Limit, LimitLog, SourceBuckets, source_key
 from quictund.policy import IPAddress, Policy
@@ -82,7 +82,7 @@ class ServerEndpoint(EndpointBase):
                 reuse_port=self.reuse_port,
             )
         except OSError as exc:
-            raise ConfigError(f"listen-on {s.listen_on}: {exc.strerror or exc}") from None
+            raise ConfigError(f"listen-on {s.listen_on}: {os_reason(exc)}") from None
         proto.transport = udp
         self._proto, self._udp = proto, udp
         self.bound = udp.sockname[:2]
@@ -93,6 +93,11 @@ class ServerEndpoint(EndpointBase):
     def stop_accepting(self) -> None:
         if self._proto is not None:
             self._proto.accepting = False
+
+    async def resume_accepting(self) -> None:
+        """Undo ``stop_accepting`` (a reload that was rolled back); the socket never closed."""
+        if self._proto is not None:
+            self._proto.accepting = True
 
     def close(self, error_code: int = ErrorCode.SHUTDOWN, reason: str = "shutdown") -> None:
         if self._proto is not None:
@@ -345,7 +350,7 @@ class ServerHandshake:
             self._fail(
                 Ack.UNREACHABLE,
                 ErrorCode.UNREACHABLE,
-                f"cannot connect to {dest}: {exc.strerror or exc}",
+                f"cannot connect to {dest}: {os_reason(exc)}",
             )
             return
         if self.done:  # the stream or connection went away while we were connecting

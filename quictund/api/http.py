@@ -36,7 +36,7 @@ from http import HTTPStatus
 import h11
 
 from quictund.api.app import App, Request, Response, error_response
-from quictund.errors import ConfigError
+from quictund.errors import ConfigError, os_reason
 from quictund.unixsock import remove_stale
 
 logger = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ async def start_unix(
     try:
         server = await asyncio.start_unix_server(api._on_connect, path, limit=_READ_CHUNK * 4)
     except OSError as exc:
-        raise ConfigError(f"api socket {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"api socket {path}: {os_reason(exc)}") from None
     api._server = server
     api._unix_path = path
     try:
@@ -353,7 +353,7 @@ async def start_tcp(
             api._on_connect, host or None, port, reuse_address=True, limit=_READ_CHUNK * 4
         )
     except OSError as exc:
-        raise ConfigError(f"api listen-on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"api listen-on {host}:{port}: {os_reason(exc)}") from None
     logger.info("API listening on tcp:%s", api.address)
     return api
 

@@ -177,3 +177,60 @@ async def test_reload_timeout(short_tmp: Path) -> None:
         await sleeper.wait()
         server.close()
         await server.wait_closed()
+
+
+async def test_reload_that_cannot_bind_changes_nothing(
+    short_tmp: Path, state_dir: Path, ca: Path
+) -> None:
+    """Binding is the one thing ``build`` cannot check: a listener moved to a port that is
+    taken refuses the whole reload, and the listener it would replace keeps accepting."""
+    backend = await echo().tcp()
+    port = free_udp_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    main = short_tmp / "main.toml"
+    api = short_tmp / "api.sock"
+    server = server_toml("s", port, state_dir, [backend.address])
+    main.write_text(
+        server + client_toml("a", f"unix:{short_tmp}/a.sock", port, ca, backend.address)
+    )
+    run = await Run.start("--config", str(main), "--api-socket", str(api))
+    try:
+        await run.wait_log("ready:")
+        reader, writer = await connect(f"unix:{short_tmp}/a.sock")
+        writer.write(b"open")
+        assert await reader.readexactly(4) == b"open"
+
+        # c is new and binds first; a moves to the taken port and cannot: c is closed again
+        main.write_text(
+            server
+            + client_toml("c", f"unix:{short_tmp}/c.sock", port, ca, backend.address)
+            + client_toml("a", f"tcp:127.0.0.1:{busy}", port, ca, backend.address)
+        )
+        rc, out, err = await quictund("reload", "--api", str(api))
+        assert rc == 78, (out, err)
+        assert (
+            f"rejected, still running the old configuration: listener a cannot start: "
+            f"listen-on tcp:127.0.0.1:{busy}: Address already in use"
+        ) in err
+        await echoes(f"unix:{short_tmp}/a.sock", b"still accepting")
+        writer.write(b"survived")
+        assert await reader.readexactly(8) == b"survived"
+        with pytest.raises(OSError):
+            await connect(f"unix:{short_tmp}/c.sock")
+
+        # the same change once the port is free is accepted
+        taken.close()
+        rc, out, err = await quictund("reload", "--api", str(api))
+        assert rc == 0 and "started c, a" in out, (out, err)
+        await echoes(f"tcp:127.0.0.1:{busy}", b"moved")
+        await echoes(f"unix:{short_tmp}/c.sock", b"added")
+        writer.close()
+        assert await run.stop() == 0
+    finally:
+        taken.close()
+        if run.proc.returncode is None:
+            run.proc.kill()
+        backend.close()
