@@ -32,7 +32,7 @@ async def main() -> None:
     ap.add_argument("--direction", choices=["up", "down", "both"], default="up")
     ap.add_argument("--engines", default="aioquic", help="comma-separated quic-engine values")
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--congestion-control", default="cubic", choices=["bbr", "cubic", "reno"])
+    ap.add_argument("--congestion-control", default="bbr", choices=["bbr", "cubic", "reno"])
     ap.add_argument(
         "--idle",
         type=int,

@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--congestion-control",
-        default="cubic",
+        default="bbr",
         choices=["bbr", "cubic", "reno"],
         help="congestion controller, aioquic engine only (a quictund extension)",
     )

@@ -35,7 +35,7 @@ class QuicKnobs(_Model):
     handshake_timeout_s: Annotated[float, Field(alias="handshake-timeout", gt=0, le=120)] = 10.0
     congestion_control: Annotated[
         Literal["bbr", "cubic", "reno"], Field(alias="congestion-control")
-    ] = "cubic"
+    ] = "bbr"
     max_datagram_size: Annotated[int, Field(alias="max-datagram-size", ge=1200, le=1452)] = 1452
     stream_window: Annotated[int, Field(alias="stream-window", ge=64 * KiB, le=64 * MiB)] = 2 * MiB
     connection_window: Annotated[

@@ -17,7 +17,7 @@ class EngineSettings:
 
     idle_timeout_s: float = 30.0
     max_datagram_size: int = 1452
-    congestion_control: str = "cubic"  # aioquic only: qh3's controller is built into its core
+    congestion_control: str = "bbr"  # aioquic only: qh3's controller is built into its core
     stream_window: int = 2 * 1024 * 1024
     connection_window: int = 16 * 1024 * 1024
     max_streams: int = 16384
