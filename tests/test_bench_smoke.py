@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -50,3 +52,45 @@ def test_quick_latency_run(tmp_path: Path) -> None:
     # a tunnel adds work: quictund's echo cannot beat the same echo without it
     assert got[("quictund", "echo 1 B, p50")] > got[("direct", "echo 1 B, p50")]
     assert _processes_mentioning(str(out)) == []
+
+
+def test_lossy_rows_carry_one_metric_per_loss_and_the_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The suite's tables are path x metric: each loss level must be its own metric, and
+    issue 7's lossy targets must come out met or not from the numbers (no link needed)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "scenarios"))
+    import lossy
+
+    def row(path: str, metric: str, loss: float, value: float, **extra: float) -> dict:  # type: ignore[type-arg]
+        return {
+            "scenario": "lossy", "path": path, "metric": metric, "value": value,
+            "unit": "ms" if metric.endswith("_ms") else "Mbit/s",
+            "extra": {"loss_pct": loss, **extra},
+        }  # fmt: skip
+
+    raw = [
+        row("tcp-cubic", "goodput_mbit", 1.0, 3.0),
+        row("tcp-bbr", "goodput_mbit", 1.0, 90.0),
+        row("quictund-bbr", "goodput_mbit", 1.0, 88.0),
+        row("quictund-cubic", "goodput_mbit", 1.0, 20.0),
+        row("quictund-bbr", "goodput_mbit", 0.0, 89.0),
+        row("quictund-bbr", "first_byte_ms", 0.0, 55.2, rtts=1.09),
+        row("quictund-cubic", "first_byte_ms", 0.0, 58.0, rtts=1.15),
+    ]
+    rows = lossy.suite_rows(raw)
+    metrics = {(r["path"], r["metric"]) for r in rows}
+    assert ("quictund-bbr", "goodput, 1 % loss") in metrics
+    assert ("quictund-bbr", "goodput, 0 % loss") in metrics
+    targets = {
+        (r["path"], r["metric"]): r["extra"]["target"]["met"]
+        for r in rows
+        if "target" in r["extra"]
+    }
+    assert targets == {
+        ("quictund-bbr", "goodput / Linux TCP BBR, 1 % loss"): True,  # 29x cubic, 0.98x bbr
+        ("quictund-cubic", "goodput / Linux TCP BBR, 1 % loss"): False,  # 7x cubic
+        ("quictund-bbr", "new tunnel: first echoed byte, link RTTs"): True,
+        ("quictund-cubic", "new tunnel: first echoed byte, link RTTs"): False,
+    }
