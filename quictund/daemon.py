@@ -465,7 +465,7 @@ class Daemon:
         for current in leaving.values():
             current.stop_accepting()
             self._drain(current, tg)
-        self.endpoints = {name: kept.get(name) or fresh for name, fresh in new.items()}
+        self.endpoints = {name: kept[name] if name in kept else ep for name, ep in new.items()}
         added = [name for name in new if name not in kept]
         return (
             f"kept {len(kept)}, started {', '.join(added) or 'none'}, "
