@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from quictund.addresses import parse_host_port
 from quictund.config import ClientSettings, ServerSettings
-from quictund.errors import ConfigError
+from quictund.errors import ConfigError, os_reason
 
 DEFAULT_DIR = Path("/etc/quictun")
 
@@ -158,7 +158,7 @@ def _read(path: Path, problems: list[str]) -> ConfigFile | None:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
-        problems.append(f"{path}: {exc.strerror or exc}")
+        problems.append(f"{path}: {os_reason(exc)}")
         return None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         problems.append(f"{path.name}: not valid TOML: {exc}")

@@ -44,7 +44,7 @@ from quictund.api.provider import DaemonApi
 from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
 from quictund.config_files import Config, ConfigProblems
-from quictund.errors import ConfigError
+from quictund.errors import ConfigError, os_reason
 from quictund.metrics import Metrics
 from quictund.policy import Policy, local_addresses
 from quictund.quic import engine
@@ -546,6 +546,6 @@ def _check_ca(path: str) -> None:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise ConfigError(f"ca-file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"ca-file {path}: {os_reason(exc)}") from None
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise ConfigError(f"ca-file {path}: no PEM certificate in it")

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+from quictund.errors import os_reason
 from quictund.inspect_cli import api_path, get
 
 EX_CONFIG = 78
@@ -55,7 +56,7 @@ def reload(args: argparse.Namespace) -> int:
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:
-        print(f"quictund reload: cannot signal PID {pid}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"quictund reload: cannot signal PID {pid}: {os_reason(exc)}", file=sys.stderr)
         return 1
     deadline = time.monotonic() + args.timeout
     while True:

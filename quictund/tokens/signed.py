@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from quictund.addresses import StreamAddress, parse_stream_address
-from quictund.errors import ConfigError, TokenError, TokenRejected
+from quictund.errors import ConfigError, TokenError, TokenRejected, os_reason
 from quictund.tokens.base import TokenParser, TokenSource, register_parser, register_source
 
 PREFIX = "qt1"
@@ -93,7 +93,7 @@ def read_secret(path: str | None) -> bytes:
         with open(path, "rb") as f:
             secret = f.read().strip()
     except OSError as exc:
-        raise ConfigError(f"token-secret-file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"token-secret-file {path}: {os_reason(exc)}") from None
     if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
         raise ConfigError(f"token-secret-file {path}: readable by others; chmod 600 it")
     if len(secret) < MIN_SECRET:
