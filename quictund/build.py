@@ -1,0 +1,220 @@
+"""Listener definitions -> endpoints, checked before anything binds.
+
+``Builder.build`` constructs (but does not start) one endpoint per listener of a ``Config``:
+token plugins, certificates, CA files and policies are all checked here, so a broken
+definition is reported -- one line per problem, prefixed with its file and listener -- before
+the daemon binds a socket, and before a reload touches the running configuration.  Warnings
+about protections a definition turns off are collected, not logged, so a rejected reload says
+nothing about listeners that will never run.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quictund import tls
+from quictund.client_endpoint import ClientEndpoint
+from quictund.config import ClientSettings, ServerSettings
+from quictund.config_files import Config, ConfigProblems
+from quictund.errors import ConfigError, os_reason
+from quictund.policy import Policy, local_addresses
+from quictund.quic import engine
+from quictund.server_endpoint import ServerEndpoint
+from quictund.tokens import make_parser, make_source
+from quictund.tunnels import TunnelTable
+
+logger = logging.getLogger(__name__)
+
+Endpoint = ClientEndpoint | ServerEndpoint
+
+
+@dataclass
+class Built:
+    """Endpoints built (not started) from one configuration, keyed by listener name."""
+
+    config: Config
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Builder:
+    """Builds endpoints for one daemon (its tunnel table, worker slot and start-up mode)."""
+
+    def __init__(
+        self,
+        table: TunnelTable,
+        *,
+        worker: tuple[int, int] | None = None,
+        open_by_default: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.table = table
+        self.worker = worker
+        self.open_by_default = open_by_default
+        self.dry_run = dry_run  # validate only: write no certificate
+        self._warnings: list[str] = []
+
+    def build(self, config: Config) -> Built:
+        """Validate plugins, certificates and policies of every listener; raise one line each."""
+        built = Built(config)
+        self._warnings = built.warnings
+        problems: list[str] = []
+        listeners: list[ClientSettings | ServerSettings] = [*config.clients, *config.servers]
+        for settings in listeners:
+            origin = config.origins.get(settings.name, f"{settings.name}")
+            if (
+                self.worker is not None
+                and self.worker[0] != 0
+                and isinstance(settings, ClientSettings)
+                and settings.listen_on.is_unix
+            ):
+                continue  # a UNIX socket cannot be shared: worker 0 serves it
+            try:
+                if isinstance(settings, ClientSettings):
+                    built.endpoints[settings.name] = self._client(settings)
+                elif (server := self._server(settings, self.open_by_default)) is not None:
+                    built.endpoints[settings.name] = server
+            except ConfigError as exc:
+                problems.append(f"{origin}: {exc}" if config.origins else str(exc))
+        if problems:
+            raise ConfigProblems(problems)
+        for endpoint in built.endpoints.values():
+            endpoint.reuse_port = self.worker is not None
+        return built
+
+    def _client(self, s: ClientSettings) -> ClientEndpoint:
+        source = make_source(
+            s.token_source_plugin,
+            s.token_source,
+            mapping=s.token_map,
+            timeout_s=s.token_timeout_s,
+            secret_file=s.token_secret_file,
+            audience=s.token_audience or "",
+            ttl_s=s.token_ttl_s,
+        )
+        if s.cert_file or s.key_file:
+            if not (s.cert_file and s.key_file):
+                raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
+            tls.load_certificate_chain(s.cert_file, s.key_file)
+        if s.ca_file:
+            check_ca(s.ca_file)
+        if not s.verify_remote_endpoint and not s.server_fingerprint:
+            self._warnings.append(
+                f"[{s.name}] NOT verifying the server's certificate: anyone on the path can "
+                f"impersonate {s.server_endpoint}. Turn verification on with "
+                "--verify-remote-endpoint --ca-file FILE (TOML: verify-remote-endpoint = true, "
+                "ca-file = ...)"
+            )
+        server_name = s.server_name or s.server_endpoint.host
+        config = engine.make_configuration(
+            is_client=True,
+            settings=s.engine_settings(),
+            server_name=server_name,
+            # A pinned key replaces CA verification (checked in the engine's handshake).
+            verify=s.verify_remote_endpoint and not s.server_fingerprint,
+            cafile=s.ca_file,
+            certfile=s.cert_file,
+            keyfile=s.key_file,
+        )
+        return ClientEndpoint(s, source=source, quic_config=config, table=self.table)
+
+    def _server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
+        parser = make_parser(
+            s.token_parser_plugin, s.token_parser_key, audience=s.token_audience or ""
+        )
+        if getattr(parser, "audience", None) == "" and s.token_parser_plugin.lower() == "signed":
+            raise ConfigError(
+                f"server '{s.name}': the Signed parser needs token-audience "
+                "(the name clients sign their tokens for)"
+            )
+        allow = s.allow
+        own = local_addresses()  # this host's addresses: reachable only when named
+        if allow is None and s.allow_for:
+            allow = []  # only the identities listed in allow-for reach anything
+        if allow is None:
+            if not open_by_default:
+                raise ConfigError(
+                    f"server '{s.name}': no allow list; say which destinations this server may "
+                    'reach, e.g. allow = ["tcp:10.0.0.0/8:22", "unix:/run/app.sock"] '
+                    '(allow = ["*"] reproduces quic-tun\'s open proxy)'
+                )
+            allow = ["*"]
+        try:
+            policy = Policy(allow, own=own)
+        except ValueError as exc:
+            raise ConfigError(f"server '{s.name}': allow: {exc}") from None
+        policies_for = []
+        for i, entry in enumerate(s.allow_for or []):
+            try:
+                policies_for.append((entry.identity, Policy(entry.allow, own=own)))
+            except ValueError as exc:
+                raise ConfigError(f"server '{s.name}': allow-for[{i}].allow: {exc}") from None
+        if s.allow_for and not (s.verify_remote_endpoint or s.client_fingerprints):
+            raise ConfigError(
+                f"server '{s.name}': allow-for needs client certificates (verify-remote-endpoint "
+                "= true with ca-file, or client-fingerprints): identities come from them"
+            )
+        if policy.open:
+            self._warnings.append(
+                f"[{s.name}] OPEN PROXY: any client that completes the QUIC handshake may "
+                "reach any address this host can reach. Restrict it with --allow RULE "
+                "(TOML: allow = [...])"
+            )
+        authenticated = s.verify_remote_endpoint or bool(s.client_fingerprints)
+        if not authenticated and policy.broad and not policy.open:
+            self._warnings.append(
+                f"[{s.name}] clients are not authenticated and allow reaches whole networks: "
+                f"anyone who can reach udp {s.listen_on} may open tunnels there. Require "
+                "client certificates with verify-remote-endpoint = true and ca-file = ..., "
+                "or client-fingerprints = [...]"
+            )
+        if s.verify_remote_endpoint:
+            if not s.ca_file:
+                raise ConfigError(
+                    f"server '{s.name}': verify-remote-endpoint needs ca-file "
+                    "(the CA that signs client certificates)"
+                )
+            check_ca(s.ca_file)
+        if s.cert_file or s.key_file:
+            if not (s.cert_file and s.key_file):
+                raise ConfigError(f"server '{s.name}': cert-file and key-file go together")
+            certfile, keyfile = s.cert_file, s.key_file
+            tls.load_certificate_chain(certfile, keyfile)
+        else:
+            state = Path(s.state_dir) if s.state_dir else tls.default_state_dir()
+            names = [socket.gethostname()]
+            if s.listen_on.host not in ("0.0.0.0", "::", ""):
+                names.insert(0, s.listen_on.host)
+            if self.dry_run:
+                return None  # `check` writes no certificate
+            cert_path, key_path = tls.ensure_self_signed(state, names)
+            certfile, keyfile = str(cert_path), str(key_path)
+            logger.info(
+                "[%s] no cert-file given: using the self-signed certificate %s "
+                "(%s); give it to clients as their ca-file",
+                s.name,
+                certfile,
+                tls.fingerprint_file(certfile),
+            )
+        config = engine.make_configuration(
+            is_client=False, settings=s.engine_settings(), certfile=certfile, keyfile=keyfile
+        )
+        server = ServerEndpoint(
+            s, parser=parser, policy=policy, quic_config=config, table=self.table
+        )
+        server.policies_for = policies_for
+        return server
+
+
+def check_ca(path: str) -> None:
+    """A CA file must exist and hold at least one PEM certificate."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"ca-file {path}: {os_reason(exc)}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigError(f"ca-file {path}: no PEM certificate in it")
