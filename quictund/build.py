@@ -20,7 +20,8 @@ from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
 from quictund.config_files import Config, ConfigProblems
 from quictund.errors import ConfigError, os_reason
-from quictund.policy import Policy, local_addresses
+from quictund.hostaddrs import host_addresses
+from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.server_endpoint import ServerEndpoint
 from quictund.tokens import make_parser, make_source
@@ -131,7 +132,7 @@ class Builder:
                 "(the name clients sign their tokens for)"
             )
         allow = s.allow
-        own = local_addresses()  # this host's addresses: reachable only when named
+        own = host_addresses()  # this host's addresses, live: reachable only when named
         if allow is None and s.allow_for:
             allow = []  # only the identities listed in allow-for reach anything
         if allow is None:

@@ -18,7 +18,8 @@ Loopback, link-local (cloud metadata), unspecified and this host's own interface
 denied unless a rule names them explicitly (an address or CIDR inside 127.0.0.0/8,
 169.254.0.0/16, ::1, fe80::/10, …, the own address itself, or the host name):
 ``tcp:0.0.0.0/0:*`` or ``tcp:*:22`` never reach ``127.0.0.1``, however the token spells it
-(``127.1``, ``0x7f.0.0.1``, ``[::ffff:127.0.0.1]``, a name resolving to it).
+(``127.1``, ``0x7f.0.0.1``, ``[::ffff:127.0.0.1]``, a name resolving to it).  "Own" means as
+the host is at the moment of the check (``hostaddrs.py``), not as it was at start-up.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import posixpath
-import socket
+from collections.abc import Container
 from dataclasses import dataclass
-from pathlib import Path
 
 from quictund.addresses import StreamAddress
 
@@ -94,8 +94,11 @@ def _ports(text: str, rule: str) -> tuple[int, int]:
 
 
 class Policy:
-    def __init__(self, rules: list[str], own: frozenset[IPAddress] = frozenset()) -> None:
-        """``own``: this host's addresses, reachable only through rules that name them."""
+    def __init__(self, rules: list[str], own: Container[IPAddress] = frozenset()) -> None:
+        """``own``: this host's addresses, reachable only through rules that name them.
+
+        The daemon passes ``hostaddrs.host_addresses()``, a live view that is current whenever
+        it is asked, so the policy never works from a stale snapshot of the host."""
         self.rules = [parse_rule(r) for r in rules]
         self.open = any(r.network == "*" for r in self.rules)
         # Rules that reach whole networks (any host, or more than a /16 or /48): with these an
@@ -134,7 +137,7 @@ _SENSITIVE = tuple(
 
 
 def _address_allowed(
-    addr: IPAddress, rules: list[Rule], wildcard: bool, own: frozenset[IPAddress] = frozenset()
+    addr: IPAddress, rules: list[Rule], wildcard: bool, own: Container[IPAddress] = frozenset()
 ) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -150,43 +153,6 @@ def _address_allowed(
         and addr in r.net
         for r in rules
     )
-
-
-def local_addresses() -> frozenset[IPAddress]:
-    """This host's interface addresses (Linux), for ``Policy(own=...)``; empty if unknown.
-
-    Read through ``/proc/self/net``: ``/proc/net`` is a symlink outside the per-process part of
-    procfs, hidden by systemd's ``ProcSubset=pid`` (the packaged units set it).
-    """
-    found: set[IPAddress] = set()
-    try:
-        for line in Path("/proc/self/net/if_inet6").read_text().splitlines():
-            found.add(ipaddress.IPv6Address(int(line.split()[0], 16)))
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-    except OSError:
-        pass
-    found.update(_ipv4_interfaces())
-    return frozenset(found)
-
-
-def _ipv4_interfaces() -> set[IPAddress]:
-    """IPv4 addresses of every interface, read from /proc/net/fib_trie's LOCAL entries."""
-    found: set[IPAddress] = set()
-    try:
-        lines = Path("/proc/self/net/fib_trie").read_text().splitlines()
-    except OSError:
-        return found
-    for previous, line in zip(lines, lines[1:], strict=False):
-        if "/32 host LOCAL" in line:
-            try:
-                found.add(ipaddress.IPv4Address(previous.split()[-1]))
-            except (ValueError, IndexError):
-                continue
-    return found
 
 
 def _path_matches(path: str, glob: str) -> bool:

@@ -437,14 +437,16 @@ def test_own_addresses_need_a_rule_that_names_them() -> None:
 
 
 def test_local_addresses_include_loopback() -> None:
-    from quictund.policy import local_addresses
+    from quictund.hostaddrs import host_addresses, proc_addresses
 
-    found = local_addresses()
-    # both sources must be readable, also under systemd's ProcSubset=pid (make e2e-systemd
-    # runs this test inside the unit's sandbox, where /proc/net does not exist)
-    assert ipaddress.ip_address("127.0.0.1") in found  # /proc/self/net/fib_trie
-    if "00000000000000000000000000000001" in Path("/proc/self/net/if_inet6").read_text():
-        assert ipaddress.ip_address("::1") in found
+    # netlink and the /proc fallback must both work, also under systemd's sandbox (make
+    # e2e-systemd runs this test inside the unit: RestrictAddressFamilies must allow
+    # AF_NETLINK, and ProcSubset=pid hides /proc/net)
+    for found in (host_addresses().current(), proc_addresses()):
+        assert ipaddress.ip_address("127.0.0.1") in found
+        if "00000000000000000000000000000001" in Path("/proc/self/net/if_inet6").read_text():
+            assert ipaddress.ip_address("::1") in found
+    assert host_addresses()._fallback is False  # netlink, not the slower /proc fallback
 
 
 @pytest.mark.parametrize(
