@@ -1,0 +1,54 @@
+"""Issue 13 section 4 through a real server in a private network namespace: an address added
+after start-up is this host's (refused under a broad rule), one moved away is not (allowed).
+See ``hostaddrs_ns.py`` for the set-up.  Runs with QUICTUND_TEST_ENGINE's engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+_missing = [tool for tool in ("unshare", "ip", "nsenter") if shutil.which(tool) is None]
+pytestmark = pytest.mark.skipif(
+    bool(_missing or os.geteuid() != 0) and not os.environ.get("CI"),
+    reason=f"needs root and {', '.join(_missing) or 'unshare/ip/nsenter'} (CI runs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def seen() -> dict[str, Any]:
+    proc = subprocess.run(
+        ["unshare", "--net", sys.executable, "-m", "tests.e2e.hostaddrs_ns"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def test_an_address_added_after_start_is_refused(seen: dict[str, Any]) -> None:
+    assert seen["selfcheck"] == 1  # the local service does see connections to the new address
+    for case in ("new4", "new6"):
+        assert seen[case] == {"ack": 0x03, "said": "", "hits": 0}, case
+    denied = [
+        e for e in seen["log"]
+        if e.get("msg") == "tunnel failed" and "not allowed by policy" in str(e.get("reason"))
+    ]  # fmt: skip
+    assert len(denied) == 2, seen["log"]
+
+
+def test_an_address_moved_to_another_host_is_no_longer_local(seen: dict[str, Any]) -> None:
+    assert seen["moved"] == {"ack": 0x01, "said": "remote", "hits": 0}
+
+
+def test_the_check_cannot_be_outrun_by_an_address_change(seen: dict[str, Any]) -> None:
+    assert seen["race_wrong"] == 0
