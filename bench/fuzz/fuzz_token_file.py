@@ -1,4 +1,4 @@
-"""File token source lines: ``parse_token_file`` never raises (quictund/tokens/sources.py)."""
+"""File token source lines: ``parse_token_file`` never raises (quictund/tokens/token_file.py)."""
 
 from __future__ import annotations
 

@@ -179,3 +179,10 @@ def source_names() -> list[str]:
 def parser_names() -> list[str]:
     """Registered parser plugin names, as written by their authors (for help texts)."""
     return _parsers.names()
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a one-line reason (``strerror`` for OS errors), never empty."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,135 @@
+"""The ``Http`` token source: ``GET url?addr=ip:port`` answering ``{"token": "..."}``.
+
+The configured query is kept, not replaced (quic-tun drops it); the request has a total
+timeout, follows no redirects, reads no proxy variables and caps the body; a non-2xx status,
+bad JSON or an empty token is an error (quic-tun turns all of those into an empty token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Final
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from quictund import __version__
+from quictund.errors import ConfigError, TokenError
+from quictund.tokens.base import TokenSource, describe, register_source
+
+__all__ = ["MAX_HTTP_BODY_BYTES", "Http"]
+
+MAX_HTTP_BODY_BYTES: Final = 64 * 1024
+
+
+def _display_url(url: str) -> str:
+    """The URL for messages: without user info (a password) or query (often an API key)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _with_addr(url: str, app_addr: str) -> str:
+    """Append ``addr=<app_addr>`` to the URL's own query (quic-tun drops that query)."""
+    parts = urlsplit(url)
+    kept = [p for p in parts.query.split("&") if p and p.partition("=")[0] != "addr"]
+    kept.append(urlencode({"addr": app_addr}))  # 1.2.3.4%3A5678, as Go's QueryEscape does
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "&".join(kept), ""))
+
+
+@register_source
+class Http(TokenSource):
+    """Asks an HTTP service: ``GET url?addr=ip:port`` answering ``{"token": "..."}``."""
+
+    name = "Http"
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+            httpx.URL(url)
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise ConfigError(f"token source Http: invalid URL ({describe(exc)})") from None
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ConfigError(
+                f"token source Http: the URL scheme must be http or https (got {parts.scheme!r})"
+            )
+        if not parts.hostname:
+            raise ConfigError("token source Http: the URL has no host")
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ConfigError(f"token source Http: timeout must be > 0 seconds (got {timeout_s})")
+        self._url = url
+        self._display = _display_url(url)
+        self._timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def from_config(cls, arg: str | None, mapping: dict[str, str] | None, timeout_s: float) -> Http:
+        if mapping is not None:
+            raise ConfigError("token source Http: takes a URL, not a mapping")
+        if not arg:
+            raise ConfigError("token source Http: needs a URL (http:// or https://)")
+        return cls(arg, timeout_s=timeout_s)
+
+    async def fetch(self, app_addr: str) -> str:
+        url = _with_addr(self._url, app_addr)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                status, body = await self._get(url)
+        except (TimeoutError, httpx.TimeoutException):
+            raise self._error(f"no answer within {self._timeout_s:g} s") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise self._error(f"request failed: {type(exc).__name__}: {describe(exc)}") from None
+        return self._token_from(status, body)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _http_client(self) -> httpx.AsyncClient:
+        # Created on first use: construction may happen before an event loop runs.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._timeout_s),
+                follow_redirects=False,
+                trust_env=False,  # no HTTP(S)_PROXY/ALL_PROXY, no .netrc
+                headers={
+                    "User-Agent": f"quictund/{__version__}",
+                    "Accept": "application/json",
+                    "Accept-Encoding": "identity",  # keeps the 64 KiB cap meaningful
+                },
+            )
+        return self._client
+
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        async with self._http_client().stream("GET", url) as resp:
+            status = resp.status_code
+            if not 200 <= status < 300:
+                hint = " (redirects are not followed)" if 300 <= status < 400 else ""
+                raise self._error(f"answered HTTP {status}{hint}")
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_HTTP_BODY_BYTES:
+                raise self._error(f"HTTP {status} body of {declared} bytes exceeds 64 KiB")
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_HTTP_BODY_BYTES:
+                    raise self._error(f"HTTP {status} body exceeds 64 KiB")
+        return status, bytes(body)
+
+    def _token_from(self, status: int, body: bytes) -> str:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise self._error(f"answered HTTP {status} with a body that is not JSON") from None
+        token = doc.get("token") if isinstance(doc, dict) else None
+        if not isinstance(token, str):
+            raise self._error(f"answered HTTP {status} without a string 'token' in its JSON")
+        if not token:
+            raise self._error(f"answered HTTP {status} with an empty token")
+        return token
+
+    def _error(self, reason: str) -> TokenError:
+        return TokenError(f"token source Http: {self._display}: {reason}")
