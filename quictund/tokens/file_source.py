@@ -30,12 +30,13 @@ from quictund.tokens.token_file import (
     unmap,
 )
 
-__all__ = ["MAX_TOKEN_FILE_BYTES", "File"]
+__all__ = ["LOGGED_PROBLEMS", "MAX_TOKEN_FILE_BYTES", "File"]
 
 logger = logging.getLogger("quictund.tokens")
 
 _Version: TypeAlias = tuple[int, int, int]
 MAX_TOKEN_FILE_BYTES: Final = 16 * 1024 * 1024
+LOGGED_PROBLEMS: Final = 5  # bad lines logged per load; the rest are counted
 
 
 def _app_host(app_addr: str) -> IP | Unix:
@@ -53,15 +54,24 @@ def _app_host(app_addr: str) -> IP | Unix:
         raise TokenError(f"app address {app_addr!r} is neither ip:port nor a UNIX socket") from None
 
 
-def _read_token_file(path: str) -> tuple[_Version, str]:
-    """Read the file and the version it had when opened (runs in a worker thread)."""
+def _load_token_file(path: str) -> tuple[_Version, TokenTable, list[str]]:
+    """Read *and* parse the file in a worker thread: its size and content cannot stall the
+    event loop (the GIL is handed back to the loop every ``sys.getswitchinterval()``, 5 ms)."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):  # swapped for a FIFO since the stat: never block on it
+            raise ValueError("not a regular file")
         data = f.read(MAX_TOKEN_FILE_BYTES + 1)
     if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise ValueError(f"larger than {MAX_TOKEN_FILE_BYTES} bytes")
+        raise ValueError(
+            f"larger than {MAX_TOKEN_FILE_BYTES // (1024 * 1024)} MiB "
+            f"({MAX_TOKEN_FILE_BYTES} bytes); split it or use the Http source"
+        )
     # surrogateescape: a non-UTF-8 line becomes one reported problem, not a failed file.
-    return (st.st_mtime_ns, st.st_size, st.st_ino), data.decode("utf-8", "surrogateescape")
+    text = data.decode("utf-8", "surrogateescape")
+    del data
+    table, problems = parse_token_file(text, path, keep=LOGGED_PROBLEMS)
+    return (st.st_mtime_ns, st.st_size, st.st_ino), table, problems
 
 
 @register_source
@@ -99,7 +109,8 @@ class File(TokenSource):
         return token
 
     def problems(self) -> list[str]:
-        """The ``path:line: problem`` messages of the lines skipped in the current file."""
+        """The ``path:line: problem`` messages of the first ``LOGGED_PROBLEMS`` lines skipped in
+        the current file, then ``path: and N more bad lines`` if there were more."""
         return list(self._problems)
 
     async def _current_table(self) -> TokenTable:
@@ -113,12 +124,11 @@ class File(TokenSource):
             if self._table is not None and version == self._version:
                 return self._table
             try:
-                version, text = await asyncio.to_thread(_read_token_file, self._path)
+                version, table, problems = await asyncio.to_thread(_load_token_file, self._path)
             except (OSError, ValueError) as exc:
                 raise TokenError(f"cannot read token file {self._path}: {describe(exc)}") from None
-            table, problems = parse_token_file(text, self._path)
-            for problem in problems:
-                logger.warning("%s (line skipped)", problem)
+            for problem in problems:  # at most LOGGED_PROBLEMS + 1 lines
+                logger.warning("%s (skipped)", problem)
             logger.info("token file %s loaded: %d entries", self._path, len(table))
             self._table, self._problems, self._version = table, problems, version
             return table

@@ -109,15 +109,30 @@ class Http(TokenSource):
             if not 200 <= status < 300:
                 hint = " (redirects are not followed)" if 300 <= status < 400 else ""
                 raise self._error(f"answered HTTP {status}{hint}")
+            self._refuse_encoding(status, resp.headers.get_list("content-encoding"))
             declared = resp.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_HTTP_BODY_BYTES:
                 raise self._error(f"HTTP {status} body of {declared} bytes exceeds 64 KiB")
             body = bytearray()
-            async for chunk in resp.aiter_bytes():
+            # aiter_raw: the bytes as they came (after chunked framing), never decompressed,
+            # so the cap counts what is really held.  aiter_bytes would inflate a whole
+            # compressed chunk in one call: 2.6 KB of gzip became 3.1 GiB before a check ran.
+            async for chunk in resp.aiter_raw():
                 body += chunk
                 if len(body) > MAX_HTTP_BODY_BYTES:
                     raise self._error(f"HTTP {status} body exceeds 64 KiB")
         return status, bytes(body)
+
+    def _refuse_encoding(self, status: int, encodings: list[str]) -> None:
+        """We asked for ``identity``: any other content coding is refused, not decoded."""
+        codings = [c.strip().lower() for value in encodings for c in value.split(",")]
+        unasked = [c for c in codings if c and c != "identity"]
+        if unasked:
+            raise self._error(
+                f"answered HTTP {status} with Content-Encoding {', '.join(unasked)} although "
+                "quictund asked for identity (uncompressed); turn compression off for this "
+                "endpoint in the token service"
+            )
 
     def _token_from(self, status: int, body: bytes) -> str:
         try:

@@ -10,6 +10,7 @@ whitespace separates the columns, ``#`` starts a comment, and a bad line is repo
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -134,24 +135,39 @@ def _parse_line(line: str) -> tuple[_Key, str] | None:
     return key, fields[1]
 
 
-def parse_token_file(text: str, origin: str) -> tuple[TokenTable, list[str]]:
+def parse_token_file(
+    text: str, origin: str, *, keep: int | None = None
+) -> tuple[TokenTable, list[str]]:
     """Parse quic-tun's ``IP token`` file format; never raises.
 
-    Returns the table and one ``"<origin>:<line>: <problem>"`` message per skipped line.
+    Returns the table and one ``"<origin>:<line>: <problem>"`` message per skipped line, or,
+    with ``keep``, the first ``keep`` of them and one ``"<origin>: and N more bad lines"``:
+    a file of two million bad lines must not become two million strings, nor log lines.
     """
     builder = _TableBuilder()
     problems: list[str] = []
-    # split("\n") rather than splitlines(): line numbers must agree with the operator's editor.
-    for lineno, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+    more = 0
+    # Lines end at "\n" only (not splitlines()): line numbers must agree with the operator's
+    # editor.  StringIO yields them one at a time: no list of millions of lines in memory.
+    lines = io.StringIO(text.removeprefix("\ufeff"), newline="\n")
+    for lineno, line in enumerate(lines, start=1):
         try:
             entry = _parse_line(line)
         except ValueError as exc:
-            problems.append(f"{origin}:{lineno}: {exc}")
-            continue
-        if entry is not None:
+            problem = f"{exc}"
+        else:
+            if entry is None:
+                continue
             first = builder.add(entry[0], entry[1], f"line {lineno}")
-            if first is not None:
-                problems.append(f"{origin}:{lineno}: duplicate entry for {entry[0]}; {first} wins")
+            if first is None:
+                continue
+            problem = f"duplicate entry for {entry[0]}; {first} wins"
+        if keep is not None and len(problems) >= keep:
+            more += 1
+        else:
+            problems.append(f"{origin}:{lineno}: {problem}")
+    if more:
+        problems.append(f"{origin}: and {more} more bad lines")
     return builder.build(), problems
 
 
