@@ -63,6 +63,7 @@ class Http(TokenSource):
         self._display = _display_url(url)
         self._timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
+        self._creating = asyncio.Lock()
 
     @classmethod
     def from_config(cls, arg: str | None, mapping: dict[str, str] | None, timeout_s: float) -> Http:
@@ -88,23 +89,29 @@ class Http(TokenSource):
         if client is not None:
             await client.aclose()
 
-    def _http_client(self) -> httpx.AsyncClient:
-        # Created on first use: construction may happen before an event loop runs.
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self._timeout_s),
-                follow_redirects=False,
-                trust_env=False,  # no HTTP(S)_PROXY/ALL_PROXY, no .netrc
-                headers={
-                    "User-Agent": f"quictund/{__version__}",
-                    "Accept": "application/json",
-                    "Accept-Encoding": "identity",  # keeps the 64 KiB cap meaningful
-                },
-            )
+    async def _http_client(self) -> httpx.AsyncClient:
+        # Created on first use (construction may happen before an event loop runs), in a
+        # thread: building its SSL context loads the CA bundle, 200 ms the loop cannot spare.
+        async with self._creating:
+            if self._client is None:
+                self._client = await asyncio.to_thread(self._new_client)
         return self._client
 
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self._timeout_s),
+            follow_redirects=False,
+            trust_env=False,  # no HTTP(S)_PROXY/ALL_PROXY, no .netrc
+            headers={
+                "User-Agent": f"quictund/{__version__}",
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",  # anything else is refused: see _get
+            },
+        )
+
     async def _get(self, url: str) -> tuple[int, bytes]:
-        async with self._http_client().stream("GET", url) as resp:
+        client = await self._http_client()
+        async with client.stream("GET", url) as resp:
             status = resp.status_code
             if not 200 <= status < 300:
                 hint = " (redirects are not followed)" if 300 <= status < 400 else ""

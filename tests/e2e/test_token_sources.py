@@ -73,7 +73,10 @@ class Daemon:
 
 
 class Pinger:
-    """An honest tunnel echoing 64 bytes every 10 ms; keeps the worst round trip."""
+    """An honest tunnel echoing 64 bytes every 10 ms; keeps the worst round trip.
+
+    The bound asserted on it (1 s) is loose on purpose: the shared test machine alone shows
+    50 ms stalls, the failures it catches are 8.7 s (Http) and 26 s (File)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -200,7 +203,7 @@ async def test_http_compression_bomb_fails_one_connection(
             before = daemon.peak_rss_mib()
             pinger.reset()
             assert await victim_refused(short_tmp) == b""
-            line = await daemon.wait_log("Content-Encoding")
+            line = await daemon.wait_log("no token")
             await asyncio.sleep(0.3)
             worst, pings = pinger.worst, pinger.count
         grown = daemon.peak_rss_mib() - before
@@ -208,9 +211,10 @@ async def test_http_compression_bomb_fails_one_connection(
         await daemon.stop()
         http.close()
     assert bomb.requests and b"accept-encoding: identity" in bomb.requests[0].lower()
-    assert "asked for identity" in json.dumps(line) and "no token" in json.dumps(line), line
+    print(f"{layers}x gzip: peak RSS +{grown:.1f} MiB, worst echo {worst * 1000:.0f} ms")
     assert grown < 16, f"peak RSS grew by {grown:.0f} MiB"
-    assert pings >= 10 and worst < 0.5, (pings, worst)
+    assert pings >= 10 and worst < 1.0, (pings, worst)  # before the fix: 8.7 s
+    assert "Content-Encoding gzip" in json.dumps(line) and "asked for identity" in json.dumps(line)
 
 
 def _gzip(data: bytes) -> bytes:
@@ -242,8 +246,9 @@ async def test_file_of_16_mib_bad_lines_never_stalls_the_loop(
     finally:
         await daemon.stop()
     about_file = [e for e in daemon.log if str(path) in json.dumps(e)]
+    print(f"16 MiB bad lines x2: {len(about_file)} log lines, worst echo {worst * 1000:.0f} ms")
     loads = [e for e in about_file if "loaded" in e["msg"]]
     assert len(loads) == 2, about_file[-3:]
     assert len(about_file) <= 2 * (5 + 1 + 1) + 2  # per read: 5 lines, 1 summary, "loaded"
     assert any("more bad lines" in e["msg"] for e in about_file)
-    assert pings >= 20 and worst < 0.25, (pings, worst)
+    assert pings >= 20 and worst < 1.0, (pings, worst)  # before the fix: 26 s
