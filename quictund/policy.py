@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import posixpath
 from collections.abc import Container
 from dataclasses import dataclass
@@ -114,9 +115,7 @@ class Policy:
         if self.open:
             return True
         if dest.is_unix:
-            return any(
-                r.network == "unix" and _path_matches(dest.path, r.path_glob) for r in self.rules
-            )
+            return self.unix_target(dest) is not None
         if not addresses:
             return False
         name = dest.host.lower().rstrip(".")
@@ -125,6 +124,24 @@ class Policy:
             return True  # the name itself is listed: whatever it resolves to was meant
         wildcard = any(r.name == "*" for r in tcp)
         return all(_address_allowed(a, tcp, wildcard, self.own) for a in addresses)
+
+    def unix_target(self, dest: StreamAddress) -> str | None:
+        """The path to connect to for ``dest`` (symlinks resolved), or None if it is denied.
+
+        Both the path the token names and the path it resolves to must match a ``unix:`` rule,
+        so a symlink inside an allowed directory cannot lead outside it.  A rule's directories
+        are resolved too (``/var/run/*`` still allows ``/run/x.sock`` where ``/var/run`` links
+        to ``/run``); its last component never is.  Connect to the returned path with
+        ``unixdest.connect_unix``, which refuses it if it changed since (TOCTOU).
+        """
+        real = os.path.realpath(dest.path)
+        if self.open:
+            return real
+        globs = [r.path_glob for r in self.rules if r.network == "unix"]
+        if not any(_path_matches(dest.path, g) for g in globs):
+            return None
+        resolved = {_resolve_directories(g) for g in globs}
+        return real if any(_path_matches(real, g) for g in resolved | set(globs)) else None
 
 
 # Loopback, link-local (cloud metadata at 169.254.169.254) and "this host": reachable only
@@ -153,6 +170,18 @@ def _address_allowed(
         and addr in r.net
         for r in rules
     )
+
+
+def _resolve_directories(glob: str) -> str:
+    """``glob`` with its literal leading directories resolved (never its last component)."""
+    parts = glob.split("/")
+    literal = 1
+    while literal < len(parts) - 1 and not any(c in parts[literal] for c in "*?["):
+        literal += 1
+    if literal == 1:
+        return glob
+    head = os.path.realpath("/".join(parts[:literal]))
+    return "/".join([head.rstrip("/"), *parts[literal:]])
 
 
 def _path_matches(path: str, glob: str) -> bool:

@@ -30,6 +30,7 @@ from quictund.quic.udp import UdpSocket, open_udp
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
 from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.unixdest import connect_unix
 from quictund.wire import Ack, BadToken, ErrorCode, TokenDecoder
 
 logger = logging.getLogger(__name__)
@@ -339,8 +340,8 @@ class ServerHandshake:
                     )
                     return
                 loop = asyncio.get_running_loop()
-                if dest.is_unix:
-                    await loop.create_unix_connection(lambda: splice, dest.path)
+                if dest.is_unix:  # the resolved path the policy checked, as it was checked
+                    await connect_unix(loop, lambda: splice, target[0])
                 else:
                     await loop.create_connection(lambda: splice, target[0], target[1])
         except TimeoutError:
@@ -375,7 +376,8 @@ class ServerHandshake:
     async def _resolve_and_check(self, dest: StreamAddress) -> tuple[str, int] | None:
         """Resolve once, check every address, return one checked address to connect to."""
         if dest.is_unix:
-            return ("", 0) if self._policy().allows(dest, []) else None
+            real = self._policy().unix_target(dest)  # symlinks resolved, then checked
+            return None if real is None else (real, 0)
         family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
             dest.network, socket.AF_UNSPEC
         )
