@@ -584,3 +584,36 @@ def test_cleartext_plain_fuzz(token: str) -> None:
 @given(st.one_of(st.text(), _address_like, _address_like.map(b64), st.binary().map(b64)))
 def test_cleartext_base64_fuzz(token: str) -> None:
     _parse_or_reject(Cleartext("base64"), token)
+
+
+# --------------------------------------------------------------- hostile files and answers
+
+
+def test_token_file_problems_are_bounded_with_a_summary() -> None:
+    _, problems = parse_token_file("x\n" * 1000 + "10.0.0.1 tok\n", "f", keep=5)
+    assert problems[:5] == [
+        f"f:{n}: no token column (expected 'IP-or-CIDR token')" for n in range(1, 6)
+    ]
+    assert problems[5:] == ["f: and 995 more bad lines"]
+
+
+async def test_token_file_over_the_cap_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+    path.write_bytes(b"#" * (16 * 1024 * 1024 + 1))
+    with pytest.raises(TokenError, match=rf"^cannot read token file {path}: larger than 16 MiB"):
+        await File(str(path)).fetch("10.0.0.1:1")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "gzip, gzip", "identity, gzip"])
+async def test_http_refuses_content_codings_it_did_not_ask_for(
+    http_server: TinyHttp, encoding: str
+) -> None:
+    http_server.extra_headers = [f"Content-Encoding: {encoding}"]
+    with pytest.raises(TokenError, match="asked for identity"):
+        await http_fetch(http_server.url())
+    assert b"accept-encoding: identity" in http_server.requests[0].lower()
+
+
+async def test_http_identity_coding_is_accepted(http_server: TinyHttp) -> None:
+    http_server.extra_headers = ["Content-Encoding: identity"]
+    assert await http_fetch(http_server.url()) == "tcp:127.0.0.1:22"
