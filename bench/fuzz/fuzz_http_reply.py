@@ -1,4 +1,4 @@
-"""Http token source replies: any body gives a token or a one-line TokenError (sources.py)."""
+"""Http token source replies: any body gives a token or a one-line TokenError (http_source.py)."""
 
 from __future__ import annotations
 
