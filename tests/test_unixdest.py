@@ -7,9 +7,11 @@ import asyncio
 import errno
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from quictund.addresses import StreamAddress
 from quictund.policy import Policy
@@ -54,7 +56,34 @@ def test_a_rule_through_a_linked_directory_still_matches(tree: Path) -> None:
     assert target(rules, tree / "alias" / "link.sock") is None
 
 
-async def test_connect_reaches_the_checked_socket(tree: Path) -> None:
+LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop])
+
+
+def run(loop_factory: Callable[[], asyncio.AbstractEventLoop], coro: Awaitable[None]) -> None:
+    """Both event loops: the daemon runs uvloop, whose UNIX connect is its own code."""
+
+    async def main() -> None:
+        await coro
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+@LOOPS
+def test_connect_reaches_the_checked_socket(
+    tree: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    run(loop_factory, _reaches(tree))
+
+
+@LOOPS
+def test_a_socket_swapped_for_a_symlink_after_the_check_is_refused(
+    tree: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    run(loop_factory, _swapped(tree))
+
+
+async def _reaches(tree: Path) -> None:
     server = listening(tree / "allowed" / "app.sock")
     loop = asyncio.get_running_loop()
     transport, _ = await connect_unix(loop, asyncio.Protocol, str(tree / "allowed" / "app.sock"))
@@ -64,7 +93,7 @@ async def test_connect_reaches_the_checked_socket(tree: Path) -> None:
     server.close()
 
 
-async def test_a_socket_swapped_for_a_symlink_after_the_check_is_refused(tree: Path) -> None:
+async def _swapped(tree: Path) -> None:
     secret = listening(tree / "outside" / "secret.sock")
     inside = listening(tree / "allowed" / "app.sock")
     checked = target([f"unix:{tree}/allowed/*"], tree / "allowed" / "app.sock")
