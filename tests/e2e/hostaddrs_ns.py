@@ -1,14 +1,17 @@
 """Issue 13 section 4: the host's own addresses are checked as they are when a tunnel connects.
 
-``test_hostaddrs_ns.py`` runs this module under ``unshare --net``.  In that private namespace
-a server starts with ``allow = tcp:0.0.0.0/0:*, tcp:[::/0]:*`` and a "local" service listens on
-``0.0.0.0`` / ``::``.  Only *then* is an address added to an interface (``hostpol-a``, one end of
-a veth pair whose other end, ``hostpol-b``, sits in a second namespace ``peer``):
+``test_hostaddrs_ns.py`` runs this module under ``unshare --net --mount``.  In that private
+namespace a server starts with ``allow = tcp:0.0.0.0/0:*, tcp:[::/0]:*`` and a "local" service
+listens on ``0.0.0.0`` / ``::``.  Only *then* is an address added to an interface
+(``hostpol-a``, one end of a veth pair whose other end, ``hostpol-b``, later moves to a second
+namespace):
 
 1. the tunnel to the new address (IPv4 and IPv6) must be refused, the local service untouched;
 2. the address moves to ``peer`` (removed here), where another service answers "remote": the
    tunnel to it must now be allowed and reach that service;
-3. in-process, ``HostAddresses`` sees an address added or removed by ``ip`` in the very next
+3. the host name comes to resolve to another address (``/etc/hosts``, bind-mounted): once a
+   reload (SIGHUP) resolved it again, a tunnel to it is denied;
+4. in-process, ``HostAddresses`` sees an address added or removed by ``ip`` in the very next
    check, 50 times in a row (the netlink queue is drained at check time: it cannot be outrun).
 
 Prints one JSON object with what it saw and the server's log.
@@ -35,7 +38,7 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived
 from quictund.hostaddrs import HostAddresses
 
 PORT, UDP = 7001, 7500
-NEW4, NEW6, MINE4 = "10.77.0.1", "fd00:77::1", "10.77.0.2"
+NEW4, NEW6, MINE4, NAMED = "10.77.0.1", "fd00:77::1", "10.77.0.2", "10.88.0.1"
 ENGINE = os.environ.get("QUICTUND_TEST_ENGINE", "")
 PEER_SERVICE = f"""
 import socket
@@ -170,6 +173,8 @@ async def moved_away(peer: Peer, services: list[Service]) -> dict[str, object]:
 
 async def main(tmp: Path) -> dict[str, object]:
     ip("link", "set", "lo", "up")
+    (tmp / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+    subprocess.run(["mount", "--bind", str(tmp / "hosts"), "/etc/hosts"], check=True)  # noqa: ASYNC221
     ip("link", "add", "hostpol-a", "type", "veth", "peer", "name", "hostpol-b")
     ip("link", "set", "hostpol-a", "up")
     services = [Service(socket.AF_INET, "0.0.0.0"), Service(socket.AF_INET6, "::")]
@@ -194,12 +199,34 @@ async def main(tmp: Path) -> dict[str, object]:
         out["selfcheck"] = sum(s.count for s in services) - before
         # The address moves to another host (namespace "peer"): no longer this host's.
         out["moved"] = await moved_away(peer, services)
+        out["named"] = await named_after_reload(peer, server, log, tmp)
     server.terminate()
     assert server.stderr is not None
     rest = await server.stderr.read()
     await server.wait()
     out["log"] = log + [_entry(x) for x in rest.decode().splitlines()]
     return out
+
+
+async def named_after_reload(
+    peer: Peer, server: asyncio.subprocess.Process, log: list[dict[str, object]], tmp: Path
+) -> list[bool]:
+    """The host name comes to resolve to NAMED: denied once a reload resolved it again."""
+    denied = []
+    hosts = tmp / "hosts"
+    assert server.stderr is not None
+    for step in ("before", "after"):
+        if step == "after":
+            with hosts.open("a") as f:  # in place: the bind mount shows the same inode
+                f.write(f"{NAMED} {socket.gethostname()}\n")
+            server.send_signal(signal.SIGHUP)
+            while "reloaded" not in str(log[-1].get("msg", "")):
+                log.append(_entry((await server.stderr.readline()).decode()))
+        await peer.tunnel(f"tcp:{NAMED}:{PORT}")
+        while not (log[-1].get("msg") == "tunnel failed" and NAMED in str(log[-1])):
+            log.append(_entry((await server.stderr.readline()).decode()))
+        denied.append("not allowed by policy" in str(log[-1].get("reason", "")))
+    return denied
 
 
 def _entry(line: str) -> dict[str, object]:
