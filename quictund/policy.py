@@ -1,4 +1,7 @@
-"""Destination policy: which addresses a server endpoint may connect to (pure).
+"""Destination policy: which addresses a server endpoint may connect to.
+
+Pure but for two facts read live, because a snapshot of them goes stale: this host's own
+addresses (``own``, see ``hostaddrs.py``) and where a ``unix:`` path's symlinks lead.
 
 An entry is ``*`` (anything: quic-tun's open-proxy behaviour) or ``tcp:HOST:PORTS`` /
 ``unix:PATH``:
@@ -8,7 +11,8 @@ An entry is ``*`` (anything: quic-tun's open-proxy behaviour) or ``tcp:HOST:PORT
 * PORTS is a port, a range ``8000-8100``, or ``*``.
 * PATH is an exact path or a glob (``/run/postgresql/*``), matched one path component at a
   time: ``*`` never matches ``/``, and a token path that is not normalised (``..``, ``//``)
-  never matches anything.
+  never matches anything.  The path with its symlinks resolved must match too
+  (``unix_target``), so a link in an allowed directory cannot lead out of it.
 
 The server resolves a name once, checks **every** address it resolved against IP/CIDR entries,
 and connects to a checked address (so DNS cannot change the answer between check and
