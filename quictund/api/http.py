@@ -361,8 +361,10 @@ async def start_tcp(
     *,
     allow_any: bool = False,
     limits: Limits | None = None,
+    what: str = "api",
 ) -> ApiServer:
-    """Serve ``app`` on TCP ``host:port`` (``[api] listen-on`` / ``--httpd-listen-on``).
+    """Serve ``app`` on TCP ``host:port`` (``[api] listen-on`` / ``--httpd-listen-on``, or
+    ``what="metrics"`` for ``[metrics] listen-on``, which names it in messages).
 
     The API has no authentication, so binding every address (``0.0.0.0``, ``::`` or an empty
     host) is refused with :class:`ConfigError` unless ``allow_any=True``.
@@ -378,8 +380,8 @@ async def start_tcp(
             api._on_connect, host or None, port, reuse_address=True, limit=_READ_CHUNK * 4
         )
     except OSError as exc:
-        raise ConfigError(f"api listen-on {host}:{port}: {os_reason(exc)}") from None
-    logger.info("API listening on tcp:%s", api.address)
+        raise ConfigError(f"{what} listen-on {host}:{port}: {os_reason(exc)}") from None
+    logger.info("%s listening on tcp:%s", "API" if what == "api" else what, api.address)
     return api
 
 
