@@ -1,8 +1,8 @@
 """TOML listener definitions: find the files, validate them, report every problem in one line.
 
-A file holds any of ``[log]``, ``[api]``, ``[daemon]``, ``[metrics]`` and any number of ``[[client]]`` and
-``[[server]]`` tables whose keys are quic-tun's flag names.  Problems come back as lines a
-person can act on, naming the file and the field::
+A file holds any of ``[log]``, ``[api]``, ``[daemon]``, ``[metrics]`` and any number of
+``[[client]]`` and ``[[server]]`` tables whose keys are quic-tun's flag names.  Problems come
+back as lines a person can act on, naming the file and the field::
 
     client.toml: client[1].listen-on: not a tcp:/unix: address (got '6500')
 

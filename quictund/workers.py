@@ -353,5 +353,3 @@ class _Fixed:
 
     def collect(self) -> list[Metric]:
         return self.metrics
-
-

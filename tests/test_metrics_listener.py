@@ -147,15 +147,21 @@ def test_config_section(tmp_path: Path) -> None:
         ('[metrics]\nlisten = "x"\n', "m.toml: metrics.listen: unknown key (got 'x')"),
         (
             '[metrics]\nlisten-on = "127.0.0.1:9417"\n[api]\nlisten-on = "127.0.0.1:9417"\n',
-            "m.toml: metrics.listen-on: 127.0.0.1:9417 is also the [api] listen-on; "
-            "pick another port",
+            (
+                "m.toml: metrics.listen-on: 127.0.0.1:9417 is also the [api] listen-on; "
+                "pick another port"
+            ),
         ),
         (
-            '[metrics]\nlisten-on = "127.0.0.1:9417"\n[[client]]\nname = "c"\n'
-            'listen-on = "tcp:127.0.0.1:9417"\nserver-endpoint = "127.0.0.1:7500"\n'
-            'server-fingerprint = "sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="\n',
-            "m.toml: metrics.listen-on: 127.0.0.1:9417 is also the client 'c' listen-on; "
-            "pick another port",
+            (
+                '[metrics]\nlisten-on = "127.0.0.1:9417"\n[[client]]\nname = "c"\n'
+                'listen-on = "tcp:127.0.0.1:9417"\nserver-endpoint = "127.0.0.1:7500"\n'
+                'server-fingerprint = "sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="\n'
+            ),
+            (
+                "m.toml: metrics.listen-on: 127.0.0.1:9417 is also the client 'c' listen-on; "
+                "pick another port"
+            ),
         ),
     ],
 )
