@@ -188,13 +188,15 @@ def _metrics_clashes(config: Config, where: str) -> list[str]:
     mine = parse_host_port(config.metrics.listen_on, allow_port_zero=True)
     if mine.port == 0:
         return []
-    taken = {f"client '{c.name}' listen-on": c.listen_on for c in config.clients}
+    taken = [(f"client '{c.name}' listen-on", c.listen_on.host, c.listen_on.port)
+             for c in config.clients if not c.listen_on.is_unix]  # fmt: skip
     if config.api.listen_on:
-        taken["[api] listen-on"] = parse_host_port(config.api.listen_on)
+        api = parse_host_port(config.api.listen_on)
+        taken.append(("[api] listen-on", api.host, api.port))
     return [
         f"{where}: metrics.listen-on: {mine} is also the {what}; pick another port"
-        for what, other in taken.items()
-        if getattr(other, "port", None) == mine.port and getattr(other, "host", None) == mine.host
+        for what, host, port in taken
+        if (host, port) == (mine.host, mine.port)
     ]
 
 
