@@ -96,7 +96,7 @@ class Daemon:
         self.metrics = Metrics()
         self.table = TunnelTable(self.metrics)
         self.metrics.add_state(
-            self.table.active_by_listener,
+            lambda: dict.fromkeys(self.endpoints, 0) | self.table.active_by_listener(),
             lambda: {c.settings.name: c.connector.reconnects for c in self.clients},
             lambda: {
                 (srv.settings.name, str(limit)): count
