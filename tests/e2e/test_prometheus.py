@@ -193,7 +193,10 @@ async def traffic(address: str, tunnels: int) -> None:
 async def refused(address: str) -> None:
     reader, writer = await connect(address)
     writer.write(b"nope")
-    assert await asyncio.wait_for(reader.read(), 15) == b""  # the server refused it
+    try:  # the server refused it: the app connection is closed or reset, never echoed
+        assert await asyncio.wait_for(reader.read(), 15) == b""
+    except ConnectionResetError:
+        pass
     writer.close()
 
 
