@@ -40,7 +40,8 @@ from http import HTTPStatus
 import h11
 
 from quictund.api.app import App, Request, Response, error_response
-from quictund.api.slots import SlotPolicy, Slots, peer_of
+from quictund.api.peers import peer_of
+from quictund.api.slots import SlotPolicy, Slots
 from quictund.errors import ConfigError, os_reason
 from quictund.unixsock import remove_stale
 

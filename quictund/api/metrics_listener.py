@@ -11,8 +11,8 @@ authentication.  So this listener serves two read-only paths and nothing else:
 3. Any other method on those paths gets 405 with ``Allow: GET, HEAD``; any other path gets
    404, including the API's ``/tunnels`` and ``/listeners``.
 4. It runs on the API's bounded HTTP server (``http.py``: head and cycle deadlines, sizes, 64
-   connections shared per source address), so a scraper that misbehaves costs what an API
-   client can, no more.
+   connections shared per local UID or remote address, ``slots.py``), so a scraper that
+   misbehaves costs what an API client can, and a local user cannot starve Prometheus.
 5. Listening on a wildcard or non-loopback address works, with a WARNING: anyone who can reach
    it can read tunnel counts and listener names.  Bind 127.0.0.1 (the documented default
    ``127.0.0.1:9417``) or firewall the port.

@@ -5,9 +5,9 @@ slowly, or just by connecting), and everyone else -- including ``quictund reload
 waits on ``/healthz`` -- would be refused for as long as that went on.  So slots are counted
 per *peer*:
 
-1. A peer is the UID of the process at the other end of a UNIX socket (``SO_PEERCRED``, which
-   the kernel fills in at ``connect()``: it cannot be forged), or the source IP address of a
-   TCP connection (TCP carries no credentials; every local TCP client shares ``127.0.0.1``).
+1. A peer is a UID wherever the kernel can tell which user connected (``peers.py``: the other
+   end of a UNIX socket, and of a TCP connection from this host), else the source address of
+   a TCP connection from another host.
 2. An unprivileged peer may hold at most ``per_peer`` connections at once, and all
    unprivileged peers together at most ``total - reserved``.
 3. Privileged peers -- root and the daemon's own UID, i.e. the admin and ``quictund reload``
@@ -25,14 +25,10 @@ How long a connection may hold its slot is bounded by ``http.py`` (the request h
 from __future__ import annotations
 
 import os
-import socket
-import struct
 from collections import Counter
 from dataclasses import dataclass
 
-Peer = tuple[str, int | str]  # ("uid", 1000), ("ip", "127.0.0.1") or ("unknown", "")
-
-_UCRED = struct.Struct("3i")
+from quictund.api.peers import Peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,25 +43,6 @@ class SlotPolicy:
 def privileged_uids() -> frozenset[int]:
     """Root and the UID this daemon runs as."""
     return frozenset({0, os.geteuid()})
-
-
-def peer_of(sock: object) -> Peer:
-    """Who is at the other end of an accepted socket (rule 1).
-
-    ``sock`` is what ``transport.get_extra_info("socket")`` returns (a ``TransportSocket`` on
-    asyncio, a ``PseudoSocket`` on uvloop); both answer ``getsockopt`` and ``getpeername``.
-    """
-    family = getattr(sock, "family", None)
-    try:
-        if family == socket.AF_UNIX:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)  # type: ignore[attr-defined]
-            _pid, uid, _gid = _UCRED.unpack(raw)
-            return ("uid", uid)
-        if family in (socket.AF_INET, socket.AF_INET6):
-            return ("ip", str(sock.getpeername()[0]))  # type: ignore[attr-defined]
-    except (OSError, AttributeError, struct.error):
-        pass
-    return ("unknown", "")
 
 
 class Slots:

@@ -3,14 +3,16 @@
 Stdlib only, so the tests can run it with Debian's ``/usr/bin/python3`` as another UID (the
 test's own interpreter may live where an unprivileged user cannot execute it).
 
-``attack PATH N``: keep N connections open to the UNIX socket PATH, each sending a request
+``attack TARGET N``: keep N connections open to TARGET (a UNIX socket path, or
+``tcp:HOST:PORT``), each sending a request
 head one byte every 0.2 s and never finishing it; whenever the server closes one (a 503 for
 being over the share, or the head deadline), connect again at once -- the slowloris that
 repeats.  Every 0.25 s it prints one JSON line: connections held (not refused) right now,
 how many were refused with 503, and for connections the server cut off after being served
 for a while, their status and how long they lasted.
 
-``probe PATH``: one ``GET /healthz``; prints ``{"status": ..., "seconds": ...}``.
+``probe TARGET [PATH]``: one ``GET PATH`` (default ``/healthz``); prints
+``{"status": ..., "seconds": ...}``.
 """
 
 from __future__ import annotations
@@ -32,10 +34,27 @@ class Stats:
         self.cut: list[tuple[str, float]] = []  # (status or "eof", seconds held)
 
 
+async def open_connection(target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if target.startswith("tcp:"):
+        host, _, port = target[4:].rpartition(":")
+        return await asyncio.open_connection(host, int(port))
+    return await asyncio.open_unix_connection(target)
+
+
+def connect_blocking(target: str) -> socket.socket:
+    if target.startswith("tcp:"):
+        host, _, port = target[4:].rpartition(":")
+        return socket.create_connection((host, int(port)), timeout=30)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(target)
+    return sock
+
+
 async def one(path: str, stats: Stats) -> None:
     while True:
         try:
-            reader, writer = await asyncio.open_unix_connection(path)
+            reader, writer = await open_connection(path)
         except OSError:
             await asyncio.sleep(0.05)
             continue
@@ -80,12 +99,10 @@ async def attack(path: str, count: int) -> None:
             task.cancel()
 
 
-def probe(path: str) -> None:
+def probe(target: str, path: str) -> None:
     started = time.monotonic()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
-        sock.connect(path)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with connect_blocking(target) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
@@ -97,4 +114,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "attack":
         asyncio.run(attack(sys.argv[2], int(sys.argv[3])))
     else:
-        probe(sys.argv[2])
+        probe(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "/healthz")
