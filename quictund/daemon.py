@@ -37,7 +37,7 @@ from quictund._tasks import first_of, spawn
 from quictund.addresses import parse_host_port
 from quictund.api.app import Router
 from quictund.api.http import ApiServer, start_tcp, start_unix
-from quictund.api.metrics_listener import start_metrics
+from quictund.api.metrics_listener import exposure_warning, start_metrics
 from quictund.api.provider import DaemonApi
 from quictund.build import Builder, Built, Endpoint
 from quictund.client_endpoint import ClientEndpoint
@@ -129,6 +129,8 @@ class Daemon:
         built = self.build(config)
         for warning in built.warnings:
             logger.warning("%s", warning)
+        if dry_run and (exposed := exposure_warning(config.metrics.listen_on)):
+            logger.warning("%s", exposed)  # `check` says it too; a real start says it on bind
         self.config = config
         self.endpoints: dict[str, Endpoint] = built.endpoints
         self._draining: set[Endpoint] = set()

@@ -269,7 +269,8 @@ class Supervisor:
             host, _, port = api.listen_on.rpartition(":")
             self._api.append(await start_tcp(host.strip("[]"), int(port), _Proxy(self)))
         if self.config.metrics.listen_on:  # read-only: the workers' metrics, merged
-            self._api.append(await start_metrics(self.config.metrics.listen_on, _Proxy(self)))
+            listen_on = self.config.metrics.listen_on  # its WARNING came from the pre-check
+            self._api.append(await start_metrics(listen_on, _Proxy(self), warn=False))
 
 
 class _Proxy:

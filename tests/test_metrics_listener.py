@@ -184,3 +184,24 @@ def test_quictund_check_reports_the_line(tmp_path: Path) -> None:
     assert done.stderr.strip() == (
         "m.toml: metrics.listen-on: not a host:port address (got 'localhost')"
     )
+
+
+def test_quictund_check_warns_about_an_exposed_listener(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text('[metrics]\nlisten-on = "0.0.0.0:9417"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "quictund", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[metrics] listen-on 0.0.0.0:9417 is not a loopback address" in done.stderr
+    path.write_text('[metrics]\nlisten-on = "127.0.0.1:9417"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "quictund", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")

@@ -75,8 +75,21 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-async def start_metrics(listen_on: str, inner: App, limits: Limits | None = None) -> ApiServer:
-    """Serve :class:`ReadOnly` over ``inner`` on TCP ``listen_on`` (rule 5: WARNING if exposed).
+def exposure_warning(listen_on: str | None) -> str | None:
+    """Rule 5's WARNING for ``[metrics] listen-on``, or ``None`` (also shown by ``check``)."""
+    if listen_on is None or is_loopback(parse_host_port(listen_on, allow_port_zero=True).host):
+        return None
+    return (
+        f"[metrics] listen-on {listen_on} is not a loopback address: anyone who can reach it "
+        "can read the metrics (tunnel counts, listener names); bind 127.0.0.1 or firewall it"
+    )
+
+
+async def start_metrics(
+    listen_on: str, inner: App, limits: Limits | None = None, *, warn: bool = True
+) -> ApiServer:
+    """Serve :class:`ReadOnly` over ``inner`` on TCP ``listen_on`` (rule 5: WARNING if exposed,
+    unless ``warn=False``: the workers' supervisor has said it already, in its check).
 
     Raises ``ConfigError`` (one line) if the address cannot be bound.
     """
@@ -84,10 +97,7 @@ async def start_metrics(listen_on: str, inner: App, limits: Limits | None = None
     server = await start_tcp(
         hp.host, hp.port, ReadOnly(inner), allow_any=True, limits=limits, what="metrics"
     )
-    if not is_loopback(hp.host):
-        logger.warning(
-            "[metrics] listen-on %s is not a loopback address: anyone who can reach it can "
-            "read the metrics (tunnel counts, listener names); bind 127.0.0.1 or firewall it",
-            listen_on,
-        )
+    warning = exposure_warning(listen_on) if warn else None
+    if warning:
+        logger.warning("%s", warning)
     return server
