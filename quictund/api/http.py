@@ -143,18 +143,20 @@ class ApiServer:
 
 
 def _refuse(writer: asyncio.StreamWriter, why: str) -> None:
-    conn = h11.Connection(h11.SERVER)
-    resp = error_response(503, why)
+    writer.write(_closing_error(h11.Connection(h11.SERVER), 503, why))
+    writer.close()
+
+
+def _closing_error(conn: h11.Connection, status: int, message: str) -> bytes:
+    """An error response with ``Connection: close``, framed by ``conn``."""
+    body = error_response(status, message).body
     headers = [
         ("Content-Type", "application/json"),
-        ("Content-Length", str(len(resp.body))),
+        ("Content-Length", str(len(body))),
         ("Connection", "close"),
     ]
-    writer.write(
-        conn.send(h11.Response(status_code=503, headers=headers, reason=_reason(503))) or b""
-    )
-    writer.write(conn.send(h11.Data(data=resp.body)) or b"")
-    writer.close()
+    head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+    return (conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b"")
 
 
 class _Connection:
@@ -288,21 +290,8 @@ class _Connection:
     def _timed_out(self) -> None:
         """Rule 2: 408 to a client that was mid-request, then the caller disconnects it."""
         if self._got_bytes and self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            resp = error_response(408, "request not received in time")
-            headers = [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(resp.body))),
-                ("Connection", "close"),
-            ]
             with contextlib.suppress(h11.LocalProtocolError):
-                data = (
-                    self._conn.send(
-                        h11.Response(status_code=408, headers=headers, reason=_reason(408))
-                    )
-                    or b""
-                )
-                data += self._conn.send(h11.Data(data=resp.body)) or b""
-                self._writer.write(data)
+                self._writer.write(_closing_error(self._conn, 408, "request not received in time"))
         logger.debug("API client too slow; disconnecting")
 
 
