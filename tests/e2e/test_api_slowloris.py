@@ -141,9 +141,9 @@ async def test_one_uid_slowloris_cannot_starve_others(daemon_api: Path) -> None:
         await wait_for(lambda: len(attacker.last["cut"]) >= 8, 15)  # type: ignore[arg-type]
         cut = attacker.last["cut"]
         assert isinstance(cut, list)
-        # 408, or a reset that beat it (the client was writing its next byte as we closed)
-        statuses = {status for status, _ in cut}
-        assert "408" in statuses and statuses <= {"408", "eof"}, cut
+        # 408 (checked exactly in-process below), or a reset this client saw instead: it keeps
+        # writing, and a write racing our close makes asyncio drop what it had not yet read.
+        assert {status for status, _ in cut} <= {"408", "eof"}, cut
         held_for = [float(seconds) for _, seconds in cut]
         assert 4.5 <= min(held_for) and max(held_for) < 7.0, held_for
         assert attacker.max_held == 8  # never more than its share
