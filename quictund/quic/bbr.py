@@ -255,8 +255,7 @@ class Bbr:
         """Loss guard: judge the round that just ended."""
         lost, total = self._round_lost, self._round_lost + self._round_delivered
         congested = (
-            self._round_lost_packets >= LOSS_MIN_PACKETS
-            and total > 0
+            self._round_lost_packets >= LOSS_MIN_PACKETS and total > 0
             and lost / total > LOSS_THRESHOLD
         )
         self._round_lost = self._round_delivered = self._round_lost_packets = 0
@@ -328,7 +327,9 @@ class Bbr:
         full_length = now - self._cycle_stamp > self.min_rtt
         gain = self.pacing_gain
         if gain > 1:
-            done = full_length and (self._lost_in_cycle or bytes_in_flight >= self.bdp(gain))
+            done = full_length and (
+                self._lost_in_cycle or bytes_in_flight >= self.bdp(gain)
+            )
         elif gain < 1:
             done = full_length or bytes_in_flight <= self.bdp()
         else:

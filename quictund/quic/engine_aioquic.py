@@ -393,7 +393,9 @@ class AioquicConnection(QuicConnection):
                     break
         finally:
             self._streams = every
-            self._streams_queue = [s for s in queue[pos:] + waited + sent if self._stays_queued(s)]
+            self._streams_queue = [
+                s for s in queue[pos:] + waited + sent if self._stays_queued(s)
+            ]
 
     # ---- private ------------------------------------------------------------------------
 

@@ -287,7 +287,9 @@ class Qh3Connection(QuicConnection):
             elif kind == "stream_reset":
                 out.append(events.StreamReset(error_code=native[2], stream_id=native[1]))
             elif kind == "stop_sending":
-                out.append(events.StopSendingReceived(error_code=native[2], stream_id=native[1]))
+                out.append(
+                    events.StopSendingReceived(error_code=native[2], stream_id=native[1])
+                )
             else:
                 if kind == "stream_finished":
                     self._live.discard(native[1])
@@ -451,9 +453,8 @@ def _push_certificate_request_and_certificate(buf: QBuffer, certificate: Any) ->
     buf.push_uint8(qtls.HandshakeType.CERTIFICATE_REQUEST)
     with qtls.push_block(buf, 3):
         qtls.push_opaque(buf, 1, b"")
-        with (
-            qtls.push_block(buf, 2),
-            qtls.push_extension(buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS),
+        with qtls.push_block(buf, 2), qtls.push_extension(
+            buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS
         ):
             qtls.push_list(buf, 2, buf.push_uint16, _SIG_ALGS)
     qtls.push_certificate(buf, certificate)
