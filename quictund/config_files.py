@@ -1,8 +1,8 @@
 """TOML listener definitions: find the files, validate them, report every problem in one line.
 
-A file holds any of ``[log]``, ``[api]``, ``[daemon]`` and any number of ``[[client]]`` and
-``[[server]]`` tables whose keys are quic-tun's flag names.  Problems come back as lines a
-person can act on, naming the file and the field::
+A file holds any of ``[log]``, ``[api]``, ``[daemon]``, ``[metrics]`` and any number of
+``[[client]]`` and ``[[server]]`` tables whose keys are quic-tun's flag names.  Problems come
+back as lines a person can act on, naming the file and the field::
 
     client.toml: client[1].listen-on: not a tcp:/unix: address (got '6500')
 
@@ -50,6 +50,26 @@ class ApiSection(_Section):
         return value
 
 
+class MetricsSection(_Section):
+    """``[metrics]``: the read-only Prometheus listener (quictund/api/metrics_listener.py)."""
+
+    listen_on: Annotated[
+        str | None,
+        Field(
+            alias="listen-on",
+            description="host:port of a TCP listener that serves only GET /metrics and "
+            "/healthz, for Prometheus (e.g. 127.0.0.1:9417); none by default",
+        ),
+    ] = None
+
+    @field_validator("listen_on")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value, allow_port_zero=True)  # 0: any free port (tests)
+        return value
+
+
 class DaemonSection(_Section):
     shutdown_grace_s: Annotated[float, Field(alias="shutdown-grace", ge=0, le=3600)] = 10.0
     workers: Annotated[int, Field(ge=1, le=64)] = 1
@@ -61,6 +81,7 @@ class ConfigFile(_Section):
     log: LogSection | None = None
     api: ApiSection | None = None
     daemon: DaemonSection | None = None
+    metrics: MetricsSection | None = None
     client: list[ClientSettings] = []
     server: list[ServerSettings] = []
 
@@ -73,13 +94,19 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     api: ApiSection = field(default_factory=ApiSection)
     daemon: DaemonSection = field(default_factory=DaemonSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     clients: list[ClientSettings] = field(default_factory=list)
     servers: list[ServerSettings] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)  # listener name -> "file: client[i]"
 
     def to_file(self) -> ConfigFile:
         return ConfigFile(
-            log=self.log, api=self.api, daemon=self.daemon, client=self.clients, server=self.servers
+            log=self.log,
+            api=self.api,
+            daemon=self.daemon,
+            metrics=self.metrics,
+            client=self.clients,
+            server=self.servers,
         )
 
 
@@ -119,7 +146,7 @@ def load(paths: list[Path]) -> Config:
         parsed = _read(path, problems)
         if parsed is None:
             continue
-        for key in ("log", "api", "daemon"):
+        for key in ("log", "api", "daemon", "metrics"):
             section = getattr(parsed, key)
             if section is None:
                 continue
@@ -148,9 +175,29 @@ def load(paths: list[Path]) -> Config:
                 config.clients.append(item)
             else:
                 config.servers.append(item)
+    problems.extend(_metrics_clashes(config, sections.get("metrics", "")))
     if problems:
         raise ConfigProblems(problems, partial=config)
     return config
+
+
+def _metrics_clashes(config: Config, where: str) -> list[str]:
+    """``[metrics] listen-on`` must not be a TCP address something else of ours listens on."""
+    if config.metrics.listen_on is None:
+        return []
+    mine = parse_host_port(config.metrics.listen_on, allow_port_zero=True)
+    if mine.port == 0:
+        return []
+    taken = [(f"client '{c.name}' listen-on", c.listen_on.host, c.listen_on.port)
+             for c in config.clients if not c.listen_on.is_unix]  # fmt: skip
+    if config.api.listen_on:
+        api = parse_host_port(config.api.listen_on)
+        taken.append(("[api] listen-on", api.host, api.port))
+    return [
+        f"{where}: metrics.listen-on: {mine} is also the {what}; pick another port"
+        for what, host, port in taken
+        if (host, port) == (mine.host, mine.port)
+    ]
 
 
 def _read(path: Path, problems: list[str]) -> ConfigFile | None:
@@ -172,6 +219,7 @@ def _read(path: Path, problems: list[str]) -> ConfigFile | None:
         ("log", LogSection),
         ("api", ApiSection),
         ("daemon", DaemonSection),
+        ("metrics", MetricsSection),
     )
     for key, model in sections:
         if key in data:

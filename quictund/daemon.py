@@ -37,6 +37,7 @@ from quictund._tasks import first_of, spawn
 from quictund.addresses import parse_host_port
 from quictund.api.app import Router
 from quictund.api.http import ApiServer, start_tcp, start_unix
+from quictund.api.metrics_listener import exposure_warning, start_metrics
 from quictund.api.provider import DaemonApi
 from quictund.build import Builder, Built, Endpoint
 from quictund.client_endpoint import ClientEndpoint
@@ -95,13 +96,14 @@ class Daemon:
         self.metrics = Metrics()
         self.table = TunnelTable(self.metrics)
         self.metrics.add_state(
-            self.table.active_by_listener,
+            lambda: dict.fromkeys(self.endpoints, 0) | self.table.active_by_listener(),
             lambda: {c.settings.name: c.connector.reconnects for c in self.clients},
             lambda: {
                 (srv.settings.name, str(limit)): count
                 for srv in self.servers
                 for limit, count in srv.limit_log.hits.items()
             },
+            lambda: {c.settings.name: c.connector.state == "connected" for c in self.clients},
         )
         self.reload_state = ReloadState()
         self.api = DaemonApi(
@@ -127,6 +129,8 @@ class Daemon:
         built = self.build(config)
         for warning in built.warnings:
             logger.warning("%s", warning)
+        if dry_run and (exposed := exposure_warning(config.metrics.listen_on)):
+            logger.warning("%s", exposed)  # `check` says it too; a real start says it on bind
         self.config = config
         self.endpoints: dict[str, Endpoint] = built.endpoints
         self._draining: set[Endpoint] = set()
@@ -229,14 +233,14 @@ class Daemon:
             self._answer(
                 answers, False, f"rejected, still running the old configuration: {lines[0]}{more}"
             )
-            self.metrics.reloads.labels("failed").inc()
+            self.metrics.reload_finished(False)
         else:
-            if config.api != self.config.api:
-                logger.warning("reload: [api] changed; it takes effect at the next restart")
+            if config.api != self.config.api or config.metrics != self.config.metrics:
+                logger.warning("reload: [api] or [metrics] changed; it takes effect at restart")
             self.config = config
             self.last_reload = f"ok at {stamp} ({summary})"
             self._answer(answers, True, summary)
-            self.metrics.reloads.labels("ok").inc()
+            self.metrics.reload_finished(True)
             logger.info("reloaded: %s", summary)
         self.notifier.ready(self.status_line())
         self.reloaded.set()
@@ -342,6 +346,8 @@ class Daemon:
                 )
             server = await start_tcp(hp.host, hp.port, router, allow_any=True)
             self._api_servers.append(server)
+        if self.config.metrics.listen_on:  # read-only, for Prometheus
+            self._api_servers.append(await start_metrics(self.config.metrics.listen_on, router))
 
     async def _tick(self) -> None:
         while True:

@@ -1,15 +1,18 @@
 """Prometheus metrics of one daemon (its own registry, so tests can run several daemons).
 
 Counters are incremented where the event happens (tunnel table, connector, daemon reload);
-gauges that merely reflect state (active tunnels per listener) are computed at scrape time, so
-nothing on the data path pays for them.
+gauges that merely reflect state (active tunnels per listener, whether a client listener has
+its QUIC connection) are computed at scrape time, so nothing on the data path pays for them.
+The shipped alert rules and Grafana dashboard (packaging/share/, installed in
+/usr/share/quictund/) query these names: tests/e2e/test_prometheus.py runs them against a real
+Prometheus, so renaming a metric here fails there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -66,16 +69,31 @@ class Metrics:
         self.reloads = Counter(
             "quictund_reloads", "Configuration reloads, by result", ["result"], registry=r
         )
+        for result in ("ok", "failed"):  # exported at 0 from the start, so rates exist
+            self.reloads.labels(result)
+        self.last_reload_ok = Gauge(
+            "quictund_last_reload_successful",
+            "1 unless the most recent reload was rejected (the old configuration still runs)",
+            registry=r,
+        )
+        self.last_reload_ok.set(1)
+
+    def reload_finished(self, ok: bool) -> None:
+        """Count a reload and remember whether it was accepted (the ReloadFailed alert)."""
+        self.reloads.labels("ok" if ok else "failed").inc()
+        self.last_reload_ok.set(1 if ok else 0)
 
     def add_state(
         self,
         active: Callable[[], dict[str, int]],
         reconnects: Callable[[], dict[str, int]],
         limits: Callable[[], dict[tuple[str, str], int]] = dict,
+        connected: Callable[[], dict[str, bool]] = dict,
     ) -> None:
         """Report state read at scrape time: open tunnels and client reconnects per listener,
-        and refusals by flood limit per server listener."""
-        self.registry.register(_State(active, reconnects, limits))
+        refusals by flood limit per server listener, and whether each client listener has
+        its QUIC connection to the server."""
+        self.registry.register(_State(active, reconnects, limits, connected))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE
@@ -87,10 +105,12 @@ class _State(Collector):
         active: Callable[[], dict[str, int]],
         reconnects: Callable[[], dict[str, int]],
         limits: Callable[[], dict[tuple[str, str], int]],
+        connected: Callable[[], dict[str, bool]],
     ) -> None:
         self._active = active
         self._reconnects = reconnects
         self._limits = limits
+        self._connected = connected
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
@@ -116,6 +136,14 @@ class _State(Collector):
         for (listener, limit), count in sorted(self._limits().items()):
             hits.add_metric([listener, limit], count)
         yield hits
+        up = GaugeMetricFamily(
+            "quictund_server_connected",
+            "1 while a client listener has its QUIC connection to the server, else 0",
+            labels=["listener"],
+        )
+        for listener, connected in sorted(self._connected().items()):
+            up.add_metric([listener], 1 if connected else 0)
+        yield up
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quictund._tasks import first_of
 from quictund.api.app import JSON, Request, Response, error_response, json_response
 from quictund.api.http import ApiServer, start_tcp, start_unix
+from quictund.api.metrics_listener import start_metrics
 from quictund.config_files import Config
 from quictund.errors import ConfigError
 from quictund.systemd import Notifier
@@ -267,6 +268,9 @@ class Supervisor:
         if api.listen_on:
             host, _, port = api.listen_on.rpartition(":")
             self._api.append(await start_tcp(host.strip("[]"), int(port), _Proxy(self)))
+        if self.config.metrics.listen_on:  # read-only: the workers' metrics, merged
+            listen_on = self.config.metrics.listen_on  # its WARNING came from the pre-check
+            self._api.append(await start_metrics(listen_on, _Proxy(self), warn=False))
 
 
 class _Proxy:
@@ -350,5 +354,3 @@ class _Fixed:
 
     def collect(self) -> list[Metric]:
         return self.metrics
-
-

@@ -5,11 +5,15 @@ daemon needs so that an API client can cost it at most a few buffers and never a
 
 1. The request head is at most ``max_head_bytes`` (h11 ``max_incomplete_event_size``: 431) and
    the body at most ``max_body_bytes`` (413, from Content-Length before reading any of it).
-2. Each request/response cycle, including waiting for the first byte of a keep-alive request
-   and draining the response, must finish within ``request_timeout_s``.  A client that has sent
-   part of a request by then gets 408; an idle one is just closed; both are disconnected.
-3. At most ``max_connections`` connections are served at once; the next one gets 503 and is
-   closed without reading.
+2. The request head (request line and headers) must have arrived in full within
+   ``head_timeout_s`` of the start of its cycle (the connection's accept, or the end of the
+   previous response) -- a total for the head, not a per-byte timeout, so sending it a byte at a
+   time buys nothing -- and each request/response cycle, including draining the response, must
+   finish within ``request_timeout_s``.  A client that has sent part of a request by then gets
+   408; an idle one is just closed; both are disconnected.
+3. At most ``max_connections`` connections are served at once, shared between local users as
+   ``slots.py`` rules (``max_per_peer`` per UID, ``reserved_slots`` kept for root and the
+   daemon's own UID); a connection over its share gets 503 and is closed without reading.
 4. A malformed request gets 400 ``{"message": ...}`` (h11's ``error_status_hint``; 505 for an
    HTTP version other than 1.0/1.1) and the connection is closed.  Nothing a client sends
    makes an exception escape a connection task.
@@ -36,6 +40,8 @@ from http import HTTPStatus
 import h11
 
 from quictund.api.app import App, Request, Response, error_response
+from quictund.api.peers import peer_of
+from quictund.api.slots import SlotPolicy, Slots
 from quictund.errors import ConfigError, os_reason
 from quictund.unixsock import remove_stale
 
@@ -50,8 +56,11 @@ class Limits:
 
     max_head_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
+    head_timeout_s: float = 5.0
     request_timeout_s: float = 10.0
     max_connections: int = 64
+    max_per_peer: int = 8
+    reserved_slots: int = 4
 
 
 class ApiServer:
@@ -60,6 +69,9 @@ class ApiServer:
     def __init__(self, app: App, limits: Limits) -> None:
         self._app = app
         self._limits = limits
+        self._slots = Slots(
+            SlotPolicy(limits.max_connections, limits.max_per_peer, limits.reserved_slots)
+        )
         self._server: asyncio.Server | None = None
         # Live connections.  close() aborts their transports rather than cancelling the tasks:
         # on 3.11 a cancelled start_server callback task makes asyncio log a spurious error.
@@ -108,8 +120,11 @@ class ApiServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._closing or len(self._conns) >= self._limits.max_connections:
-            _refuse(writer)
+        peer = peer_of(writer.get_extra_info("socket"))
+        refused = "shutting down" if self._closing else self._slots.acquire(peer)
+        if refused is not None:
+            logger.debug("API connection from %s refused: %s", peer, refused)
+            _refuse(writer, refused)
             return
         self._conns[task] = writer
         try:
@@ -120,25 +135,28 @@ class ApiServer:
             logger.exception("API connection failed")
         finally:
             del self._conns[task]
+            self._slots.release(peer)
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # a client that does not read gets no more of our time
             else:
                 writer.close()
 
 
-def _refuse(writer: asyncio.StreamWriter) -> None:
-    conn = h11.Connection(h11.SERVER)
-    resp = error_response(503, "too many API connections")
+def _refuse(writer: asyncio.StreamWriter, why: str) -> None:
+    writer.write(_closing_error(h11.Connection(h11.SERVER), 503, why))
+    writer.close()
+
+
+def _closing_error(conn: h11.Connection, status: int, message: str) -> bytes:
+    """An error response with ``Connection: close``, framed by ``conn``."""
+    body = error_response(status, message).body
     headers = [
         ("Content-Type", "application/json"),
-        ("Content-Length", str(len(resp.body))),
+        ("Content-Length", str(len(body))),
         ("Connection", "close"),
     ]
-    writer.write(
-        conn.send(h11.Response(status_code=503, headers=headers, reason=_reason(503))) or b""
-    )
-    writer.write(conn.send(h11.Data(data=resp.body)) or b"")
-    writer.close()
+    head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+    return (conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b"")
 
 
 class _Connection:
@@ -157,14 +175,23 @@ class _Connection:
         self._writer = writer
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         self._got_bytes = False  # in this cycle
+        self._deadline: asyncio.Timeout  # of this cycle: for the head, then for the rest
+        self._cycle_end = 0.0  # when this cycle must be over (rule 2)
         self._head_request = False  # in this cycle: h11 frames the response without a body
 
     async def run(self) -> None:
+        limits = self._limits
+        loop = asyncio.get_running_loop()
         while True:
             self._got_bytes = bool(self._conn.trailing_data[0])
             self._head_request = False
+            start = loop.time()
+            self._cycle_end = start + limits.request_timeout_s
             try:
-                async with asyncio.timeout(self._limits.request_timeout_s):
+                # Rule 2: the head's deadline first; once the head is in, the cycle's.
+                async with asyncio.timeout_at(
+                    start + min(limits.head_timeout_s, limits.request_timeout_s)
+                ) as self._deadline:
                     if not await self._cycle():
                         return
             except TimeoutError:
@@ -208,6 +235,7 @@ class _Connection:
                 self._conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 head = event
+                self._deadline.reschedule(self._cycle_end)
                 self._head_request = event.method == b"HEAD"
                 if event.http_version not in (b"1.0", b"1.1"):
                     return error_response(505, "only HTTP/1.0 and HTTP/1.1 are supported")
@@ -262,21 +290,8 @@ class _Connection:
     def _timed_out(self) -> None:
         """Rule 2: 408 to a client that was mid-request, then the caller disconnects it."""
         if self._got_bytes and self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            resp = error_response(408, "request not received in time")
-            headers = [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(resp.body))),
-                ("Connection", "close"),
-            ]
             with contextlib.suppress(h11.LocalProtocolError):
-                data = (
-                    self._conn.send(
-                        h11.Response(status_code=408, headers=headers, reason=_reason(408))
-                    )
-                    or b""
-                )
-                data += self._conn.send(h11.Data(data=resp.body)) or b""
-                self._writer.write(data)
+                self._writer.write(_closing_error(self._conn, 408, "request not received in time"))
         logger.debug("API client too slow; disconnecting")
 
 
@@ -336,8 +351,10 @@ async def start_tcp(
     *,
     allow_any: bool = False,
     limits: Limits | None = None,
+    what: str = "api",
 ) -> ApiServer:
-    """Serve ``app`` on TCP ``host:port`` (``[api] listen-on`` / ``--httpd-listen-on``).
+    """Serve ``app`` on TCP ``host:port`` (``[api] listen-on`` / ``--httpd-listen-on``, or
+    ``what="metrics"`` for ``[metrics] listen-on``, which names it in messages).
 
     The API has no authentication, so binding every address (``0.0.0.0``, ``::`` or an empty
     host) is refused with :class:`ConfigError` unless ``allow_any=True``.
@@ -353,8 +370,8 @@ async def start_tcp(
             api._on_connect, host or None, port, reuse_address=True, limit=_READ_CHUNK * 4
         )
     except OSError as exc:
-        raise ConfigError(f"api listen-on {host}:{port}: {os_reason(exc)}") from None
-    logger.info("API listening on tcp:%s", api.address)
+        raise ConfigError(f"{what} listen-on {host}:{port}: {os_reason(exc)}") from None
+    logger.info("%s listening on tcp:%s", "API" if what == "api" else what, api.address)
     return api
 
 
