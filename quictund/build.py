@@ -10,6 +10,7 @@ nothing about listeners that will never run.
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -157,6 +158,7 @@ class Builder:
                 f"server '{s.name}': allow-for needs client certificates (verify-remote-endpoint "
                 "= true with ca-file, or client-fingerprints): identities come from them"
             )
+        self._check_identities(s)
         if policy.open:
             self._warnings.append(
                 f"[{s.name}] OPEN PROXY: any client that completes the QUIC handshake may "
@@ -207,6 +209,32 @@ class Builder:
         )
         server.policies_for = policies_for
         return server
+
+    def _check_identities(self, s: ServerSettings) -> None:
+        """``allow-for`` fingerprints must be well formed; names need a CA to vouch for them."""
+        for i, entry in enumerate(s.allow_for or []):
+            pattern = entry.identity.strip()
+            if pattern.lower().startswith("sha256:"):
+                if not _is_fingerprint(pattern):
+                    raise ConfigError(
+                        f"server '{s.name}': allow-for[{i}].identity {pattern!r}: not a "
+                        "sha256:BASE64 key fingerprint as printed by 'quictund fingerprint FILE'"
+                    )
+            elif not s.verify_remote_endpoint:
+                self._warnings.append(
+                    f"[{s.name}] allow-for identity {pattern!r} never matches: clients accepted "
+                    "by client-fingerprints are known only by their key; name it as "
+                    "identity = \"sha256:...\" (quictund fingerprint CERT), or verify client "
+                    "certificates against a ca-file"
+                )
+
+
+def _is_fingerprint(pattern: str) -> bool:
+    algo, _, digest = pattern.partition(":")
+    try:
+        return algo == "sha256" and len(base64.b64decode(digest, validate=True)) == 32
+    except ValueError:
+        return False
 
 
 def check_ca(path: str) -> None:

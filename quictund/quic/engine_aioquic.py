@@ -48,6 +48,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
+from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.quic.credit import ReceiveLedger, raised_limit
 from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
@@ -242,6 +243,10 @@ class AioquicConnection(QuicConnection):
     def peer_certificate(self) -> Any:
         tls_ctx = getattr(self, "tls", None)
         return None if tls_ctx is None else tls_ctx._peer_certificate
+
+    @property
+    def peer_identity(self) -> Identity:
+        return getattr(getattr(self, "tls", None), "quictund_identity", ANONYMOUS)
 
     # ---- aioquic overrides --------------------------------------------------------------
 
@@ -448,6 +453,7 @@ class _ClientAuthContext(tls.Context):
 
     _client_cafile: str | None
     _pins: frozenset[str]
+    quictund_identity: Identity = ANONYMOUS  # what check_client_certificate verified
 
     def _server_handle_certificate(self, input_buf: Buffer) -> None:
         start = input_buf.tell()
@@ -460,7 +466,7 @@ class _ClientAuthContext(tls.Context):
     def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._server_handle_certificate_verify(input_buf)  # checks the signature
         try:
-            check_client_certificate(
+            self.quictund_identity = check_client_certificate(
                 self._peer_certificate,
                 self._peer_certificate_chain,
                 cafile=self._client_cafile,

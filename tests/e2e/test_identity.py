@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import os
+import ssl
 from pathlib import Path
 
 import pytest
+from aioquic.asyncio import connect as quic_connect
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from quictund import tls
 from quictund.identity import Identity
 from tests.e2e.harness import ENGINE_TOML, connect, echo
 from tests.e2e.test_bad_input import _issue
@@ -160,6 +170,155 @@ async def test_signed_tokens_end_to_end(short_tmp: Path, state_dir: Path) -> Non
         line = await run.wait_log("bad MAC")
         assert "token rejected" in line
         assert app.accepted == 1
+    finally:
+        assert await run.stop() == 0
+        app.close()
+
+
+# ---- issue 13 §3: an identity is what was verified, never what the client asserts -----------
+
+
+def _self_signed(
+    tmp: Path, name: str, *, ca: bool = False, shift: dt.timedelta = dt.timedelta(0)
+) -> tuple[Path, Path, str]:
+    """A self-signed client certificate (``shift`` moves its validity window), and its pin."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC) + shift
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    slug = f"{name}-{len(list(tmp.iterdir()))}"
+    cert_path, key_path = tmp / f"{slug}.pem", tmp / f"{slug}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, tls.fingerprint(cert)
+
+
+async def _raw_handshake(port: int, cert: Path, key: Path) -> None:
+    """A hostile client on aioquic's own API presenting ``cert`` (the server logs the end)."""
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=["quic-tun"], verify_mode=ssl.CERT_NONE
+    )
+    config.load_cert_chain(cert, key)
+    with contextlib.suppress(ConnectionError):
+        async with quic_connect("127.0.0.1", port, configuration=config) as peer:
+            await asyncio.wait_for(peer.wait_connected(), 10)
+            await asyncio.wait_for(peer.ping(), 10)  # TLS 1.3: the refusal follows Finished
+
+
+async def test_pinned_key_cannot_claim_a_subject(
+    short_tmp: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    """A pinned client that writes CN=ops into its own certificate gets nothing of ops's.
+
+    On main the forged subject selected ``allow-for`` "CN=ops" (the tunnel reached ops_app)
+    and shared ops's quota; now the pinned client is ``sha256:...`` and nothing else, and an
+    ``allow-for`` that names that fingerprint is what gives it a policy.
+    """
+    ops_app, key_app, dev_app = await echo().tcp(), await echo().tcp(), await echo().tcp()
+    forged, forged_key, forged_pin = _self_signed(tmp_path, "ops")
+    keyed, keyed_key, keyed_pin = _self_signed(tmp_path, "anything")
+    port = free_udp_port()
+    server_cert, _ = tls.ensure_self_signed(state_dir, ["localhost"])
+    text = (
+        f'[[server]]\nname = "edge"\n{ENGINE_TOML}listen-on = "127.0.0.1:{port}"\n'
+        f'state-dir = "{state_dir}"\nclient-fingerprints = ["{forged_pin}", "{keyed_pin}"]\n'
+        f'allow = ["{dev_app.address}"]\n'
+        f'[[server.allow-for]]\nidentity = "CN=ops"\nallow = ["{ops_app.address}"]\n'
+        f'[[server.allow-for]]\nidentity = "{keyed_pin}"\nallow = ["{key_app.address}"]\n'
+    )
+    cases = {"forged": (forged, forged_key, ops_app), "keyed": (keyed, keyed_key, key_app)}
+    cases["forged-dev"] = (forged, forged_key, dev_app)
+    for name, (cert, key, app) in cases.items():
+        text += (
+            f'[[client]]\nname = "{name}"\n{ENGINE_TOML}'
+            f'listen-on = "unix:{short_tmp}/{name}.sock"\n'
+            f'server-endpoint = "127.0.0.1:{port}"\nserver-name = "localhost"\n'
+            f'ca-file = "{server_cert}"\ncert-file = "{cert}"\nkey-file = "{key}"\n'
+            f'token-source = "{app.address}"\nconnect-wait = 5\n'
+        )
+    conf = short_tmp / "d.toml"
+    conf.write_text(text)
+    run = await Run.start("--config", str(conf))
+    try:
+        await run.wait_log("ready:")
+        got = {name: await _echo_once(short_tmp / f"{name}.sock") for name in cases}
+        # the forged CN reaches nothing of ops's; the fingerprint's own allow-for works; the
+        # forged client is no longer "CN=ops", so allow-for CN=ops does not cover it either
+        # and it falls back to the listener's allow
+        assert got == {"forged": b"", "keyed": b"hi", "forged-dev": b"hi"}, got
+        denied = await run.wait_log("not allowed by policy")
+        assert f"identity={forged_pin}" in denied or forged_pin in denied, denied
+        assert "CN=ops" not in denied, denied
+        assert ops_app.accepted == 0 and key_app.accepted == 1
+    finally:
+        assert await run.stop() == 0
+        for app in (ops_app, key_app, dev_app):
+            app.close()
+
+
+async def _echo_once(sock: Path) -> bytes:
+    reader, writer = await connect(f"unix:{sock}")
+    writer.write(b"hi")
+    try:
+        return await asyncio.wait_for(reader.readexactly(2), 10)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return b""  # refused: RST, EOF or EPIPE, whichever raced our write
+    finally:
+        writer.close()
+
+
+async def test_pinned_certificate_must_be_a_valid_leaf(
+    short_tmp: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    """A pinned key in an expired, not-yet-valid or CA:TRUE certificate fails the handshake."""
+    app = await echo().tcp()
+    certs = {
+        "expired": _self_signed(tmp_path, "old", shift=-dt.timedelta(days=60)),
+        "not yet valid": _self_signed(tmp_path, "new", shift=dt.timedelta(days=3)),
+        "CA:TRUE": _self_signed(tmp_path, "authority", ca=True),
+        "good": _self_signed(tmp_path, "good"),
+    }
+    pins = ", ".join(f'"{pin}"' for _, _, pin in certs.values())
+    port = free_udp_port()
+    conf = short_tmp / "d.toml"
+    conf.write_text(
+        f'[[server]]\nname = "edge"\n{ENGINE_TOML}listen-on = "127.0.0.1:{port}"\n'
+        f'state-dir = "{state_dir}"\nclient-fingerprints = [{pins}]\n'
+        f'allow = ["{app.address}"]\n'
+    )
+    run = await Run.start("--config", str(conf))
+    try:
+        await run.wait_log("ready:")
+        expected = {
+            "expired": "pinned client certificate expired on",
+            "not yet valid": "pinned client certificate is not valid before",
+            "CA:TRUE": "client certificate is a CA certificate (CA:TRUE), not a leaf",
+            "good": "",
+        }
+        for name, (cert, key, _) in certs.items():
+            mark = len(run.log)
+            await _raw_handshake(port, cert, key)
+            closed = await run.wait_log("closed by peer or engine", start=mark)
+            if expected[name]:
+                assert expected[name] in closed, (name, closed)
+            else:
+                assert "error 0x0" in closed, closed  # the client's own clean close
     finally:
         assert await run.stop() == 0
         app.close()
