@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,9 +186,7 @@ class Builder:
             tls.load_certificate_chain(certfile, keyfile)
         else:
             state = Path(s.state_dir) if s.state_dir else tls.default_state_dir()
-            names = [socket.gethostname()]
-            if s.listen_on.host not in ("0.0.0.0", "::", ""):
-                names.insert(0, s.listen_on.host)
+            names = tls.server_names(s.listen_on.host)
             if self.dry_run:
                 return None  # `check` writes no certificate
             cert_path, key_path = tls.ensure_self_signed(state, names)

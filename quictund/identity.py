@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from quictund.tls import fingerprint
+from quictund.certload import fingerprint
 
 
 @dataclass(frozen=True, slots=True)
