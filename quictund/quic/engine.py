@@ -59,6 +59,8 @@ class QuicConfiguration(Protocol):
 
     supported_versions: list[int]
     max_datagram_size: int
+    cafile: str | None
+    server_name: str | None
 
 
 class EngineConnection(Protocol):

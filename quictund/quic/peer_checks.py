@@ -129,7 +129,8 @@ def check_server_certificate(
 
     aioquic's verifier (OpenSSL) for both engines: qh3's own (webpki) refuses a self-signed
     certificate used as its own CA, which is how a quictund server's generated certificate is
-    distributed (``ca-file`` = the server's certificate).
+    distributed (``ca-file`` = the server's certificate).  The refusal is phrased by
+    ``_server_refusal`` so the client's log (``tls_advice.py``) can say what to do.
     """
     if cert is None:
         raise PeerRejected(BAD_CERTIFICATE, "the server sent no certificate")
@@ -138,10 +139,42 @@ def check_server_certificate(
             certificate=cert, chain=chain, server_name=server_name, cafile=cafile
         )
     except _aioquic_tls.Alert as exc:
-        raise PeerRejected(int(exc.description), str(exc)) from None
+        raise _server_refusal(cert, int(exc.description), str(exc), server_name, cafile) from None
 
 
 def check_server_pin(cert: x509.Certificate | None, pins: frozenset[str]) -> None:
     """Pinning replaces CA verification: the server's public key must be one of ``pins``."""
-    if cert is None or fingerprint(cert) not in pins:
-        raise PeerRejected(BAD_CERTIFICATE, "server key does not match server-fingerprint")
+    if cert is None:
+        raise PeerRejected(BAD_CERTIFICATE, "the server sent no certificate")
+    if fingerprint(cert) not in pins:
+        raise PeerRejected(
+            BAD_CERTIFICATE,
+            f"{SERVER_REFUSED} (key {fingerprint(cert)}): {KEY_NOT_PINNED}",
+        )
+
+
+# How a client's refusal of the server certificate reads, on the wire (the close reason the
+# server logs) and in the client's own log, where tls_advice.py adds what to do.
+SERVER_REFUSED = "client refused the server certificate"
+NOT_NAMED = "it does not name"
+NOT_TRUSTED = "it is not signed by"
+OUT_OF_DATE = "it is valid only from"
+KEY_NOT_PINNED = "its key does not match server-fingerprint"
+_MAX_NAMES = 6  # of the certificate's names quoted in the reason (a close frame is small)
+
+
+def _server_refusal(
+    cert: x509.Certificate, alert: int, why: str, server_name: str | None, cafile: str | None
+) -> PeerRejected:
+    key = fingerprint(cert)
+    if alert == CERTIFICATE_EXPIRED:
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        detail = f"{OUT_OF_DATE} {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+    elif why.startswith("hostname") or "could not be parsed" in why:
+        names = [str(n) for n in identity_of(cert).names]
+        shown = ", ".join(names[:_MAX_NAMES]) + (", ..." if len(names) > _MAX_NAMES else "")
+        detail = f"{NOT_NAMED} {server_name!r} (it names {shown or 'nothing'})"
+    else:
+        signer = f"ca-file {cafile}" if cafile else "a CA this host trusts (no ca-file set)"
+        detail = f"{NOT_TRUSTED} {signer} ({why})"
+    return PeerRejected(alert, f"{SERVER_REFUSED} (key {key}): {detail}")
