@@ -221,7 +221,7 @@ class Builder:
                 self._warnings.append(
                     f"[{s.name}] allow-for identity {pattern!r} never matches: clients accepted "
                     "by client-fingerprints are known only by their key; name it as "
-                    "identity = \"sha256:...\" (quictund fingerprint CERT), or verify client "
+                    'identity = "sha256:..." (quictund fingerprint CERT), or verify client '
                     "certificates against a ca-file"
                 )
 
