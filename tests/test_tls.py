@@ -405,3 +405,38 @@ def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert tls.default_state_dir() == tmp_path / ".local" / "state" / "quictund"
     monkeypatch.delenv("XDG_STATE_HOME")
     assert tls.default_state_dir() == tmp_path / ".local" / "state" / "quictund"
+
+
+# server_names: what the generated certificate covers (issue 14 §3)
+
+
+def test_server_names_for_a_wildcard_listener_are_the_dialable_addresses() -> None:
+    host = ipaddress.ip_address
+    found = [host(a) for a in ("10.0.0.1", "127.0.0.1", "169.254.1.1", "2001:db8::7", "fe80::1")]
+    found += [host("::1"), host("::ffff:10.0.0.9"), host("192.0.2.4")]
+    v4 = tls.server_names("0.0.0.0", found)
+    assert v4[1:] == ["10.0.0.1", "192.0.2.4"]  # no loopback, link-local, mapped or IPv6
+    assert tls.server_names("::", found)[1:] == ["10.0.0.1", "192.0.2.4", "2001:db8::7"]
+    assert tls.server_names("10.0.0.1", found)[0] == "10.0.0.1"
+    assert tls.server_names("[2001:db8::7]", found)[0] == "2001:db8::7"
+    many = [ipaddress.IPv4Address(0x0A000000 + i) for i in range(1, 200)]
+    assert len(tls.server_names("0.0.0.0", many)) == 1 + 64
+
+
+def test_new_address_renews_the_certificate_and_keeps_the_key(tmp_path: Path) -> None:
+    first = tls.server_names("0.0.0.0", [ipaddress.ip_address("10.0.0.1")])
+    cert_path, _ = tls.ensure_self_signed(tmp_path, first)
+    pin = tls.fingerprint_file(cert_path)
+    before = cert_path.read_bytes()
+    tls.ensure_self_signed(tmp_path, first)
+    assert cert_path.read_bytes() == before  # unchanged addresses: the certificate is kept
+    grown = tls.server_names("0.0.0.0", [ipaddress.ip_address(a) for a in ("10.0.0.1", "10.9.9.9")])
+    tls.ensure_self_signed(tmp_path, grown)
+    assert cert_path.read_bytes() != before
+    assert tls.fingerprint_file(cert_path) == pin  # pins survive
+    san = (
+        x509.load_pem_x509_certificate(cert_path.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert ipaddress.ip_address("10.9.9.9") in san.get_values_for_type(x509.IPAddress)

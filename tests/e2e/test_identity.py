@@ -38,6 +38,13 @@ def test_identity_matching() -> None:
     for pattern in ("CN=op", "cn=ops", "DNS:example.com", "", "O=Example"):
         assert not ident.matches(pattern), pattern
     assert not Identity().matches("CN=ops")
+    # a CA-verified identity also matches its key; a pinned one matches only its key
+    key = "sha256:" + "A" * 43 + "="
+    assert Identity("CN=ops", (), key).matches(key)
+    pinned = Identity(key=key)
+    assert pinned.matches(key) and str(pinned) == key
+    for pattern in ("CN=ops", "", "sha256:", key[:-1]):
+        assert not pinned.matches(pattern), pattern
 
 
 async def test_policy_per_identity(short_tmp: Path, tmp_path: Path, state_dir: Path) -> None:
