@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quictund import tls
+from quictund import cafile, tls
 from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
 from quictund.config_files import Config, ConfigProblems
-from quictund.errors import ConfigError, os_reason
+from quictund.errors import ConfigError
 from quictund.policy import Policy, local_addresses
 from quictund.quic import engine
 from quictund.server_endpoint import ServerEndpoint
@@ -99,8 +99,15 @@ class Builder:
             if not (s.cert_file and s.key_file):
                 raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
             tls.load_certificate_chain(s.cert_file, s.key_file)
-        if s.ca_file:
-            check_ca(s.ca_file)
+        if s.ca_file and cafile.missing(s.ca_file):
+            # Not an error: the endpoint comes up and waits for it (cafile.py says why).
+            if self.dry_run:
+                self._warnings.append(
+                    f"[{s.name}] ca-file {s.ca_file} does not exist (yet): the client will "
+                    f"wait for it at start (an ERROR after {cafile.PATIENCE_S:g} s)"
+                )
+        elif s.ca_file:
+            cafile.check_ca(s.ca_file)
         if not s.verify_remote_endpoint and not s.server_fingerprint:
             self._warnings.append(
                 f"[{s.name}] NOT verifying the server's certificate: anyone on the path can "
@@ -178,7 +185,7 @@ class Builder:
                     f"server '{s.name}': verify-remote-endpoint needs ca-file "
                     "(the CA that signs client certificates)"
                 )
-            check_ca(s.ca_file)
+            cafile.check_ca(s.ca_file)
         if s.cert_file or s.key_file:
             if not (s.cert_file and s.key_file):
                 raise ConfigError(f"server '{s.name}': cert-file and key-file go together")
@@ -232,14 +239,3 @@ def _is_fingerprint(pattern: str) -> bool:
         return algo == "sha256" and len(base64.b64decode(digest, validate=True)) == 32
     except ValueError:
         return False
-
-
-def check_ca(path: str) -> None:
-    """A CA file must exist and hold at least one PEM certificate."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError(f"ca-file {path}: {os_reason(exc)}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ConfigError(f"ca-file {path}: no PEM certificate in it")
