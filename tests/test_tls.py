@@ -440,3 +440,34 @@ def test_new_address_renews_the_certificate_and_keeps_the_key(tmp_path: Path) ->
         .value
     )
     assert ipaddress.ip_address("10.9.9.9") in san.get_values_for_type(x509.IPAddress)
+
+
+def test_tls_advice_names_the_side_and_the_fix() -> None:
+    from quictund.quic.tls_advice import explain
+
+    key = "sha256:" + "B" * 43 + "="
+    ours = f"closed by peer or engine: client refused the server certificate (key {key}): "
+    named = explain(
+        ours + "it does not name '10.0.0.1' (it names DNS:vm, IP:127.0.0.1)",
+        endpoint="10.0.0.1:7500",
+        cafile="/etc/quictun/server.pem",
+        server_name="10.0.0.1",
+    )
+    assert named.startswith("this client refused the server's certificate: it does not name")
+    assert "set server-name = " in named and f'server-fingerprint = "{key}"' in named
+    stale = explain(
+        ours + "it is not signed by ca-file /x.pem (self-signed certificate)",
+        endpoint="h:1",
+        cafile="/x.pem",
+        server_name=None,
+    )
+    assert "ca-file /x.pem is not the certificate (or CA) this server uses now" in stale
+    theirs = explain(
+        "closed by peer or engine: client key is not one of client-fingerprints",
+        endpoint="h:1",
+        cafile=None,
+        server_name=None,
+    )
+    assert theirs.startswith("the server refused this client's certificate: client key")
+    other = "closed by peer or engine: idle timeout"
+    assert explain(other, endpoint="h:1", cafile=None, server_name=None) == other

@@ -329,3 +329,28 @@ async def test_pinned_certificate_must_be_a_valid_leaf(
     finally:
         assert await run.stop() == 0
         app.close()
+
+
+def test_allow_for_fingerprints_are_checked_and_names_without_a_ca_warned(
+    tmp_path: Path,
+) -> None:
+    from quictund import config_files
+    from quictund.build import Builder
+    from quictund.tunnels import TunnelTable
+
+    pin = "sha256:" + "A" * 43 + "="
+
+    def build(identity: str) -> list[str]:
+        conf = tmp_path / "s.toml"
+        conf.write_text(
+            f'[[server]]\nname = "edge"\nlisten-on = "127.0.0.1:0"\nallow = []\n'
+            f'client-fingerprints = ["{pin}"]\n'
+            f'[[server.allow-for]]\nidentity = "{identity}"\nallow = ["tcp:10.0.0.1:22"]\n'
+        )
+        return Builder(TunnelTable(), dry_run=True).build(config_files.load([conf])).warnings
+
+    assert not [w for w in build(pin) if "allow-for" in w]
+    (warning,) = [w for w in build("CN=ops") if "allow-for" in w]
+    assert "never matches" in warning and "sha256:" in warning
+    with pytest.raises(config_files.ConfigProblems, match=r"allow-for\[0\]\.identity"):
+        build("sha256:not-base64")
