@@ -25,7 +25,8 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
 * **mTLS**: a client certificate is required and verified in the handshake
   (``_ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a server may
-  be pinned (``_PinnedServerContext``).  No session tickets are ever issued.
+  be pinned, and the server's chain is checked by ``peer_checks`` as for qh3
+  (``_ServerCheckContext``).  No session tickets are ever issued.
 """
 
 from __future__ import annotations

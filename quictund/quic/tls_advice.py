@@ -37,6 +37,11 @@ def explain(reason: str, *, endpoint: str, cafile: str | None, server_name: str 
     if ours is not None:
         why = ours["why"]
         return f"this client refused the server's certificate: {why}; {_fix(why, ours['key'], endpoint, cafile, server_name)}"  # noqa: E501
+    if text.startswith("client certificate required"):
+        return (
+            f"the server refused this client: {text}; set cert-file and key-file (a "
+            "certificate signed by the server's ca-file, or one whose key the server pins)"
+        )
     if text.startswith(_THEIRS):
         return (
             f"the server refused this client's certificate: {text}; the server's operator must "
