@@ -98,7 +98,13 @@ class Builder:
         if s.cert_file or s.key_file:
             if not (s.cert_file and s.key_file):
                 raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
-            tls.load_certificate_chain(s.cert_file, s.key_file)
+            leaf, _chain, _key = tls.load_certificate_chain(s.cert_file, s.key_file)
+            if tls.is_ca(leaf):
+                self._warnings.append(
+                    f"[{s.name}] cert-file {s.cert_file} is a CA certificate (CA:TRUE): "
+                    "servers that check client certificates refuse it; use a leaf "
+                    "(basicConstraints CA:FALSE, see docs/security.md)"
+                )
         if s.ca_file and cafile.missing(s.ca_file):
             # Not an error: the endpoint comes up and waits for it (cafile.py says why).
             if self.dry_run:

@@ -37,6 +37,7 @@ from quictund.errors import ConfigError
 __all__ = [
     "fingerprint",
     "fingerprint_file",
+    "is_ca",
     "load_certificate_chain",
     "os_problem",
     "parse_private_key",
@@ -72,6 +73,14 @@ def fingerprint(cert: x509.Certificate) -> str:
     """
     digest = hashlib.sha256(_spki(cert.public_key())).digest()
     return "sha256:" + base64.b64encode(digest).decode("ascii")
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """True for a ``CA:TRUE`` certificate: a signing authority, refused as a client's own."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def fingerprint_file(path: str | os.PathLike[str]) -> str:

@@ -7,7 +7,7 @@ certificate.  Callers keep writing ``tls.fingerprint`` or ``tls.ensure_self_sign
 
 from __future__ import annotations
 
-from quictund.certload import fingerprint, fingerprint_file, load_certificate_chain
+from quictund.certload import fingerprint, fingerprint_file, is_ca, load_certificate_chain
 from quictund.selfsigned import (
     CERT_FILE_NAME,
     KEY_FILE_NAME,
@@ -23,6 +23,7 @@ __all__ = [
     "ensure_self_signed",
     "fingerprint",
     "fingerprint_file",
+    "is_ca",
     "load_certificate_chain",
     "server_names",
 ]

@@ -14,7 +14,7 @@ from aioquic import tls as _aioquic_tls
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from quictund.certload import fingerprint
+from quictund.certload import fingerprint, is_ca
 from quictund.identity import Identity, identity_of, pinned_identity
 
 # TLS alert numbers (RFC 8446 section 6)
@@ -94,11 +94,7 @@ def check_client_usage(cert: x509.Certificate) -> None:
     would let whoever holds a CA key (say, a quictund server's own generated certificate,
     which is its own CA) log in with it directly.
     """
-    try:
-        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        basic = None
-    if basic is not None and basic.ca:
+    if is_ca(cert):
         raise PeerRejected(
             UNSUPPORTED_CERTIFICATE, "client certificate is a CA certificate (CA:TRUE), not a leaf"
         )

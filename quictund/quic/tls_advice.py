@@ -42,6 +42,13 @@ def explain(reason: str, *, endpoint: str, cafile: str | None, server_name: str 
             f"the server refused this client: {text}; set cert-file and key-file (a "
             "certificate signed by the server's ca-file, or one whose key the server pins)"
         )
+    if text.startswith("client certificate is a CA certificate"):
+        return (
+            f"the server refused this client's certificate: {text}; make a leaf one, e.g. "
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 "
+            "-subj /CN=NAME -addext basicConstraints=critical,CA:FALSE -addext "
+            "extendedKeyUsage=clientAuth -keyout client.key -out client.pem"
+        )
     if text.startswith(_THEIRS):
         return (
             f"the server refused this client's certificate: {text}; the server's operator must "
