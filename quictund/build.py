@@ -95,25 +95,7 @@ class Builder:
             audience=s.token_audience or "",
             ttl_s=s.token_ttl_s,
         )
-        if s.cert_file or s.key_file:
-            if not (s.cert_file and s.key_file):
-                raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
-            leaf, _chain, _key = tls.load_certificate_chain(s.cert_file, s.key_file)
-            if tls.is_ca(leaf):
-                self._warnings.append(
-                    f"[{s.name}] cert-file {s.cert_file} is a CA certificate (CA:TRUE): "
-                    "servers that check client certificates refuse it; use a leaf "
-                    "(basicConstraints CA:FALSE, see docs/security.md)"
-                )
-        if s.ca_file and cafile.missing(s.ca_file):
-            # Not an error: the endpoint comes up and waits for it (cafile.py says why).
-            if self.dry_run:
-                self._warnings.append(
-                    f"[{s.name}] ca-file {s.ca_file} does not exist (yet): the client will "
-                    f"wait for it at start (an ERROR after {cafile.PATIENCE_S:g} s)"
-                )
-        elif s.ca_file:
-            cafile.check_ca(s.ca_file)
+        self._client_files(s)
         if not s.verify_remote_endpoint and not s.server_fingerprint:
             self._warnings.append(
                 f"[{s.name}] NOT verifying the server's certificate: anyone on the path can "
@@ -133,6 +115,28 @@ class Builder:
             keyfile=s.key_file,
         )
         return ClientEndpoint(s, source=source, quic_config=config, table=self.table)
+
+    def _client_files(self, s: ClientSettings) -> None:
+        """The client's own certificate, and its ca-file unless it is still to come."""
+        if s.cert_file or s.key_file:
+            if not (s.cert_file and s.key_file):
+                raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
+            leaf, _chain, _key = tls.load_certificate_chain(s.cert_file, s.key_file)
+            if tls.is_ca(leaf):
+                self._warnings.append(
+                    f"[{s.name}] cert-file {s.cert_file} is a CA certificate (CA:TRUE): "
+                    "servers that check client certificates refuse it; use a leaf "
+                    "(basicConstraints CA:FALSE, see docs/security.md)"
+                )
+        if s.ca_file and cafile.missing(s.ca_file):
+            # Not an error: the endpoint comes up and waits for it (cafile.py says why).
+            if self.dry_run:
+                self._warnings.append(
+                    f"[{s.name}] ca-file {s.ca_file} does not exist (yet): the client will "
+                    f"wait for it at start (an ERROR after {cafile.PATIENCE_S:g} s)"
+                )
+        elif s.ca_file:
+            cafile.check_ca(s.ca_file)
 
     def _server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
         parser = make_parser(
