@@ -203,7 +203,7 @@ class Builder:
             tls.load_certificate_chain(certfile, keyfile)
         else:
             state = Path(s.state_dir) if s.state_dir else tls.default_state_dir()
-            names = tls.server_names(s.listen_on.host)
+            names = tls.server_names(s.listen_on.host, own)
             if self.dry_run:
                 return None  # `check` writes no certificate
             cert_path, key_path = tls.ensure_self_signed(state, names)

@@ -45,7 +45,6 @@ from quictund.certload import (
     read_file,
 )
 from quictund.errors import ConfigError
-from quictund.policy import local_addresses
 
 __all__ = [
     "CERT_FILE_NAME",
@@ -141,20 +140,18 @@ def default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "quictund"
 
 
-def server_names(listen_host: str, addresses: Iterable[_IPAddress] | None = None) -> list[str]:
+def server_names(listen_host: str, addresses: Iterable[_IPAddress]) -> list[str]:
     """The names a server listening on ``listen_host`` should have in its certificate.
 
     The hostname, and the listen address itself; for a wildcard listener (``0.0.0.0``: the
     host's IPv4 addresses; ``::`` or empty: all of them) every address a client could dial,
-    from ``addresses`` (default: the host's interfaces now).  Loopback and link-local are
+    from ``addresses`` (the host's, as the builder has them).  Loopback and link-local are
     left to ``localhost``/``127.0.0.1``/``::1``; at most ``_MAX_ADDRESSES`` are named.
     """
     host = _strip_host(listen_host)
     names = [socket.gethostname()]
     if host not in ("", "0.0.0.0", "::"):
         return [host, *names]
-    if addresses is None:
-        addresses = local_addresses()
     usable = sorted(
         (a for a in set(addresses) if _dialable(a) and (host != "0.0.0.0" or a.version == 4)),
         key=lambda a: (a.version, int(a)),

@@ -354,3 +354,45 @@ def test_allow_for_fingerprints_are_checked_and_names_without_a_ca_warned(
     assert "never matches" in warning and "sha256:" in warning
     with pytest.raises(config_files.ConfigProblems, match=r"allow-for\[0\]\.identity"):
         build("sha256:not-base64")
+
+
+async def test_pinned_clients_writing_the_same_subject_do_not_share_a_quota(
+    short_tmp: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    """max-tunnels-per-identity counts a pinned client per key: CN=ops twice is two identities.
+
+    On main both counted as "CN=ops": the second client's tunnel was refused while the first
+    held its one; a forger could so also exhaust a real "ops" client's quota.
+    """
+    app = await echo().tcp()
+    first, first_key, first_pin = _self_signed(tmp_path, "ops")
+    second, second_key, second_pin = _self_signed(tmp_path, "ops")
+    port = free_udp_port()
+    server_cert, _ = tls.ensure_self_signed(state_dir, ["localhost"])
+    text = (
+        f'[[server]]\nname = "edge"\n{ENGINE_TOML}listen-on = "127.0.0.1:{port}"\n'
+        f'state-dir = "{state_dir}"\nclient-fingerprints = ["{first_pin}", "{second_pin}"]\n'
+        f'allow = ["{app.address}"]\nmax-tunnels-per-identity = 1\n'
+    )
+    for name, cert, key in (("first", first, first_key), ("second", second, second_key)):
+        text += (
+            f'[[client]]\nname = "{name}"\n{ENGINE_TOML}'
+            f'listen-on = "unix:{short_tmp}/{name}.sock"\n'
+            f'server-endpoint = "127.0.0.1:{port}"\nserver-name = "localhost"\n'
+            f'ca-file = "{server_cert}"\ncert-file = "{cert}"\nkey-file = "{key}"\n'
+            f'token-source = "{app.address}"\nconnect-wait = 5\n'
+        )
+    conf = short_tmp / "d.toml"
+    conf.write_text(text)
+    run = await Run.start("--config", str(conf))
+    try:
+        await run.wait_log("ready:")
+        reader, writer = await connect(f"unix:{short_tmp}/first.sock")
+        writer.write(b"hold")
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"hold"  # held open
+        assert await _echo_once(short_tmp / "second.sock") == b"hi"
+        writer.close()
+        assert not [line for line in run.log if "tunnels-per-identity" in line]
+    finally:
+        assert await run.stop() == 0
+        app.close()
