@@ -10,16 +10,16 @@ nothing about listeners that will never run.
 
 from __future__ import annotations
 
+import base64
 import logging
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quictund import tls
+from quictund import cafile, tls
 from quictund.client_endpoint import ClientEndpoint
 from quictund.config import ClientSettings, ServerSettings
 from quictund.config_files import Config, ConfigProblems
-from quictund.errors import ConfigError, os_reason
+from quictund.errors import ConfigError
 from quictund.hostaddrs import host_addresses
 from quictund.policy import Policy
 from quictund.quic import engine
@@ -96,12 +96,7 @@ class Builder:
             audience=s.token_audience or "",
             ttl_s=s.token_ttl_s,
         )
-        if s.cert_file or s.key_file:
-            if not (s.cert_file and s.key_file):
-                raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
-            tls.load_certificate_chain(s.cert_file, s.key_file)
-        if s.ca_file:
-            check_ca(s.ca_file)
+        self._client_files(s)
         if not s.verify_remote_endpoint and not s.server_fingerprint:
             self._warnings.append(
                 f"[{s.name}] NOT verifying the server's certificate: anyone on the path can "
@@ -121,6 +116,28 @@ class Builder:
             keyfile=s.key_file,
         )
         return ClientEndpoint(s, source=source, quic_config=config, table=self.table)
+
+    def _client_files(self, s: ClientSettings) -> None:
+        """The client's own certificate, and its ca-file unless it is still to come."""
+        if s.cert_file or s.key_file:
+            if not (s.cert_file and s.key_file):
+                raise ConfigError(f"client '{s.name}': cert-file and key-file go together")
+            leaf, _chain, _key = tls.load_certificate_chain(s.cert_file, s.key_file)
+            if tls.is_ca(leaf):
+                self._warnings.append(
+                    f"[{s.name}] cert-file {s.cert_file} is a CA certificate (CA:TRUE): "
+                    "servers that check client certificates refuse it; use a leaf "
+                    "(basicConstraints CA:FALSE, see docs/security.md)"
+                )
+        if s.ca_file and cafile.missing(s.ca_file):
+            # Not an error: the endpoint comes up and waits for it (cafile.py says why).
+            if self.dry_run:
+                self._warnings.append(
+                    f"[{s.name}] ca-file {s.ca_file} does not exist (yet): the client will "
+                    f"wait for it at start (an ERROR after {cafile.PATIENCE_S:g} s)"
+                )
+        elif s.ca_file:
+            cafile.check_ca(s.ca_file)
 
     def _server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
         parser = make_parser(
@@ -158,6 +175,7 @@ class Builder:
                 f"server '{s.name}': allow-for needs client certificates (verify-remote-endpoint "
                 "= true with ca-file, or client-fingerprints): identities come from them"
             )
+        self._check_identities(s)
         if policy.open:
             self._warnings.append(
                 f"[{s.name}] OPEN PROXY: any client that completes the QUIC handshake may "
@@ -178,7 +196,7 @@ class Builder:
                     f"server '{s.name}': verify-remote-endpoint needs ca-file "
                     "(the CA that signs client certificates)"
                 )
-            check_ca(s.ca_file)
+            cafile.check_ca(s.ca_file)
         if s.cert_file or s.key_file:
             if not (s.cert_file and s.key_file):
                 raise ConfigError(f"server '{s.name}': cert-file and key-file go together")
@@ -186,9 +204,7 @@ class Builder:
             tls.load_certificate_chain(certfile, keyfile)
         else:
             state = Path(s.state_dir) if s.state_dir else tls.default_state_dir()
-            names = [socket.gethostname()]
-            if s.listen_on.host not in ("0.0.0.0", "::", ""):
-                names.insert(0, s.listen_on.host)
+            names = tls.server_names(s.listen_on.host, own.current())
             if self.dry_run:
                 return None  # `check` writes no certificate
             cert_path, key_path = tls.ensure_self_signed(state, names)
@@ -209,13 +225,28 @@ class Builder:
         server.policies_for = policies_for
         return server
 
+    def _check_identities(self, s: ServerSettings) -> None:
+        """``allow-for`` fingerprints must be well formed; names need a CA to vouch for them."""
+        for i, entry in enumerate(s.allow_for or []):
+            pattern = entry.identity.strip()
+            if pattern.lower().startswith("sha256:"):
+                if not _is_fingerprint(pattern):
+                    raise ConfigError(
+                        f"server '{s.name}': allow-for[{i}].identity {pattern!r}: not a "
+                        "sha256:BASE64 key fingerprint as printed by 'quictund fingerprint FILE'"
+                    )
+            elif not s.verify_remote_endpoint:
+                self._warnings.append(
+                    f"[{s.name}] allow-for identity {pattern!r} never matches: clients accepted "
+                    "by client-fingerprints are known only by their key; name it as "
+                    'identity = "sha256:..." (quictund fingerprint CERT), or verify client '
+                    "certificates against a ca-file"
+                )
 
-def check_ca(path: str) -> None:
-    """A CA file must exist and hold at least one PEM certificate."""
+
+def _is_fingerprint(pattern: str) -> bool:
+    algo, _, digest = pattern.partition(":")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError(f"ca-file {path}: {os_reason(exc)}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ConfigError(f"ca-file {path}: no PEM certificate in it")
+        return algo == "sha256" and len(base64.b64decode(digest, validate=True)) == 32
+    except ValueError:
+        return False

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 
+from quictund import cafile
 from quictund.addresses import format_host_port
 from quictund.config import ClientSettings
 from quictund.endpoint import EndpointBase
@@ -68,7 +69,7 @@ class ClientEndpoint(EndpointBase):
         """Bind the listener and start the connector (as tasks of ``tg``)."""
         self._tg = tg
         self.listener = await self._bind()
-        self._track(tg.create_task(self.connector.run(), name=f"connector-{self.settings.name}"))
+        self._track(tg.create_task(self._connect(), name=f"connector-{self.settings.name}"))
         logger.info(
             "[%s] client endpoint listening on %s, server %s",
             self.settings.name,
@@ -104,6 +105,13 @@ class ClientEndpoint(EndpointBase):
         task.add_done_callback(self._tasks.discard)
 
     # ---- private -------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Run the connector, once ``ca-file`` exists (``cafile.py``: a server on this host
+        may not have written it yet)."""
+        if self.settings.ca_file:
+            await cafile.wait_for_ca_file(self.settings.name, self.settings.ca_file, self.connector)
+        await self.connector.run()
 
     async def _bind(self) -> StreamListener:
         return await listen(

@@ -29,6 +29,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
@@ -84,6 +85,24 @@ def setup_logging(level: str = "info", fmt: str = "console", stream: TextIO | No
     library = numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING)
     for name in _LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library)
+        if not any(isinstance(f, _EngineCloseDuplicate) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_EngineCloseDuplicate())
+
+
+class _EngineCloseDuplicate(logging.Filter):
+    """Drop the engines' own WARNING for a connection that ends in error.
+
+    aioquic logs a ``QuicConnectionError`` ("Error: 298, reason: ...") and qh3 a "Native peer
+    close" for every refused handshake; quictund reports the same end once, with the peer and
+    what to do (``quic/client.py``, ``server_endpoint.py``), so the engine's line only doubles
+    it -- and in raw engine terms.
+    """
+
+    _LINE = re.compile(r"(\[[0-9a-f]+\] )?(Error: \d+, reason: |Native peer close: )")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # aioquic's QuicConnectionAdapter has already turned the exception into "[cid] Error:"
+        return not self._LINE.match(str(record.msg))
 
 
 class FieldsAdapter(logging.LoggerAdapter[logging.Logger]):

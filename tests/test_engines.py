@@ -16,7 +16,8 @@ from cryptography.x509.oid import NameOID
 
 from quictund import tls
 from quictund.errors import ConfigError
-from quictund.quic import engine
+from quictund.identity import Identity
+from quictund.quic import engine, tls_advice
 from quictund.quic.engine import EngineSettings, events
 from quictund.quic.engine_aioquic import AioquicConnection
 from tests.engine_pair import CLIENT_ADDR, ENGINES, KIB, Certs, Pair, make_certs, make_pair
@@ -33,7 +34,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 def small(eng: str, **kw: int) -> EngineSettings:
     base = EngineSettings(
-        stream_window=64 * KIB, connection_window=1024 * KIB, max_streams=2000, engine=eng  # type: ignore[arg-type]
+        stream_window=64 * KIB,
+        connection_window=1024 * KIB,
+        max_streams=2000,
+        engine=eng,  # type: ignore[arg-type]
     )
     return replace(base, **kw)
 
@@ -278,7 +282,9 @@ def test_bulk_on_a_1ms_clock_is_not_paced_to_a_crawl(certs: Certs, eng: str) -> 
     """
     size = 16 * 1024 * KIB
     settings = EngineSettings(
-        stream_window=8 * 1024 * KIB, connection_window=32 * 1024 * KIB, engine=eng  # type: ignore[arg-type]
+        stream_window=8 * 1024 * KIB,
+        connection_window=32 * 1024 * KIB,
+        engine=eng,  # type: ignore[arg-type]
     )
     pair = make_pair(certs, settings)
     pair.on_server_data = lambda p, s, data: p.consume(s, len(data))
@@ -340,6 +346,8 @@ def test_mtls_accepts_a_certificate_issued_by_the_ca(
     peer = pair.server.peer_certificate
     assert peer is not None
     assert peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "client-1"
+    assert pair.server.peer_identity.matches("CN=client-1")  # the CA vouched for it
+    assert pair.server.peer_identity.key == tls.fingerprint(peer)
     assert pair.server.tls.new_session_ticket_cb is None  # no tickets: resumption skips auth
 
 
@@ -375,6 +383,9 @@ def test_mtls_by_client_pin_alone(certs: Certs, eng: str) -> None:
     pin = tls.fingerprint_file(certs.rogue_cert)
     ok = _mtls(certs, eng, eng, (certs.rogue_cert, certs.rogue_key), client_pins=frozenset([pin]))
     ok.run_until(lambda: ok.server_got(events.HandshakeCompleted))
+    # the rogue certificate says CN=client-1; a pin vouches for the key only (issue 13 §3)
+    assert ok.server.peer_identity == Identity(key=pin)
+    assert not ok.server.peer_identity.matches("CN=client-1")
     closed = _fails(
         _mtls(certs, eng, eng, (certs.client_cert, certs.client_key), client_pins=frozenset([pin]))
     )
@@ -397,6 +408,14 @@ def test_client_verifies_the_server_certificate(certs: Certs, eng: str, trusted:
         return
     closed = _fails(pair)
     assert closed.error_code == CRYPTO_ERROR + 42
+    # the same words on both engines, and the client's log line says the fix (issue 14 §3)
+    key = tls.fingerprint_file(certs.server_cert)
+    assert closed.reason_phrase.startswith(f"client refused the server certificate (key {key}): ")
+    line = tls_advice.explain(
+        closed.reason_phrase, endpoint="10.0.0.1:7500", cafile=str(cafile), server_name=None
+    )
+    assert line.startswith("this client refused the server's certificate: it is not signed by")
+    assert f'server-fingerprint = "{key}"' in line and "quictund fingerprint" in line
 
 
 @pytest.mark.parametrize("matches", [True, False])
@@ -424,5 +443,3 @@ def test_aioquic_connection_is_the_aioquic_adapter(eng: str, certs: Certs) -> No
     pair = make_pair(certs, small(eng), client_engine="aioquic")
     assert isinstance(pair.client, AioquicConnection)
     assert callable(getattr(pair.server, "consume", None))
-
-

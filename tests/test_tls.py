@@ -178,7 +178,7 @@ def test_second_call_reuses_files(
 ) -> None:
     cert_path, key_path = generated
     before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in generated]
-    with caplog.at_level(logging.INFO, logger="quictund.tls"):
+    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
         # a subset of the names (and a different order) is still covered
         again = tls.ensure_self_signed(tmp_path / "state", ["192.0.2.7", "localhost"])
     assert again == generated
@@ -191,7 +191,7 @@ def test_new_hostname_renews_cert_and_keeps_key(
 ) -> None:
     cert_path, key_path = generated
     old_cert, old_fp = cert_path.read_bytes(), tls.fingerprint_file(cert_path)
-    with caplog.at_level(logging.INFO, logger="quictund.tls"):
+    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
         tls.ensure_self_signed(tmp_path / "state", ["new.example.com"])
     assert cert_path.read_bytes() != old_cert
     assert "does not cover new.example.com" in caplog.text
@@ -205,7 +205,7 @@ def test_new_hostname_renews_cert_and_keeps_key(
 
 def test_expiring_cert_is_regenerated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cert_path, key_path = make_cert(tmp_path, "server", not_after=NOW + dt.timedelta(days=29))
-    with caplog.at_level(logging.INFO, logger="quictund.tls"):
+    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
         tls.ensure_self_signed(tmp_path, [])
     assert f"{cert_path} expires on" in caplog.text
     assert "in less than 30 days" in caplog.text
@@ -215,7 +215,7 @@ def test_expiring_cert_is_regenerated(tmp_path: Path, caplog: pytest.LogCaptureF
 def test_garbage_files_are_regenerated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "server.pem").write_text("garbage\n")
     (tmp_path / "server.key").write_text("garbage\n")
-    with caplog.at_level(logging.INFO, logger="quictund.tls"):
+    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
         cert_path, key_path = tls.ensure_self_signed(tmp_path, ["h"])
     assert "not a PEM certificate file" in caplog.text
     assert "new self-signed certificate and key" in caplog.text
@@ -405,3 +405,69 @@ def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert tls.default_state_dir() == tmp_path / ".local" / "state" / "quictund"
     monkeypatch.delenv("XDG_STATE_HOME")
     assert tls.default_state_dir() == tmp_path / ".local" / "state" / "quictund"
+
+
+# server_names: what the generated certificate covers (issue 14 §3)
+
+
+def test_server_names_for_a_wildcard_listener_are_the_dialable_addresses() -> None:
+    host = ipaddress.ip_address
+    found = [host(a) for a in ("10.0.0.1", "127.0.0.1", "169.254.1.1", "2001:db8::7", "fe80::1")]
+    found += [host("::1"), host("::ffff:10.0.0.9"), host("192.0.2.4")]
+    v4 = tls.server_names("0.0.0.0", found)
+    assert v4[1:] == ["10.0.0.1", "192.0.2.4"]  # no loopback, link-local, mapped or IPv6
+    assert tls.server_names("::", found)[1:] == ["10.0.0.1", "192.0.2.4", "2001:db8::7"]
+    assert tls.server_names("10.0.0.1", found)[0] == "10.0.0.1"
+    assert tls.server_names("[2001:db8::7]", found)[0] == "2001:db8::7"
+    many = [ipaddress.IPv4Address(0x0A000000 + i) for i in range(1, 200)]
+    assert len(tls.server_names("0.0.0.0", many)) == 1 + 64
+
+
+def test_new_address_renews_the_certificate_and_keeps_the_key(tmp_path: Path) -> None:
+    first = tls.server_names("0.0.0.0", [ipaddress.ip_address("10.0.0.1")])
+    cert_path, _ = tls.ensure_self_signed(tmp_path, first)
+    pin = tls.fingerprint_file(cert_path)
+    before = cert_path.read_bytes()
+    tls.ensure_self_signed(tmp_path, first)
+    assert cert_path.read_bytes() == before  # unchanged addresses: the certificate is kept
+    grown = tls.server_names("0.0.0.0", [ipaddress.ip_address(a) for a in ("10.0.0.1", "10.9.9.9")])
+    tls.ensure_self_signed(tmp_path, grown)
+    assert cert_path.read_bytes() != before
+    assert tls.fingerprint_file(cert_path) == pin  # pins survive
+    san = (
+        x509.load_pem_x509_certificate(cert_path.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert ipaddress.ip_address("10.9.9.9") in san.get_values_for_type(x509.IPAddress)
+
+
+def test_tls_advice_names_the_side_and_the_fix() -> None:
+    from quictund.quic.tls_advice import explain
+
+    key = "sha256:" + "B" * 43 + "="
+    ours = f"closed by peer or engine: client refused the server certificate (key {key}): "
+    named = explain(
+        ours + "it does not name '10.0.0.1' (it names DNS:vm, IP:127.0.0.1)",
+        endpoint="10.0.0.1:7500",
+        cafile="/etc/quictun/server.pem",
+        server_name="10.0.0.1",
+    )
+    assert named.startswith("this client refused the server's certificate: it does not name")
+    assert "set server-name = " in named and f'server-fingerprint = "{key}"' in named
+    stale = explain(
+        ours + "it is not signed by ca-file /x.pem (self-signed certificate)",
+        endpoint="h:1",
+        cafile="/x.pem",
+        server_name=None,
+    )
+    assert "ca-file /x.pem is not the certificate (or CA) this server uses now" in stale
+    theirs = explain(
+        "closed by peer or engine: client key is not one of client-fingerprints",
+        endpoint="h:1",
+        cafile=None,
+        server_name=None,
+    )
+    assert theirs.startswith("the server refused this client's certificate: client key")
+    other = "closed by peer or engine: idle timeout"
+    assert explain(other, endpoint="h:1", cafile=None, server_name=None) == other

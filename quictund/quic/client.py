@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from quictund.quic import engine
+from quictund.quic import engine, tls_advice
 from quictund.quic.session import Address, QuicSession, StreamHandler
 from quictund.quic.udp import UdpSocket, open_udp
 
@@ -102,7 +102,7 @@ class Connector:
             self.session = None
             self.state = "reconnecting"
             self.reconnects += 1
-            self.last_error = session.close_reason
+            self.last_error = self._explain(session.close_reason)
             # A connection that dies at once (the server refusing our client certificate
             # after TLS 1.3 let us finish, a crash loop) counts as a failed attempt, so the
             # backoff keeps growing instead of hammering the server.
@@ -116,7 +116,7 @@ class Connector:
                 self.name,
                 self.host,
                 self.port,
-                session.close_reason,
+                self.last_error,
                 delay,
             )
             await asyncio.sleep(delay)
@@ -193,5 +193,15 @@ class Connector:
             session.close(0, "handshake timeout")
             raise TimeoutError("QUIC handshake timed out") from None
         except ConnectionError:
-            raise ConnectionError(session.close_reason) from None
+            raise ConnectionError(self._explain(session.close_reason)) from None
         return session
+
+    def _explain(self, reason: str) -> str:
+        """A certificate refusal, either side's, said with its fix (``tls_advice``)."""
+        config = self._configuration()
+        return tls_advice.explain(
+            reason,
+            endpoint=f"{self.host}:{self.port}",
+            cafile=config.cafile,
+            server_name=config.server_name,
+        )

@@ -29,6 +29,7 @@ from aioquic.quic.packet import (
 from cryptography import x509
 
 from quictund.errors import ConfigError
+from quictund.identity import Identity
 from quictund.quic.settings import ALPN, ENGINES, EngineName, EngineSettings
 
 __all__ = [
@@ -58,6 +59,8 @@ class QuicConfiguration(Protocol):
 
     supported_versions: list[int]
     max_datagram_size: int
+    cafile: str | None
+    server_name: str | None
 
 
 class EngineConnection(Protocol):
@@ -99,6 +102,8 @@ class EngineConnection(Protocol):
     def events_ready(self) -> bool: ...
     @property
     def peer_certificate(self) -> x509.Certificate | None: ...
+    @property
+    def peer_identity(self) -> Identity: ...
 
 
 def engine_available(name: str) -> bool:

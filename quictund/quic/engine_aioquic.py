@@ -25,7 +25,8 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
 * **mTLS**: a client certificate is required and verified in the handshake
   (``_ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a server may
-  be pinned (``_PinnedServerContext``).  No session tickets are ever issued.
+  be pinned, and the server's chain is checked by ``peer_checks`` as for qh3
+  (``_ServerCheckContext``).  No session tickets are ever issued.
 """
 
 from __future__ import annotations
@@ -48,9 +49,15 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
+from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.quic.credit import ReceiveLedger, raised_limit
-from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
+from quictund.quic.peer_checks import (
+    PeerRejected,
+    check_client_certificate,
+    check_server_certificate,
+    check_server_pin,
+)
 from quictund.quic.settings import ALPN, EngineSettings
 
 # What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
@@ -243,6 +250,10 @@ class AioquicConnection(QuicConnection):
         tls_ctx = getattr(self, "tls", None)
         return None if tls_ctx is None else tls_ctx._peer_certificate
 
+    @property
+    def peer_identity(self) -> Identity:
+        return getattr(getattr(self, "tls", None), "quictund_identity", ANONYMOUS)
+
     # ---- aioquic overrides --------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -308,11 +319,13 @@ class AioquicConnection(QuicConnection):
             self.tls._request_client_certificate = True
             self.tls._client_cafile = self._client_cafile  # type: ignore[attr-defined]
             self.tls._pins = self._client_pins  # type: ignore[attr-defined]
-        elif self._is_client and self._server_pins:
-            # Pinning replaces CA verification (make_configuration turned it off): the
-            # server's public key must be one of the pins, checked in the handshake.
-            self.tls.__class__ = _PinnedServerContext
+        elif self._is_client and (self._server_pins or self.tls._verify_mode != ssl.CERT_NONE):
+            # The server by its pinned key (make_configuration turned CA verification off) or
+            # by its chain: peer_checks does either, so a refusal reads the same on both
+            # engines and the client's log can say what to do (tls_advice.py).
+            self.tls.__class__ = _ServerCheckContext
             self.tls._pins = self._server_pins  # type: ignore[attr-defined]
+            self.tls._verify_mode = ssl.CERT_NONE  # aioquic then checks the signature only
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
@@ -448,6 +461,7 @@ class _ClientAuthContext(tls.Context):
 
     _client_cafile: str | None
     _pins: frozenset[str]
+    quictund_identity: Identity = ANONYMOUS  # what check_client_certificate verified
 
     def _server_handle_certificate(self, input_buf: Buffer) -> None:
         start = input_buf.tell()
@@ -460,7 +474,7 @@ class _ClientAuthContext(tls.Context):
     def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._server_handle_certificate_verify(input_buf)  # checks the signature
         try:
-            check_client_certificate(
+            self.quictund_identity = check_client_certificate(
                 self._peer_certificate,
                 self._peer_certificate_chain,
                 cafile=self._client_cafile,
@@ -470,15 +484,23 @@ class _ClientAuthContext(tls.Context):
             raise _alert(exc) from None
 
 
-class _PinnedServerContext(tls.Context):
-    """Client TLS context that accepts the server only by its pinned public key."""
+class _ServerCheckContext(tls.Context):
+    """Client TLS context: the server by its pinned key, or by its chain (``peer_checks``)."""
 
     _pins: frozenset[str]
 
     def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
         try:
-            check_server_pin(self._peer_certificate, self._pins)
+            if self._pins:
+                check_server_pin(self._peer_certificate, self._pins)
+            else:
+                check_server_certificate(
+                    self._peer_certificate,
+                    self._peer_certificate_chain,
+                    server_name=self._server_name,
+                    cafile=self._cafile,
+                )
         except PeerRejected as exc:
             raise _alert(exc) from None
 

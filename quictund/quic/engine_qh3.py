@@ -51,6 +51,7 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
+from quictund.identity import ANONYMOUS, Identity
 from quictund.quic.credit import ReceiveLedger
 from quictund.quic.peer_checks import (
     PeerRejected,
@@ -200,6 +201,10 @@ class Qh3Connection(QuicConnection):
             if cert is not None:
                 self._peer_cert = x509.load_der_x509_certificate(cert.public_bytes())
         return self._peer_cert
+
+    @property
+    def peer_identity(self) -> Identity:
+        return getattr(self.tls, "quictund_identity", ANONYMOUS)
 
     # ---- qh3 overrides ------------------------------------------------------------------
 
@@ -485,6 +490,8 @@ _server_hello_with_request = _with_globals(
 class _ClientAuthContext(qtls.Context):
     """Server TLS context that asks for, and verifies, a client certificate in the handshake."""
 
+    quictund_identity: Identity = ANONYMOUS  # what check_client_certificate verified
+
     def _qt_init(self, cafile: str | None, pins: frozenset[str]) -> None:
         self._qt_cafile = cafile
         self._qt_pins = pins
@@ -552,7 +559,7 @@ class _ClientAuthContext(qtls.Context):
             raise qtls.AlertDecryptError(str(exc)) from None
         certs = [x509.load_der_x509_certificate(der) for der in self._qt_ders]
         try:
-            check_client_certificate(
+            self.quictund_identity = check_client_certificate(
                 certs[0], certs[1:], cafile=self._qt_cafile, pins=self._qt_pins
             )
         except PeerRejected as exc:

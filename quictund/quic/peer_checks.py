@@ -8,11 +8,14 @@ certificate type converts through DER first.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from aioquic import tls as _aioquic_tls
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from quictund.tls import fingerprint
+from quictund.certload import fingerprint, is_ca
+from quictund.identity import Identity, identity_of, pinned_identity
 
 # TLS alert numbers (RFC 8446 section 6)
 HANDSHAKE_FAILURE = 40
@@ -36,28 +39,65 @@ def check_client_certificate(
     *,
     cafile: str | None,
     pins: frozenset[str],
-) -> None:
-    """Accept a client by a pinned key or by a chain to ``cafile``; else raise ``PeerRejected``.
+    now: dt.datetime | None = None,
+) -> Identity:
+    """Accept a client by a chain to ``cafile`` or by a pinned key; return what was verified.
 
-    Checked: a certificate was sent at all, it may be used for client authentication (EKU and
-    key usage, when stated), and then either its key is pinned or its chain verifies (dates,
-    signatures, CA flags) against ``cafile``.
+    Checked: a certificate was sent at all, it is a leaf that may be used for client
+    authentication (not ``CA:TRUE``; EKU and key usage, when stated), and then either its
+    chain verifies (dates, signatures, CA flags) against ``cafile`` -- the identity is then
+    its subject, names and key -- or its key is pinned and the certificate is within its
+    validity period -- the identity is then the key alone (``identity.py`` says why).
+    Raises ``PeerRejected`` with the TLS alert to send otherwise.
     """
     if cert is None:
         raise PeerRejected(HANDSHAKE_FAILURE, "client certificate required")
     check_client_usage(cert)
+    refused: PeerRejected | None = None
+    if cafile is not None:
+        try:
+            _aioquic_tls.verify_certificate(certificate=cert, chain=chain, cafile=cafile)
+            return identity_of(cert)
+        except _aioquic_tls.Alert as exc:
+            refused = PeerRejected(int(exc.description), str(exc))
     if pins and fingerprint(cert) in pins:
-        return
-    if cafile is None:
-        raise PeerRejected(BAD_CERTIFICATE, "client key is not one of client-fingerprints")
-    try:
-        _aioquic_tls.verify_certificate(certificate=cert, chain=chain, cafile=cafile)
-    except _aioquic_tls.Alert as exc:
-        raise PeerRejected(int(exc.description), str(exc)) from None
+        check_pinned_dates(cert, now or dt.datetime.now(dt.UTC))
+        return pinned_identity(cert)
+    if refused is not None:
+        raise refused
+    raise PeerRejected(BAD_CERTIFICATE, "client key is not one of client-fingerprints")
+
+
+def check_pinned_dates(cert: x509.Certificate, now: dt.datetime) -> None:
+    """A pinned certificate is refused outside its validity period, as a CA-verified one is.
+
+    The pin proves the key; the dates are the owner's statement of how long it meant to use
+    it, and a key that leaked with an old certificate should not outlive that statement.
+    """
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < start:
+        raise PeerRejected(
+            CERTIFICATE_EXPIRED,
+            f"pinned client certificate is not valid before {start:%Y-%m-%d %H:%M:%S} UTC",
+        )
+    if now > end:
+        raise PeerRejected(
+            CERTIFICATE_EXPIRED,
+            f"pinned client certificate expired on {end:%Y-%m-%d %H:%M:%S} UTC",
+        )
 
 
 def check_client_usage(cert: x509.Certificate) -> None:
-    """A certificate that states its purposes must allow client authentication."""
+    """A client certificate is a leaf, and one that states its purposes allows client auth.
+
+    A ``CA:TRUE`` certificate is a signing authority, not a party: accepting one as a client
+    would let whoever holds a CA key (say, a quictund server's own generated certificate,
+    which is its own CA) log in with it directly.
+    """
+    if is_ca(cert):
+        raise PeerRejected(
+            UNSUPPORTED_CERTIFICATE, "client certificate is a CA certificate (CA:TRUE), not a leaf"
+        )
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -85,7 +125,8 @@ def check_server_certificate(
 
     aioquic's verifier (OpenSSL) for both engines: qh3's own (webpki) refuses a self-signed
     certificate used as its own CA, which is how a quictund server's generated certificate is
-    distributed (``ca-file`` = the server's certificate).
+    distributed (``ca-file`` = the server's certificate).  The refusal is phrased by
+    ``_server_refusal`` so the client's log (``tls_advice.py``) can say what to do.
     """
     if cert is None:
         raise PeerRejected(BAD_CERTIFICATE, "the server sent no certificate")
@@ -94,10 +135,42 @@ def check_server_certificate(
             certificate=cert, chain=chain, server_name=server_name, cafile=cafile
         )
     except _aioquic_tls.Alert as exc:
-        raise PeerRejected(int(exc.description), str(exc)) from None
+        raise _server_refusal(cert, int(exc.description), str(exc), server_name, cafile) from None
 
 
 def check_server_pin(cert: x509.Certificate | None, pins: frozenset[str]) -> None:
     """Pinning replaces CA verification: the server's public key must be one of ``pins``."""
-    if cert is None or fingerprint(cert) not in pins:
-        raise PeerRejected(BAD_CERTIFICATE, "server key does not match server-fingerprint")
+    if cert is None:
+        raise PeerRejected(BAD_CERTIFICATE, "the server sent no certificate")
+    if fingerprint(cert) not in pins:
+        raise PeerRejected(
+            BAD_CERTIFICATE,
+            f"{SERVER_REFUSED} (key {fingerprint(cert)}): {KEY_NOT_PINNED}",
+        )
+
+
+# How a client's refusal of the server certificate reads, on the wire (the close reason the
+# server logs) and in the client's own log, where tls_advice.py adds what to do.
+SERVER_REFUSED = "client refused the server certificate"
+NOT_NAMED = "it does not name"
+NOT_TRUSTED = "it is not signed by"
+OUT_OF_DATE = "it is valid only from"
+KEY_NOT_PINNED = "its key does not match server-fingerprint"
+_MAX_NAMES = 6  # of the certificate's names quoted in the reason (a close frame is small)
+
+
+def _server_refusal(
+    cert: x509.Certificate, alert: int, why: str, server_name: str | None, cafile: str | None
+) -> PeerRejected:
+    key = fingerprint(cert)
+    if alert == CERTIFICATE_EXPIRED:
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        detail = f"{OUT_OF_DATE} {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+    elif why.startswith("hostname") or "could not be parsed" in why:
+        names = [str(n) for n in identity_of(cert).names]
+        shown = ", ".join(names[:_MAX_NAMES]) + (", ..." if len(names) > _MAX_NAMES else "")
+        detail = f"{NOT_NAMED} {server_name!r} (it names {shown or 'nothing'})"
+    else:
+        signer = f"ca-file {cafile}" if cafile else "a CA this host trusts (no ca-file set)"
+        detail = f"{NOT_TRUSTED} {signer} ({why})"
+    return PeerRejected(alert, f"{SERVER_REFUSED} (key {key}): {detail}")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from quictund.identity import Identity, identity_of
+from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, events
 from quictund.wire import ErrorCode
 
@@ -167,9 +167,9 @@ class QuicSession:
 
     @property
     def identity(self) -> Identity:
-        """The peer's certificate identity (empty when it presented none)."""
+        """What the handshake verified about the peer (``identity.py``); empty if nothing."""
         if self._identity is None:
-            self._identity = identity_of(self.conn.peer_certificate)
+            self._identity = self.conn.peer_identity
         return self._identity
 
     @property
