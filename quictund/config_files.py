@@ -100,6 +100,8 @@ def find_files(files: list[str], dirs: list[str]) -> list[Path]:
         dirs = [str(DEFAULT_DIR)]
     for d in dirs:
         directory = Path(d)
+        if not directory.exists():
+            raise ConfigProblems([f"{d}: does not exist (create it, or give --config FILE)"])
         if not directory.is_dir():
             raise ConfigProblems([f"{d}: not a directory"])
         paths.extend(sorted(directory.glob("*.toml")))

@@ -115,6 +115,8 @@ def _assert_lines(lines: list[str], expected: list[str | re.Pattern[str]]) -> No
     assert not missing and not left, f"missing: {missing!r}\nunexpected: {left!r}"
 
 
+MISSING_DIR = "does not exist (create it, or give --config FILE)"
+
 # ----------------------------------------------------------------------------- examples
 
 
@@ -463,7 +465,7 @@ def test_check_missing_config_file(tmp_path: Path) -> None:
 def test_check_missing_config_dir(tmp_path: Path) -> None:
     result = quictund("check", "--config-dir", tmp_path / "nowhere")
     assert result.rc == EX_CONFIG
-    assert result.lines == [f"{tmp_path / 'nowhere'}: not a directory"]
+    assert result.lines == [f"{tmp_path / 'nowhere'}: {MISSING_DIR}"]
 
 
 def test_check_reports_every_missing_name_in_a_file(tmp_path: Path) -> None:
@@ -1073,8 +1075,9 @@ def test_find_files_bad_dir(tmp_path: Path, kind: str) -> None:
         bad.write_text("")
     with pytest.raises(ConfigProblems) as info:
         find_files([], [str(bad)])
-    assert info.value.lines == [f"{bad}: not a directory"]
-    assert str(info.value) == f"{bad}: not a directory"
+    why = "not a directory" if kind == "a-file" else MISSING_DIR
+    assert info.value.lines == [f"{bad}: {why}"]
+    assert str(info.value) == f"{bad}: {why}"
 
 
 def test_find_files_defaults_to_etc_quictun(
@@ -1091,7 +1094,7 @@ def test_find_files_default_dir_missing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(config_files, "DEFAULT_DIR", tmp_path / "etc-quictun")
     with pytest.raises(ConfigProblems) as info:
         find_files([], [])
-    assert info.value.lines == [f"{tmp_path / 'etc-quictun'}: not a directory"]
+    assert info.value.lines == [f"{tmp_path / 'etc-quictun'}: {MISSING_DIR}"]
 
 
 def test_load_nothing_found() -> None:
