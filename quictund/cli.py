@@ -209,9 +209,39 @@ def _check(args: argparse.Namespace) -> int:
         Daemon(config, dry_run=True)
     except ConfigError as exc:
         return _report(exc)
+    problems, warnings = _group_lines(config)
+    if problems:
+        return _report(config_files.ConfigProblems(problems))
+    for line in warnings:
+        print(line, file=sys.stderr)
     names = ", ".join(config.origins) or "no listeners"
     print(f"ok: {len(config.files)} file(s), {names}")
     return 0
+
+
+def _group_lines(config: Config) -> tuple[list[str], list[str]]:
+    """Groups that sockets are handed to: (problems, warnings), one line each."""
+    from quictund.groups import gid_of, membership_warning
+
+    wanted: list[tuple[str, str]] = []
+    if config.api.group:
+        wanted.append((config.api.group, "[api] group"))
+    wanted += [
+        (c.unix_socket_group, f"{config.origins[c.name]}.unix-socket-group")
+        for c in config.clients
+        if c.unix_socket_group
+    ]
+    problems, warnings = [], []
+    for group, what in wanted:
+        try:
+            gid_of(group, what)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        warning = membership_warning(group, what)
+        if warning:
+            warnings.append(warning)
+    return problems, warnings
 
 
 def _dump(args: argparse.Namespace) -> int:

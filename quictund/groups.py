@@ -53,3 +53,41 @@ def give_to_group(path: str, group: str, what: str) -> None:
         os.chown(path, -1, gid)
     except OSError as exc:
         raise chown_error(exc, group, what) from None
+
+
+# The packaged units run as this user and add this group (SupplementaryGroups=).
+SERVICE_USER = "quictun"
+UNIT_GROUPS = ("quictun-api",)
+
+
+def membership_warning(group: str, what: str) -> str | None:
+    """For ``quictund check``: a line if the daemon will not be allowed to use ``group``.
+
+    Run as root, ``check`` judges for the packaged units' user (``quictun``, if it exists;
+    root itself may give files to any group); otherwise for the user running it.  A
+    ``SupplementaryGroups=`` drop-in is invisible from here, so this is a warning.
+    """
+    try:
+        gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
+    except KeyError:
+        return None  # gid_of reports it
+    if os.geteuid() != 0:
+        if gid in (os.getegid(), *os.getgroups()):
+            return None
+        user = f"uid {os.geteuid()}"
+    else:
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+            return None
+        members = {m for g in grp.getgrall() if g.gr_gid == gid for m in g.gr_mem}
+        if gid == entry.pw_gid or SERVICE_USER in members or group in UNIT_GROUPS:
+            return None
+        user = f"user {SERVICE_USER}"
+    return (
+        f"warning: {what}: {user} is not a member of group {group!r}: the daemon will refuse "
+        f"to start unless a drop-in gives it `SupplementaryGroups={group}` (systemctl edit "
+        f"quictun@NAME), or `adduser {SERVICE_USER} {group}`"
+    )
