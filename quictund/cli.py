@@ -138,7 +138,7 @@ def _load(args: argparse.Namespace) -> Config:
     config = config_files.load(config_files.find_files(args.config, dirs))
     if getattr(args, "api_socket", None):
         config.api = config.api.model_copy(update={"socket": args.api_socket})
-    if getattr(args, "api_group", None):
+    if getattr(args, "api_group", None) and config.api.group is None:
         config.api = config.api.model_copy(update={"group": args.api_group})
     return config
 

@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-group",
         default=None,
         metavar="GROUP",
-        help="group owner of the API socket (overrides [api] group; the packaged units use "
-        "quictun-api)",
+        help="group owner of the API socket unless [api] group names one (the packaged units "
+        "use quictun-api)",
     )
     run.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # I/N, set by the supervisor
     run.add_argument("--worker-api", default=None, help=argparse.SUPPRESS)
