@@ -88,9 +88,9 @@ def test_check_catches_an_unknown_group_before_a_restart(tmp_path: Path) -> None
         timeout=60,
     )
     assert result.returncode == 78
+    advice = "does not exist (create it with `addgroup --system {0}`, or name another group)"
     assert result.stderr.splitlines() == [
-        "[api] group: group 'qt-no-such-api' does not exist (create it with `addgroup "
-        "--system qt-no-such-api`, or name another group)",
-        "c.toml: client[0].unix-socket-group: group 'qt-no-such-app' does not exist (create it "
-        "with `addgroup --system qt-no-such-app`, or name another group)",
+        "[api] group: group 'qt-no-such-api' " + advice.format("qt-no-such-api"),
+        "c.toml: client[0].unix-socket-group: group 'qt-no-such-app' "
+        + advice.format("qt-no-such-app"),
     ]
