@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from quictund.errors import os_reason
@@ -102,17 +103,28 @@ def _peer_pid(path: str) -> int:
 
 
 def _socket_of(pid: int) -> str:
-    """The API socket in /run/quictun served by process ``pid`` (``reload --pid PID`` alone):
-    each ``*.sock`` is asked who listens on it (SO_PEERCRED), so several instances are fine."""
+    """The API socket of process ``pid`` (``reload --pid PID`` alone): the ``--api-socket`` on
+    its command line, else the one ``*.sock`` in /run/quictun it listens on (SO_PEERCRED).
+    Several (its UNIX listeners live there too) are ambiguous: ask for ``--api``."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        argv = []
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == b"--api-socket":
+            return os.fsdecode(value)
     socks = sorted(RUN_DIR.glob("*.sock")) if RUN_DIR.is_dir() else []
+    mine = []
     for sock in socks:
         try:
             if _peer_pid(str(sock)) == pid:
-                return str(sock)
+                mine.append(str(sock))
         except SystemExit:  # a stale or foreign socket: not the one
             continue
-    found = ", ".join(s.name for s in socks) or "none"
+    if len(mine) == 1:
+        return mine[0]
+    found = ", ".join(mine) or f"none in {RUN_DIR}"
     raise SystemExit(
-        f"quictund reload: PID {pid} serves no API socket in {RUN_DIR} (found: {found}); "
+        f"quictund reload: which API socket does PID {pid} serve? (found: {found}); "
         "give --api PATH (the daemon's --api-socket or [api] socket)"
     )

@@ -246,19 +246,20 @@ async def test_reload_by_pid_alone_says_what_changed(
     conf = short_tmp / "d.toml"
     server = server_toml("s", port, state_dir, [backend.address])
     client = client_toml("a", f"unix:{short_tmp}/a.sock", port, ca, backend.address)
-    conf.write_text(server + client)
     run_dir = short_tmp / "run"
     run_dir.mkdir()
+    api = f'[api]\nsocket = "{run_dir}/mine.sock"\n'  # not on its command line: found by asking
+    conf.write_text(api + server + client)
     decoy = socket.socket(socket.AF_UNIX)  # another instance's socket, served by us
     decoy.bind(str(run_dir / "other.sock"))
     decoy.listen()
-    run = await Run.start("--config", str(conf), "--api-socket", str(run_dir / "mine.sock"))
+    run = await Run.start("--config", str(conf))
     monkeypatch.setenv("QUICTUND_RUN_DIR", str(run_dir))
     monkeypatch.delenv("QUICTUND_API", raising=False)
     try:
         await run.wait_log("ready:")
         # the server's policy changes (same address: adopted in place), the client does not
-        conf.write_text(server.replace("allow = [", 'allow = ["tcp:127.0.0.1:1", ') + client)
+        conf.write_text(api + server.replace("allow = [", 'allow = ["tcp:127.0.0.1:1", ') + client)
         assert run.proc.pid is not None
         rc, out, err = await quictund("reload", "--pid", str(run.proc.pid))
         assert (rc, err) == (0, "")
@@ -268,10 +269,32 @@ async def test_reload_by_pid_alone_says_what_changed(
         await dead.wait()
         rc, _, err = await quictund("reload", "--pid", str(dead.pid))
         assert rc == 1
-        assert f"PID {dead.pid} serves no API socket in {run_dir}" in err
+        assert f"which API socket does PID {dead.pid} serve? (found: none in {run_dir})" in err
         assert await run.stop() == 0
     finally:
         decoy.close()
         if run.proc.returncode is None:
             run.proc.kill()
         backend.close()
+
+
+async def test_reload_by_pid_alone_reads_its_api_socket_flag(
+    short_tmp: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The units' way: ``--api-socket`` on the daemon's command line names the socket, even
+    outside /run/quictun."""
+    conf = short_tmp / "d.toml"
+    conf.write_text(server_toml("s", free_udp_port(), state_dir, ["tcp:127.0.0.1:1"]))
+    run = await Run.start("--config", str(conf), "--api-socket", str(short_tmp / "api.sock"))
+    monkeypatch.setenv("QUICTUND_RUN_DIR", str(short_tmp / "empty"))
+    monkeypatch.delenv("QUICTUND_API", raising=False)
+    try:
+        await run.wait_log("ready:")
+        assert run.proc.pid is not None
+        rc, out, err = await quictund("reload", "--pid", str(run.proc.pid))
+        assert (rc, err) == (0, "")
+        assert "accepted: kept 1, changed none, started none, stopped none" in out
+        assert await run.stop() == 0
+    finally:
+        if run.proc.returncode is None:
+            run.proc.kill()
