@@ -9,6 +9,7 @@ token, a UNIX one with a token map) carry bytes both ways.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
@@ -33,8 +34,6 @@ def fill_in(text: str, addresses: dict[str, str]) -> str:
 
 
 async def start(config: Path, state: Path) -> Run:
-    import asyncio
-
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
     env["STATE_DIRECTORY"] = str(state)  # what systemd's StateDirectory=quictund sets
