@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the public-key fingerprint of a PEM "
         "certificate, for server-fingerprint / client-fingerprints",
     )
-    fingerprint.add_argument("file")
+    fingerprint.add_argument("file", metavar="FILE", help="a PEM certificate")
     token = sub.add_parser(
         "token", help="signed tokens: quictund token sign --secret-file F --audience A DEST"
     )
@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     sign = token_sub.add_parser(
         "sign", help="print a signed token for DEST (tcp:HOST:PORT or unix:/path)"
     )
-    sign.add_argument("destination")
+    sign.add_argument(
+        "destination", metavar="DEST", help="what the token allows: tcp:HOST:PORT or unix:/path"
+    )
     sign.add_argument(
         "--secret-file",
         required=True,

@@ -164,6 +164,10 @@ def test_man_page_synopses_and_options_are_documented() -> None:
     for flag in ("secret\\-file", "client\\-port", "server\\-port", "state\\-dir", "ttl"):
         at = next(i for i, line in enumerate(lines) if f"\\fB\\-\\-{flag}\\fR" in line)
         assert lines[at + 1].strip(), f"--{flag} has no description"
+    # every option and argument of every command says what it is
+    for at, line in enumerate(lines):
+        if line == ".TP":
+            assert lines[at + 2].strip() and not lines[at + 2].startswith("."), lines[at + 1]
 
 
 # ---- the client's failure reasons -------------------------------------------------------
