@@ -4,7 +4,8 @@
   meanings, so its README quickstart runs unchanged.  Where quic-tun's default is insecure
   (client not verifying the server, server reaching any destination) the behaviour is kept for
   these commands only, with a WARNING saying how to turn the protection on.
-* ``quictund``: the daemon's own command (``run`` and friends).
+* ``quictund``: the daemon's own command (``run`` and friends); its command line is defined
+  in ``cli_parser.py`` (also read by packaging/deb/mkman.py for the man page).
 
 Exit codes: 0 ok, 78 (EX_CONFIG) for a bad configuration, 2 for bad usage.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quictund import __version__, config_files, inspect_cli, reload_cli
+from quictund import config_files, inspect_cli, reload_cli
+from quictund.cli_parser import build_parser
 from quictund.compat import client_parser, compat_config, server_parser
 from quictund.config_files import Config
 from quictund.errors import ConfigError
@@ -108,112 +110,6 @@ def client_main(argv: Sequence[str] | None = None) -> None:
     sys.exit(_run_compat("client", argv))
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a TOML file (repeatable)",
-    )
-    p.add_argument(
-        "--config-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="every *.toml in DIR, sorted (repeatable); default /etc/quictun",
-    )
-    p.add_argument(
-        "--drop-in-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="like --config-dir, but DIR may be missing (systemd-style NAME.d drop-ins)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``quictund`` command line (also read by packaging/deb/mkman.py for the man page)."""
-    parser = argparse.ArgumentParser(prog="quictund", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"quictund {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the listeners defined in TOML files (the daemon)")
-    _config_args(run)
-    run.add_argument(
-        "--api-socket",
-        default=None,
-        metavar="PATH",
-        help="serve the tunnel API on this UNIX socket (overrides [api] socket)",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="run N worker processes sharing the listening ports (default: [daemon] workers)",
-    )
-    run.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # I/N, set by the supervisor
-    run.add_argument("--worker-api", default=None, help=argparse.SUPPRESS)
-    reload = sub.add_parser(
-        "reload",
-        help="reload a running daemon and wait for the verdict: exit 0 if the new "
-        "configuration was accepted, 78 with the reason if it was rejected (systemd ExecReload)",
-    )
-    reload_cli.add_arguments(reload)
-    check = sub.add_parser(
-        "check", help="validate TOML files: exit 0, or 78 with one line per problem"
-    )
-    _config_args(check)
-    dump = sub.add_parser(
-        "dump-config", help="print the effective configuration as TOML, defaults filled in"
-    )
-    _config_args(dump)
-    sub.add_parser(
-        "convert",
-        help="print the TOML for a quic-tun command line: quictund "
-        "convert -- quictun-client --listen-on ...",
-        add_help=False,
-    )
-    sub.add_parser(
-        "server",
-        add_help=False,
-        help="run a quic-tun compatible server endpoint (flags as quictun-server)",
-    )
-    sub.add_parser(
-        "client",
-        add_help=False,
-        help="run a quic-tun compatible client endpoint (flags as quictun-client)",
-    )
-    fingerprint = sub.add_parser(
-        "fingerprint",
-        help="print the public-key fingerprint of a PEM "
-        "certificate, for server-fingerprint / client-fingerprints",
-    )
-    fingerprint.add_argument("file")
-    token = sub.add_parser(
-        "token", help="signed tokens: quictund token sign --secret-file F --audience A DEST"
-    )
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    sign = token_sub.add_parser(
-        "sign", help="print a signed token for DEST (tcp:HOST:PORT or unix:/path)"
-    )
-    sign.add_argument("destination")
-    sign.add_argument("--secret-file", required=True)
-    sign.add_argument("--audience", required=True, help="the server's token-audience")
-    sign.add_argument("--ttl", type=float, default=300.0, metavar="SECONDS")
-    tunnels = sub.add_parser("tunnels", help="list the open tunnels (from the API socket)")
-    inspect_cli.add_arguments(tunnels)
-    status = sub.add_parser("status", help="listeners and QUIC connections (from the API socket)")
-    inspect_cli.add_arguments(status)
-    demo = sub.add_parser("demo", help="run a server, a client and an echo app on loopback")
-    demo.add_argument("--client-port", type=int, default=6500)
-    demo.add_argument("--server-port", type=int, default=7500)
-    demo.add_argument("--state-dir", default=None, help="where the demo certificate is kept")
-    demo.add_argument("--once", action="store_true", help="exit after proving the tunnel")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -242,6 +138,8 @@ def _load(args: argparse.Namespace) -> Config:
     config = config_files.load(config_files.find_files(args.config, dirs))
     if getattr(args, "api_socket", None):
         config.api = config.api.model_copy(update={"socket": args.api_socket})
+    if getattr(args, "api_group", None) and config.api.group is None:
+        config.api = config.api.model_copy(update={"group": args.api_group})
     return config
 
 
@@ -311,9 +209,39 @@ def _check(args: argparse.Namespace) -> int:
         Daemon(config, dry_run=True)
     except ConfigError as exc:
         return _report(exc)
+    problems, warnings = _group_lines(config)
+    if problems:
+        return _report(config_files.ConfigProblems(problems))
+    for line in warnings:
+        print(line, file=sys.stderr)
     names = ", ".join(config.origins) or "no listeners"
     print(f"ok: {len(config.files)} file(s), {names}")
     return 0
+
+
+def _group_lines(config: Config) -> tuple[list[str], list[str]]:
+    """Groups that sockets are handed to: (problems, warnings), one line each."""
+    from quictund.groups import gid_of, membership_warning
+
+    wanted: list[tuple[str, str]] = []
+    if config.api.group:
+        wanted.append((config.api.group, "[api] group"))
+    wanted += [
+        (c.unix_socket_group, f"{config.origins[c.name]}.unix-socket-group")
+        for c in config.clients
+        if c.unix_socket_group
+    ]
+    problems, warnings = [], []
+    for group, what in wanted:
+        try:
+            gid_of(group, what)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        warning = membership_warning(group, what)
+        if warning:
+            warnings.append(warning)
+    return problems, warnings
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -388,13 +316,18 @@ def _convert(argv: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
     import uvloop
 
     from quictund.demo import run_demo
-    from quictund.tls import default_state_dir
 
     setup_logging("info", "console")
-    state = Path(args.state_dir) if args.state_dir else default_state_dir()
+    if args.state_dir is None:  # nothing left behind, even as root (no /var/lib/quictund)
+        with tempfile.TemporaryDirectory(prefix="quictund-demo-") as tmp:
+            args.state_dir = tmp
+            return _demo(args)
+    state = Path(args.state_dir)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             ok = runner.run(

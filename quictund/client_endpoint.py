@@ -20,17 +20,13 @@ from quictund.errors import ConfigError, TokenError
 from quictund.listeners import StreamListener, listen
 from quictund.quic import engine
 from quictund.quic.client import Connector
+from quictund.reasons import client_reason, for_ack
 from quictund.splice import Splice
 from quictund.tokens import TokenSource
 from quictund.tunnels import TunnelRecord, TunnelTable
 from quictund.wire import Ack, ErrorCode, TokenTooLong, encode_token
 
 logger = logging.getLogger(__name__)
-
-_ACK_NAMES: dict[int, str] = {
-    Ack.BAD_TOKEN: "server could not parse the token",
-    Ack.UNREACHABLE: "server could not reach (or may not reach) the destination",
-}
 
 
 class ClientEndpoint(EndpointBase):
@@ -64,6 +60,7 @@ class ClientEndpoint(EndpointBase):
         self.listener: StreamListener | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tokens: dict[str, str] = {}  # tunnel uuid -> token sent (for failure reasons)
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the listener and start the connector (as tasks of ``tg``)."""
@@ -118,6 +115,7 @@ class ClientEndpoint(EndpointBase):
             self.settings.listen_on,
             self._new_splice,
             unix_mode=self.settings.unix_socket_mode,
+            unix_group=self.settings.unix_socket_group,
             reuse_port=self.reuse_port,
         )
 
@@ -145,7 +143,8 @@ class ClientEndpoint(EndpointBase):
 
     def _finished(self, splice: Splice, reason: str) -> None:
         self.untrack(splice)
-        self.table.closed(splice.record, reason)
+        token = self._tokens.pop(splice.record.uuid, None)
+        self.table.closed(splice.record, client_reason(reason, token))
 
     async def _guarded(self, splice: Splice) -> None:
         try:
@@ -164,6 +163,7 @@ class ClientEndpoint(EndpointBase):
             return
         if splice.finished:
             return
+        self._tokens[splice.record.uuid] = token  # names the destination in failures
         try:
             session = await self.connector.get_session(s.connect_wait_s)
         except TimeoutError:
@@ -196,8 +196,7 @@ class ClientEndpoint(EndpointBase):
         if splice.finished:
             return
         if ack != Ack.OK:
-            why = _ACK_NAMES.get(ack, f"unknown ack 0x{ack:02x}" if ack >= 0 else "stream ended")
-            splice.abort(f"refused: {why}", ErrorCode.REFUSED)
+            splice.abort(for_ack(ack, token), ErrorCode.REFUSED)
             return
         self.table.opened(splice.record)
 

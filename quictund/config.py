@@ -121,6 +121,10 @@ class ClientSettings(QuicKnobs):
     server_fingerprint: Annotated[str | None, Field(alias="server-fingerprint")] = None
     connect_wait_s: Annotated[float, Field(alias="connect-wait", ge=0, le=300)] = 10.0
     unix_socket_mode: Annotated[int, Field(alias="unix-socket-mode", ge=0, le=0o777)] = 0o660
+    # group owner of a unix: listening socket (the daemon must be a member); None: its own
+    unix_socket_group: Annotated[str | None, Field(alias="unix-socket-group", min_length=1)] = (
+        None
+    )
 
     _v_listen = field_validator("listen_on", mode="before")(_stream_address)
     _v_pin = field_validator("server_fingerprint")(lambda v: None if v is None else _fingerprint(v))

@@ -13,6 +13,7 @@ builds its endpoints, and their messages get the same ``file: client[i]:`` prefi
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,8 @@ def find_files(files: list[str], dirs: list[str]) -> list[Path]:
         dirs = [str(DEFAULT_DIR)]
     for d in dirs:
         directory = Path(d)
+        if not directory.exists():
+            raise ConfigProblems([f"{d}: does not exist (create it, or give --config FILE)"])
         if not directory.is_dir():
             raise ConfigProblems([f"{d}: not a directory"])
         paths.extend(sorted(directory.glob("*.toml")))
@@ -301,7 +304,16 @@ def dump(config: Config, *, minimal: bool = False) -> str:
         for entry, (name, listen_on) in zip(data.get(role, []), pairs, strict=True):
             entry["name"] = name
             entry["listen-on"] = listen_on
-    return str(tomli_w.dumps(_plain(_ordered(data))))
+    return _octal_modes(str(tomli_w.dumps(_plain(_ordered(data)))))
+
+
+_MODE_LINE = re.compile(r"^(unix-socket-mode = )(\d+)$", re.MULTILINE)
+
+
+def _octal_modes(text: str) -> str:
+    """File modes in octal (``0o660``, valid TOML) as people write them; tomli_w has no
+    octal output, and ``432`` means nothing to a reader."""
+    return _MODE_LINE.sub(lambda m: f"{m[1]}0o{int(m[2]):03o}", text)
 
 
 _FIRST = (

@@ -259,6 +259,7 @@ class Daemon:
         the ones started are closed, the paused ones accept again, and the reload is refused.
         """
         old, new = self.endpoints, built.endpoints
+        summary = _summary(old, new)  # before adopt() makes a changed server look unchanged
         kept: dict[str, Endpoint] = {}
         for name, fresh in new.items():
             current = old.get(name)
@@ -302,11 +303,7 @@ class Daemon:
             current.stop_accepting()
             self._drain(current, tg)
         self.endpoints = {name: kept[name] if name in kept else ep for name, ep in new.items()}
-        added = [name for name in new if name not in kept]
-        return (
-            f"kept {len(kept)}, started {', '.join(added) or 'none'}, "
-            f"stopped {', '.join(leaving) or 'none'}"
-        )
+        return summary
 
     def _drain(self, endpoint: Endpoint, tg: asyncio.TaskGroup) -> None:
         async def drain() -> None:
@@ -377,3 +374,16 @@ class Daemon:
         for api in self._api_servers:
             api.close()
             await api.wait_closed()
+
+
+def _summary(old: dict[str, Endpoint], new: dict[str, Endpoint]) -> str:
+    """``kept 2, changed edge, started web2, stopped none``: by name, what a person edited
+    (a changed listener was replaced or, for a server on the same address, adopted in place)."""
+    changed = [n for n in new if n in old and old[n].settings != new[n].settings]
+    added = [n for n in new if n not in old]
+    gone = [n for n in old if n not in new]
+    unchanged = len(new) - len(changed) - len(added)
+    return (
+        f"kept {unchanged}, changed {', '.join(changed) or 'none'}, "
+        f"started {', '.join(added) or 'none'}, stopped {', '.join(gone) or 'none'}"
+    )

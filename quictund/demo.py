@@ -1,7 +1,8 @@
 """``quictund demo``: a server endpoint, a client endpoint and an echo app on loopback, in one
 process, with the secure defaults on (the client verifies the server's self-signed certificate,
 the server may reach only the echo app).  It proves the tunnel with one round trip, then keeps
-running so a person can try ``nc 127.0.0.1 6500`` -- or exits with ``--once``.
+running so a person can try it with a tool every Debian has (python3) -- or exits with
+``--once``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ class _Echo(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.transport.write_eof()
         return True
+
+
+def try_it(port: int) -> str:
+    """A one-liner that sends a line through the tunnel and prints the echo.  Not ``nc``: a
+    fresh Debian has no netcat, but always python3 (quictund needs it)."""
+    return (
+        "python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', "
+        f"{port})); s.sendall(b'hi\\\\n'); print(s.recv(99).decode(), end='')\""
+    )
 
 
 async def run_demo(*, client_port: int, server_port: int, state_dir: Path, once: bool) -> bool:
@@ -80,10 +90,7 @@ async def run_demo(*, client_port: int, server_port: int, state_dir: Path, once:
                 flush=True,
             )
             if not once:
-                print(
-                    f"demo: try it:  nc 127.0.0.1 {client_port}   (Ctrl-C stops the demo)",
-                    flush=True,
-                )
+                print(f"demo: try it:  {try_it(client_port)}   (Ctrl-C stops the demo)", flush=True)
         else:
             print("demo: the echo did not come back", flush=True)
         if once or not ok:

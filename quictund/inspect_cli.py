@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-RUN_DIR = Path("/run/quictun")
+# where the packaged units put API sockets; QUICTUND_RUN_DIR moves it (tests)
+RUN_DIR = Path(os.environ.get("QUICTUND_RUN_DIR") or "/run/quictun")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -70,6 +71,7 @@ def tunnels(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
+            "UUID",
             "LISTENER",
             "SIDE",
             "STREAM",
@@ -92,6 +94,7 @@ def tunnels(args: argparse.Namespace) -> int:
             proto += f"/{t['protocolProperties'].get('channelType', '')}"
         rows.append(
             [
+                t["uuid"],
                 t["listener"],
                 t["endpoint"],
                 str(t["streamId"]),
@@ -106,7 +109,7 @@ def tunnels(args: argparse.Namespace) -> int:
             ]
         )
     _print_table(rows)
-    print(f"{len(data)} tunnel(s)")
+    print(f"{len(data)} tunnel(s); close one with DELETE /tunnels/UUID on the API socket")
     return 0
 
 

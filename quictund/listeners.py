@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from quictund.addresses import StreamAddress
 from quictund.errors import ConfigError, os_reason
+from quictund.groups import gid_of, give_to_group
 from quictund.unixsock import remove_stale
 
 
@@ -45,6 +46,7 @@ async def listen(
     factory: Callable[[], asyncio.Protocol],
     *,
     unix_mode: int = 0o660,
+    unix_group: str | None = None,
     backlog: int = 1024,
     reuse_port: bool = False,
 ) -> StreamListener:
@@ -52,10 +54,20 @@ async def listen(
     kernel spreads new connections over them)."""
     loop = asyncio.get_running_loop()
     if address.is_unix:
+        what = f"listen-on {address}: unix-socket-group"
+        if unix_group is not None:
+            gid_of(unix_group, what)  # an unknown group fails before anything is bound
         remove_stale(address.path, f"listen-on {address}")
         server = await loop.create_unix_server(factory, address.path, backlog=backlog)
-        os.chmod(address.path, unix_mode)
-        return StreamListener(server, address, os.stat(address.path).st_ino)
+        listener = StreamListener(server, address, os.stat(address.path).st_ino)
+        try:
+            os.chmod(address.path, unix_mode)
+            if unix_group is not None:
+                give_to_group(address.path, unix_group, what)
+        except BaseException:
+            listener.close()
+            raise
+        return listener
     family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
         address.network, socket.AF_UNSPEC
     )

@@ -23,10 +23,11 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from quictund.errors import os_reason
-from quictund.inspect_cli import api_path, get
+from quictund.inspect_cli import RUN_DIR, api_path, get
 
 EX_CONFIG = 78
 POLL_S = 0.05  # a reload takes milliseconds to seconds; this is a CLI, not the daemon
@@ -38,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--pid",
         type=int,
         default=None,
-        help="the daemon's PID (systemd: $MAINPID); default: the process serving --api",
+        help="the daemon's PID (systemd: $MAINPID); default: the process serving --api. "
+        "Alone, it finds the daemon's API socket in /run/quictun",
     )
     p.add_argument(
         "--timeout",
@@ -50,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def reload(args: argparse.Namespace) -> int:
-    path = api_path(args.api)
+    if args.api is None and args.pid is not None and not os.environ.get("QUICTUND_API"):
+        path = _socket_of(args.pid)
+    else:
+        path = api_path(args.api)
     before = _reload_state(path)
     pid = args.pid if args.pid is not None else _peer_pid(path)
     try:
@@ -95,3 +100,31 @@ def _peer_pid(path: str) -> int:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, _uid, _gid = struct.unpack("3i", creds)
     return int(pid)
+
+
+def _socket_of(pid: int) -> str:
+    """The API socket of process ``pid`` (``reload --pid PID`` alone): the ``--api-socket`` on
+    its command line, else the one ``*.sock`` in /run/quictun it listens on (SO_PEERCRED).
+    Several (its UNIX listeners live there too) are ambiguous: ask for ``--api``."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        argv = []
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == b"--api-socket":
+            return os.fsdecode(value)
+    socks = sorted(RUN_DIR.glob("*.sock")) if RUN_DIR.is_dir() else []
+    mine = []
+    for sock in socks:
+        try:
+            if _peer_pid(str(sock)) == pid:
+                mine.append(str(sock))
+        except SystemExit:  # a stale or foreign socket: not the one
+            continue
+    if len(mine) == 1:
+        return mine[0]
+    found = ", ".join(mine) or f"none in {RUN_DIR}"
+    raise SystemExit(
+        f"quictund reload: which API socket does PID {pid} serve? (found: {found}); "
+        "give --api PATH (the daemon's --api-socket or [api] socket)"
+    )

@@ -115,6 +115,8 @@ def _assert_lines(lines: list[str], expected: list[str | re.Pattern[str]]) -> No
     assert not missing and not left, f"missing: {missing!r}\nunexpected: {left!r}"
 
 
+MISSING_DIR = "does not exist (create it, or give --config FILE)"
+
 # ----------------------------------------------------------------------------- examples
 
 
@@ -134,11 +136,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
     cert, key = ensure_self_signed(tmp / "state", ["localhost", "tunnel.example.com"])
     conf = tmp / "conf"
     conf.mkdir()
-    replace = {
-        '"/etc/quictun/ca.pem"': f'"{cert}"',
-        '"/etc/quictun/server.pem"': f'"{cert}"',
-        '"/etc/quictun/server.key"': f'"{key}"',
-    }
+    replace = {'"/etc/quictun/tunnel-server.pem"': f'"{cert}"'}
     for name in ("client.toml", "server.toml"):
         text = (EXAMPLES / name).read_text()
         for old, new in replace.items():
@@ -154,9 +152,8 @@ def test_examples_use_the_generated_certificates(examples: Examples) -> None:
     server = load([examples.server])
     assert {c.ca_file for c in client.clients} == {str(examples.cert)}
     assert all(c.verify_remote_endpoint for c in client.clients)
-    assert [(s.cert_file, s.key_file) for s in server.servers] == [
-        (str(examples.cert), str(examples.key))
-    ]
+    # the server makes its own (self-signed) certificate, which clients get as their ca-file
+    assert [(s.cert_file, s.key_file) for s in server.servers] == [(None, None)]
 
 
 @pytest.mark.parametrize("role", ["client", "server"])
@@ -476,7 +473,7 @@ def test_check_missing_config_file(tmp_path: Path) -> None:
 def test_check_missing_config_dir(tmp_path: Path) -> None:
     result = quictund("check", "--config-dir", tmp_path / "nowhere")
     assert result.rc == EX_CONFIG
-    assert result.lines == [f"{tmp_path / 'nowhere'}: not a directory"]
+    assert result.lines == [f"{tmp_path / 'nowhere'}: {MISSING_DIR}"]
 
 
 def test_check_reports_every_missing_name_in_a_file(tmp_path: Path) -> None:
@@ -1086,8 +1083,9 @@ def test_find_files_bad_dir(tmp_path: Path, kind: str) -> None:
         bad.write_text("")
     with pytest.raises(ConfigProblems) as info:
         find_files([], [str(bad)])
-    assert info.value.lines == [f"{bad}: not a directory"]
-    assert str(info.value) == f"{bad}: not a directory"
+    why = "not a directory" if kind == "a-file" else MISSING_DIR
+    assert info.value.lines == [f"{bad}: {why}"]
+    assert str(info.value) == f"{bad}: {why}"
 
 
 def test_find_files_defaults_to_etc_quictun(
@@ -1104,7 +1102,7 @@ def test_find_files_default_dir_missing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(config_files, "DEFAULT_DIR", tmp_path / "etc-quictun")
     with pytest.raises(ConfigProblems) as info:
         find_files([], [])
-    assert info.value.lines == [f"{tmp_path / 'etc-quictun'}: not a directory"]
+    assert info.value.lines == [f"{tmp_path / 'etc-quictun'}: {MISSING_DIR}"]
 
 
 def test_load_nothing_found() -> None:

@@ -114,3 +114,34 @@ def test_sysctl_drop_in_matches_the_default_socket_buffer() -> None:
     conf = configparser.ConfigParser()
     conf.read_string("[s]\n" + (DEB / "60-quictund.conf").read_text())
     assert int(conf["s"]["net.core.rmem_max"]) == int(conf["s"]["net.core.wmem_max"]) == default
+
+
+def test_license_is_an_spdx_string_with_its_file() -> None:
+    """setuptools >= 77 warns on every build about a `project.license` table (PEP 639)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    assert project["project"]["license-files"] == ["LICENSE"]
+    assert "Permission is hereby granted" in (ROOT / "LICENSE").read_text()
+    build = (DEB / "build.sh").read_text()
+    assert " LICENSE " in build  # the package build copies it too
+
+
+def test_units_give_the_api_socket_to_its_own_group() -> None:
+    for name in ("quictun@.service", "quictund.service"):
+        u = unit(name)
+        run = build_parser().parse_args(command(u["Service.ExecStart"][0]))
+        assert run.api_group == "quictun-api"
+        assert u["Service.SupplementaryGroups"] == ["quictun-api"]
+        assert u["Service.Group"] == ["quictun"]  # /etc/quictun stays readable by quictun only
+        assert u["Service.PrivateUsers"] == ["no"]  # else chown to quictun-api is EINVAL
+    postinst = (DEB / "debian" / "quictund.postinst").read_text()
+    assert "addgroup --system --quiet quictun-api" in postinst
+
+
+def test_purge_leaves_what_an_admin_made() -> None:
+    postrm = (DEB / "debian" / "quictund.postrm").read_text()
+    code = "\n".join(line for line in postrm.splitlines() if not line.lstrip().startswith("#"))
+    assert "rm -rf /etc/quictun" not in code
+    assert ".service.d" not in code  # `systemctl edit` drop-ins are the admin's

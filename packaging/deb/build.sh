@@ -32,7 +32,7 @@ trap 'rm -rf "$work"' EXIT
 src=$work/quictund-$upstream
 mkdir -p "$src"
 # Only what the package is made of: no .venv, .git or caches.
-(cd "$root" && tar -cf - --exclude=__pycache__ pyproject.toml README.md quictund etc docs packaging) |
+(cd "$root" && tar -cf - --exclude=__pycache__ pyproject.toml README.md LICENSE quictund etc docs packaging) |
     tar -xf - -C "$src"
 cp -r "$root/packaging/deb/debian" "$src/debian"
 (cd "$src" && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc -j2 >"$work/build.log" 2>&1) || {

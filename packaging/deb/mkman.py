@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from quictund import __version__
-from quictund.cli import build_parser
+from quictund.cli_parser import build_parser
 from quictund.compat import client_parser, server_parser
 
 DATE = "quictund " + __version__

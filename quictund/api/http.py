@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import inspect
 import ipaddress
 import logging
@@ -43,6 +42,7 @@ from quictund.api.app import App, Request, Response, error_response
 from quictund.api.peers import peer_of
 from quictund.api.slots import SlotPolicy, Slots
 from quictund.errors import ConfigError, os_reason
+from quictund.groups import gid_of, give_to_group
 from quictund.unixsock import remove_stale
 
 logger = logging.getLogger(__name__)
@@ -322,7 +322,8 @@ async def start_unix(
     Raises :class:`ConfigError` if another process listens on ``path``, if ``path`` exists and
     is not a socket, or if ``group`` does not exist or cannot be applied.
     """
-    gid = None if group is None else _gid_of(group, path)
+    if group is not None:
+        gid_of(group, f"api socket {path}: [api] group")  # unknown: fail before binding
     remove_stale(path, f"api socket {path}")
     api = ApiServer(app, limits or Limits())
     try:
@@ -334,12 +335,14 @@ async def start_unix(
     try:
         api._unix_inode = os.stat(path).st_ino
         os.chmod(path, mode)
-        if gid is not None:
-            os.chown(path, -1, gid)
-    except OSError as exc:
+        if group is not None:
+            give_to_group(path, group, f"api socket {path}: [api] group")
+    except (OSError, ConfigError) as exc:
         api.close()
         await api.wait_closed()
-        raise ConfigError(f"api socket {path}: cannot set mode/group: {exc}") from None
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"api socket {path}: cannot set mode: {os_reason(exc)}") from None
     logger.info("API listening on unix:%s", path)
     return api
 
@@ -383,12 +386,3 @@ def _is_any(host: str) -> bool:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
-
-
-def _gid_of(group: str, path: str) -> int:
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        if group.isdigit():
-            return int(group)
-        raise ConfigError(f"api socket {path}: group {group!r} does not exist") from None

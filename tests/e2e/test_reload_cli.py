@@ -72,9 +72,9 @@ async def test_reload_waits_and_reports(short_tmp: Path, state_dir: Path, ca: Pa
         )
         rc, out, err = await quictund("reload", "--api", str(api))
         assert (rc, err) == (0, ""), err
-        assert "accepted: kept 2, started b, stopped none" in out
+        assert "accepted: kept 2, changed none, started b, stopped none" in out
         # the answer carries the reload's own summary: it had finished, and there was one
-        await run.wait_log("reloaded: kept 2, started b")
+        await run.wait_log("reloaded: kept 2, changed none, started b")
         assert sum("reloaded:" in line for line in run.log) == 1
         await echoes(f"unix:{short_tmp}/b.sock", b"new listener")
 
@@ -224,7 +224,7 @@ async def test_reload_that_cannot_bind_changes_nothing(
         # the same change once the port is free is accepted
         taken.close()
         rc, out, err = await quictund("reload", "--api", str(api))
-        assert rc == 0 and "started c, a" in out, (out, err)
+        assert rc == 0 and "changed a, started c," in out, (out, err)
         await echoes(f"tcp:127.0.0.1:{busy}", b"moved")
         await echoes(f"unix:{short_tmp}/c.sock", b"added")
         writer.close()
@@ -234,3 +234,67 @@ async def test_reload_that_cannot_bind_changes_nothing(
         if run.proc.returncode is None:
             run.proc.kill()
         backend.close()
+
+
+async def test_reload_by_pid_alone_says_what_changed(
+    short_tmp: Path, state_dir: Path, ca: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``quictund reload --pid PID`` finds the daemon's socket among several in the run
+    directory, and the verdict names the listener whose settings changed."""
+    backend = await echo().tcp()
+    port = free_udp_port()
+    conf = short_tmp / "d.toml"
+    server = server_toml("s", port, state_dir, [backend.address])
+    client = client_toml("a", f"unix:{short_tmp}/a.sock", port, ca, backend.address)
+    run_dir = short_tmp / "run"
+    run_dir.mkdir()
+    api = f'[api]\nsocket = "{run_dir}/mine.sock"\n'  # not on its command line: found by asking
+    conf.write_text(api + server + client)
+    decoy = socket.socket(socket.AF_UNIX)  # another instance's socket, served by us
+    decoy.bind(str(run_dir / "other.sock"))
+    decoy.listen()
+    run = await Run.start("--config", str(conf))
+    monkeypatch.setenv("QUICTUND_RUN_DIR", str(run_dir))
+    monkeypatch.delenv("QUICTUND_API", raising=False)
+    try:
+        await run.wait_log("ready:")
+        # the server's policy changes (same address: adopted in place), the client does not
+        conf.write_text(api + server.replace("allow = [", 'allow = ["tcp:127.0.0.1:1", ') + client)
+        assert run.proc.pid is not None
+        rc, out, err = await quictund("reload", "--pid", str(run.proc.pid))
+        assert (rc, err) == (0, "")
+        assert "accepted: kept 1, changed s, started none, stopped none" in out
+        await echoes(f"unix:{short_tmp}/a.sock", b"still tunnels")
+        dead = await asyncio.create_subprocess_exec("true")
+        await dead.wait()
+        rc, _, err = await quictund("reload", "--pid", str(dead.pid))
+        assert rc == 1
+        assert f"which API socket does PID {dead.pid} serve? (found: none in {run_dir})" in err
+        assert await run.stop() == 0
+    finally:
+        decoy.close()
+        if run.proc.returncode is None:
+            run.proc.kill()
+        backend.close()
+
+
+async def test_reload_by_pid_alone_reads_its_api_socket_flag(
+    short_tmp: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The units' way: ``--api-socket`` on the daemon's command line names the socket, even
+    outside /run/quictun."""
+    conf = short_tmp / "d.toml"
+    conf.write_text(server_toml("s", free_udp_port(), state_dir, ["tcp:127.0.0.1:1"]))
+    run = await Run.start("--config", str(conf), "--api-socket", str(short_tmp / "api.sock"))
+    monkeypatch.setenv("QUICTUND_RUN_DIR", str(short_tmp / "empty"))
+    monkeypatch.delenv("QUICTUND_API", raising=False)
+    try:
+        await run.wait_log("ready:")
+        assert run.proc.pid is not None
+        rc, out, err = await quictund("reload", "--pid", str(run.proc.pid))
+        assert (rc, err) == (0, "")
+        assert "accepted: kept 1, changed none, started none, stopped none" in out
+        assert await run.stop() == 0
+    finally:
+        if run.proc.returncode is None:
+            run.proc.kill()

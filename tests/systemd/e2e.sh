@@ -6,12 +6,14 @@
 # and drives it with `nsenter -t <its PID 1> -a` (machinectl and systemd-run -M need systemd as
 # the host's PID 1, which CI machines may not have).  Inside, only loopback exists (a network
 # namespace of our own).  The steps are the ones a person takes:
-#   apt install from a local repository -> nothing runs -> configs for quictun@server and
-#   quictun@client -> a tunnel to a small HTTP server -> the API -> systemctl reload (a new
+#   apt install from a local repository -> nothing runs -> the shipped example configs, only
+#   their addresses filled in, for quictun@server and quictun@client -> tunnels to a small
+#   HTTP server and a UNIX-socket echo -> the API -> API and socket groups (an API user
+#   cannot read keys) -> systemctl reload (a new
 #   listener from a drop-in; an open tunnel survives) -> a broken reload (fails, old config
 #   keeps running) -> systemd-analyze verify/security -> part of the test suite inside the
 #   unit's sandbox -> systemctl stop (exit 0, sockets gone) -> upgrade (instances restarted)
-#   -> apt purge (nothing left).
+#   -> apt purge (nothing of the package left; admin-made files and drop-ins stay).
 # Each step prints its time.
 #
 # Environment: DEB=path (default: build it with packaging/deb/build.sh, in parallel with the
@@ -230,6 +232,7 @@ X apt-get install -y -qq quictund >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log"
 X dpkg-query -W quictund
 X quictund --version
 X getent passwd quictun >/dev/null || die "no quictun user"
+X getent group quictun-api >/dev/null || die "no quictun-api group"
 [ "$(X stat -c %U:%G:%a /etc/quictun)" = root:quictun:750 ] || die "/etc/quictun ownership"
 X test -f /etc/quictun/client.toml -a -f /etc/quictun/server.toml || die "example configs missing"
 X man -w quictund >/dev/null && X man -w quictun-client >/dev/null || die "no man page"
@@ -258,38 +261,60 @@ say "systemd-analyze security quictun@client.service: exposure $exposure"
 X systemd-analyze security quictund.service 2>&1 | tail -1 | sed 's/^/    /'
 
 # ---- 6. the service to tunnel to: a small HTTP server on loopback ----------------------------
-step "start an HTTP server (the tunnelled application)"
+step "start the tunnelled applications: HTTP on the examples' port 22, a UNIX-socket echo"
+# client.toml's "ssh" listener goes to port 22 and its "db" listener to PostgreSQL's socket:
+# an HTTP server and an echo stand in for them, at exactly those addresses.
 mkdir -p "$ROOT/srv/www"
 echo "hello through quictund" >"$ROOT/srv/www/hello.txt"
 X systemd-run --quiet --unit=e2e-web -p WorkingDirectory=/srv/www \
-    /usr/bin/python3 -m http.server --bind 127.0.0.1 --protocol HTTP/1.1 8080
-wait_for 15 X curl -fsS http://127.0.0.1:8080/hello.txt || die "HTTP server did not start"
+    /usr/bin/python3 -m http.server --bind 127.0.0.1 --protocol HTTP/1.1 22
+wait_for 15 X curl -fsS http://127.0.0.1:22/hello.txt || die "HTTP server did not start"
+cat >"$ROOT/srv/unix_echo.py" <<'EOF'
+import os, socketserver, sys
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        while line := self.rfile.readline():
+            self.wfile.write(line)
+
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+server = socketserver.ThreadingUnixStreamServer(path, Echo)
+os.chmod(path, 0o666)
+server.serve_forever()
+EOF
+X systemd-run --quiet --unit=e2e-db /usr/bin/python3 /srv/unix_echo.py /run/postgresql/.s.PGSQL.5432
+wait_for 15 X test -S /run/postgresql/.s.PGSQL.5432 || die "UNIX echo did not start"
+# unix_say SOCKET TEXT: one line through a UNIX socket, prints the answer
+unix_say() {
+    X python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n"); print(s.makefile().readline().strip())' "$1" "$2"
+}
 
 # ---- 7. server and client instances ---------------------------------------------------------
-step "configure and enable --now quictun@server and quictun@client"
-cat >"$ROOT/etc/quictun/server.toml" <<'EOF'
-# e2e: the server endpoint may reach only the HTTP server
-[[server]]
-name = "edge"
-listen-on = "127.0.0.1:7500"
-allow = ["tcp:127.0.0.1:8080"]
-EOF
-cat >"$ROOT/etc/quictun/client.toml" <<'EOF'
-# e2e: verifies the server against its self-signed certificate
-[log]
-level = "info"
-
-[[client]]
-name = "web"
-listen-on = "tcp:127.0.0.1:6500"
-server-endpoint = "127.0.0.1:7500"
-server-name = "localhost"
-ca-file = "/var/lib/quictund/server.pem"
-token-source = "tcp:127.0.0.1:8080"
-EOF
+step "the shipped examples, only addresses filled in: enable --now quictun@server, @client"
+# ==== operator: the examples as shipped (issue 14 §2) ====================================
+# What apt installed is exactly etc/quictun/ of the source tree...
+for f in client.toml server.toml; do
+    cmp -s "$root/etc/quictun/$f" "$ROOT/etc/quictun/$f" || die "/etc/quictun/$f is not the shipped example"
+done
+# ...and an admin fills in the addresses and nothing else: this host is both ends.
+X sed -i 's|"tcp:10.0.0.0/24:22"|"tcp:127.0.0.1:22"|' /etc/quictun/server.toml
+X sed -i -e 's|"10.0.0.1:7500"|"127.0.0.1:7500"|' -e 's|"tcp:10.0.0.5:22"|"tcp:127.0.0.1:22"|' \
+    /etc/quictun/client.toml
+echo "# e2e: addresses filled in" >>"$ROOT/etc/quictun/client.toml"
+for f in client.toml server.toml; do
+    changed=$(diff "$root/etc/quictun/$f" "$ROOT/etc/quictun/$f" | grep -c '^>' || true)
+    say "$f: $changed line(s) differ from the shipped example:"
+    diff "$root/etc/quictun/$f" "$ROOT/etc/quictun/$f" | grep '^>' | sed 's/^/    /' || true
+done
 # The server first: it writes the certificate the client verifies against.
 X systemctl enable --now quictun@server
 X test -f /var/lib/quictund/server.pem || die "no self-signed certificate"
+# the step server.toml's comments ask for: the server's certificate to the client host
+X install -m 0644 /var/lib/quictund/server.pem /etc/quictun/tunnel-server.pem
+X quictund check --config /etc/quictun/client.toml --drop-in-dir /etc/quictun/client.d
 X systemctl enable --now quictun@client
 X systemctl is-active quictun@server quictun@client
 X quictund fingerprint /var/lib/quictund/server.pem
@@ -299,6 +324,9 @@ say "$(X ls -l /run/quictun | tail -n +2 | tr -s ' ' | cut -d' ' -f1,3,4,9 | tr 
 step "GET through the tunnel, then the API (an open tunnel listed)"
 wait_for 15 fetch 6500 || die "tunnel on 6500 does not work"
 expect_hello 6500
+got=$(unix_say /run/quictun/db.sock "through the db listener") || die "the db listener does not tunnel"
+[ "$got" = "through the db listener" ] || die "db listener: unexpected answer: $got"
+say "both example listeners tunnel: ssh (tcp 6500 -> 127.0.0.1:22), db (unix -> PostgreSQL's socket)"
 # A keep-alive connection held open across the reload below.
 cat >"$ROOT/srv/holder.py" <<'EOF'
 import os, socket, sys, time
@@ -330,7 +358,7 @@ X curl -fsS --unix-socket /run/quictun/client.sock http://localhost/tunnels >"$W
 /usr/bin/python3 - "$WORK/tunnels.json" <<'EOF' || die "the API does not list the open tunnel"
 import json, sys
 tunnels = json.load(open(sys.argv[1]))
-assert [t for t in tunnels if t["listener"] == "web"], tunnels
+assert [t for t in tunnels if t["listener"] == "ssh"], tunnels
 print(f"e2e: GET /tunnels: {len(tunnels)} tunnel(s): "
       + ", ".join(f"{t['listener']} stream {t['streamId']} from {t.get('clientAppAddr')}"
                   for t in tunnels))
@@ -348,9 +376,8 @@ cat >"$ROOT/etc/quictun/client.d/web2.toml" <<'EOF'
 name = "web2"
 listen-on = "tcp:127.0.0.1:6501"
 server-endpoint = "127.0.0.1:7500"
-server-name = "localhost"
-ca-file = "/var/lib/quictund/server.pem"
-token-source = "tcp:127.0.0.1:8080"
+ca-file = "/etc/quictun/tunnel-server.pem"
+token-source = "tcp:127.0.0.1:22"
 EOF
 X systemctl reload quictun@client || die "systemctl reload failed"
 [ "$(main_pid quictun@client)" = "$pid_before" ] || die "reload restarted the daemon"
@@ -378,6 +405,76 @@ expect_hello 6500
 expect_hello 6501
 X rm /etc/quictun/client.d/broken.toml
 X systemctl reload quictun@client || die "reload after the fix"
+
+# ==== operator: groups (issue 14 §6) =========================================================
+step "groups: the API group cannot read keys; unix-socket-group; check and errors say what to do"
+X useradd --no-create-home --shell /usr/sbin/nologin e2e-op
+X adduser --quiet e2e-op quictun-api
+X useradd --no-create-home --shell /usr/sbin/nologin e2e-nobody
+for sock in client server; do
+    [ "$(X stat -c %G:%a /run/quictun/$sock.sock)" = quictun-api:660 ] ||
+        die "/run/quictun/$sock.sock: $(X stat -c %U:%G:%a /run/quictun/$sock.sock), want quictun-api:660"
+done
+X runuser -u e2e-op -- quictund tunnels --api /run/quictun/client.sock >"$WORK/op-tunnels.txt" ||
+    die "a quictun-api member cannot use the API"
+head -1 "$WORK/op-tunnels.txt" | grep -q '^UUID ' || die "quictund tunnels: no UUID column"
+X runuser -u e2e-op -- cat /etc/quictun/client.toml >/dev/null 2>&1 &&
+    die "a quictun-api member can read /etc/quictun"
+X runuser -u e2e-op -- cat /etc/quictun/tunnel-server.pem >/dev/null 2>&1 &&
+    die "a quictun-api member can read files in /etc/quictun"
+X runuser -u e2e-nobody -- curl -fsS --unix-socket /run/quictun/client.sock http://localhost/tunnels \
+    >/dev/null 2>&1 && die "a user outside quictun-api can use the API"
+say "e2e-op (quictun-api) uses the API, cannot read /etc/quictun; e2e-nobody cannot use the API"
+
+# A UNIX listener handed to an application's group: the unit needs the group (a drop-in, as
+# docs/operations.md says), then a restart.
+X addgroup --system --quiet e2e-app
+mkdir -p "$ROOT/etc/systemd/system/quictun@client.service.d"
+printf '[Service]\nSupplementaryGroups=e2e-app\n' \
+    >"$ROOT/etc/systemd/system/quictun@client.service.d/e2e-app.conf"
+cat >"$ROOT/etc/quictun/client.d/app.toml" <<'EOF'
+[[client]]
+name = "app"
+listen-on = "unix:/run/quictun/app.sock"
+unix-socket-group = "e2e-app"
+server-endpoint = "127.0.0.1:7500"
+ca-file = "/etc/quictun/tunnel-server.pem"
+token-source = "tcp:127.0.0.1:22"
+EOF
+X quictund check --config /etc/quictun/client.toml --drop-in-dir /etc/quictun/client.d
+X systemctl daemon-reload
+X systemctl restart quictun@client
+wait_for 15 X test -S /run/quictun/app.sock || die "no app.sock after the restart"
+[ "$(X stat -c %G:%a /run/quictun/app.sock)" = e2e-app:660 ] ||
+    die "app.sock: $(X stat -c %U:%G:%a /run/quictun/app.sock), want e2e-app:660"
+X curl -fsS --max-time 10 --unix-socket /run/quictun/app.sock http://localhost/hello.txt >/dev/null ||
+    die "no tunnel through app.sock"
+say "unix-socket-group: app.sock is e2e-app:660 and tunnels"
+
+# A group the daemon is not in: `check` warns in one line, the reload fails and says what to do
+X addgroup --system --quiet e2e-other
+sed 's/e2e-app/e2e-other/; s/app\.sock/other.sock/; s/"app"/"other"/' \
+    "$ROOT/etc/quictun/client.d/app.toml" >"$ROOT/etc/quictun/client.d/other.toml"
+X quictund check --config /etc/quictun/client.toml --drop-in-dir /etc/quictun/client.d \
+    2>"$WORK/check.err" || die "check failed (it should warn): $(cat "$WORK/check.err")"
+grep -q "not a member of group 'e2e-other'.*SupplementaryGroups=e2e-other" "$WORK/check.err" ||
+    die "check did not warn about e2e-other: $(cat "$WORK/check.err")"
+say "check: $(cat "$WORK/check.err")"
+X systemctl reload quictun@client 2>/dev/null && die "a reload with a group the daemon is not in succeeded"
+X journalctl --no-pager -o cat -u quictun@client -n 30 | grep "quictund reload:" | tail -1 >"$WORK/reload-group.txt"
+grep -q "SupplementaryGroups=e2e-other" "$WORK/reload-group.txt" ||
+    die "the failed reload does not say what to do: $(cat "$WORK/reload-group.txt")"
+sed 's/^/    /' "$WORK/reload-group.txt"
+X rm /etc/quictun/client.d/other.toml
+X systemctl reload quictun@client || die "reload after removing other.toml"
+# [api] group = an unknown group: check catches it before a restart would
+printf '[api]\ngroup = "e2e-no-such-group"\n' >"$ROOT/etc/quictun/client.d/api.toml"
+X quictund check --config /etc/quictun/client.toml --drop-in-dir /etc/quictun/client.d \
+    2>"$WORK/check.err" && die "check accepted an unknown [api] group"
+say "check: $(cat "$WORK/check.err")"
+grep -q "group 'e2e-no-such-group' does not exist" "$WORK/check.err" || die "check's message"
+X rm /etc/quictun/client.d/api.toml
+# ==== end operator: groups ===================================================================
 
 # ---- 11. the test suite inside the unit's sandbox ----------------------------------------------
 if [ "$SANDBOX_TESTS" != none ]; then
@@ -450,24 +547,32 @@ for pid in $pids_after; do
     [ "$pid" != 0 ] || die "an instance is not running after the upgrade"
     case " $pids_before " in *" $pid "*) die "an instance was not restarted" ;; esac
 done
-X grep -q "e2e: verifies" /etc/quictun/client.toml || die "the upgrade replaced a changed conffile"
+X grep -q "e2e: addresses filled in" /etc/quictun/client.toml || die "the upgrade replaced a changed conffile"
 wait_for 15 fetch 6500 || die "no tunnel after the upgrade"
 expect_hello 6501
 
 # ---- 14. purge ------------------------------------------------------------------------------
-step "apt purge (instances stopped, nothing left behind)"
+step "apt purge (instances stopped; the package's files gone, the admin's kept)"
+# ==== operator: purge keeps what the admin made (issue 14 §6) ================================
+echo "notes an admin keeps here" >"$ROOT/etc/quictun/admin-notes.txt"
 X apt-get purge -y -qq quictund >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log" >&2; die "purge"; }
 left=$(X systemctl list-units --no-legend --state=active 'quictun*' | wc -l)
 [ "$left" = 0 ] || die "$left quictun unit(s) still active after purge"
-for path in /etc/quictun /var/lib/quictund /usr/lib/quictund /usr/bin/quictund \
-    /lib/systemd/system/quictun@.service /usr/lib/sysctl.d/60-quictund.conf; do
+for path in /etc/quictun/client.toml /etc/quictun/server.toml /var/lib/quictund /usr/lib/quictund \
+    /usr/bin/quictund /lib/systemd/system/quictun@.service /usr/lib/sysctl.d/60-quictund.conf; do
     X test ! -e "$path" || die "$path left behind by purge"
 done
-links=$(X find /etc/systemd/system -name 'quictun*' | wc -l)
+for path in /etc/quictun/admin-notes.txt /etc/quictun/tunnel-server.pem \
+    /etc/quictun/client.d/web2.toml /etc/systemd/system/quictun@client.service.d/e2e-app.conf; do
+    X test -e "$path" || die "purge removed $path, which the admin made"
+done
+links=$(X find /etc/systemd/system -type l -name 'quictun*' | wc -l)
 [ "$links" = 0 ] || die "$links quictun enablement link(s) left behind"
 status=$(X dpkg-query -W -f='${db:Status-Abbrev}' quictund 2>/dev/null || true)
 case $status in "" | pn*) ;; *) die "dpkg status after purge: $status" ;; esac
-say "purged: no units, no files, no links (the quictun system user stays, as Debian does)"
+say "purged: no units, package files or links; kept: $(X find /etc/quictun /etc/systemd/system/quictun@client.service.d -type f | tr '\n' ' ')"
+say "(the quictun user and the quictun, quictun-api groups stay, as Debian does)"
+# ==== end operator: purge ====================================================================
 
 # ---- 15. shut down ----------------------------------------------------------------------------
 step "power off the container"
