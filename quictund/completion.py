@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from quictund.cli import build_parser
+from quictund.cli_parser import build_parser
 from quictund.compat import client_parser, server_parser
 
 # Free-text options whose values are still one of a few words.
