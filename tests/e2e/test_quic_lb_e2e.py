@@ -1,0 +1,124 @@
+"""QUIC-LB routable connection ids through a real server (aioquic engine, loopback).
+
+A server with ``quic-lb-server-id`` must put its server id into every connection id it hands
+out -- the source connection id of its Initial/Handshake packets and each NEW_CONNECTION_ID --
+as the client sees them, and tunnels must work as before.  The client here is a raw aioquic
+connection that records the ids, then moves to new ids (``change_connection_id``) so the
+server has to issue more; a quictund client then runs a tunnel through the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent, StreamDataReceived
+
+from quictund.quic import quic_lb
+from tests.e2e.daemons import LOG_TOML, run_daemon
+from tests.e2e.harness import TEST_ENGINE, Backend, Endpoint, echo, start_client, transfer_both_ways
+
+pytestmark = pytest.mark.skipif(
+    TEST_ENGINE == "qh3", reason="qh3 cannot issue QUIC-LB ids (refused at start-up, tested)"
+)
+
+SERVER_ID = b"\x0a\x01"
+CONFIG_ID = 3
+
+
+class _Recorder(QuicConnectionProtocol):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.data: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived) and event.data:
+            self.data.put_nowait(event.data)
+
+    def peer_cids(self) -> set[bytes]:
+        quic = self._quic
+        return {quic._peer_cid.cid} | {c.cid for c in quic._peer_cid_available}
+
+
+@pytest.fixture
+async def lb_server(tmp_path: Path, short_tmp: Path) -> AsyncIterator[tuple[Endpoint, Backend]]:
+    backend = await echo().unix(str(short_tmp / "echo.sock"))
+    conf = tmp_path / "server.toml"
+    conf.write_text(
+        f'{LOG_TOML}[[server]]\nname = "lb1"\nlisten-on = "127.0.0.1:0"\n'
+        f'state-dir = "{tmp_path}"\nallow = ["unix:{short_tmp}/echo.sock"]\n'
+        f'quic-lb-server-id = "0x{SERVER_ID.hex()}"\nquic-lb-config-id = {CONFIG_ID}\n'
+    )
+    server = await run_daemon(conf)
+    yield server, backend
+    server.kill()
+    await server.proc.wait()
+    backend.close()
+
+
+async def test_every_issued_connection_id_carries_the_server_id(
+    lb_server: tuple[Endpoint, Backend],
+) -> None:
+    server, backend = lb_server
+    host, port = server.host_port
+    config = QuicConfiguration(is_client=True, alpn_protocols=["quic-tun"])
+    config.verify_mode = ssl.CERT_NONE
+    seen: set[bytes] = set()
+    async with connect(host, port, configuration=config, create_protocol=_Recorder) as proto:
+        assert isinstance(proto, _Recorder)
+        await proto.ping()
+        seen |= proto.peer_cids()
+        for _ in range(12):  # use up the ids: the server must announce new ones
+            proto.change_connection_id()
+            await proto.ping()
+            await proto.ping()
+            seen |= proto.peer_cids()
+        # A tunnel still works on this connection (quic-tun's 512-byte token, ack 0x01).
+        sid = proto._quic.get_next_available_stream_id()
+        token = backend.address.encode().ljust(512, b"\0")
+        proto._quic.send_stream_data(sid, token + b"ping")
+        proto.transmit()
+        got = b""
+        async with asyncio.timeout(10):
+            while len(got) < 5:
+                got += await proto.data.get()
+        assert got == b"\x01ping"
+    codec = quic_lb.CidCodec(CONFIG_ID, SERVER_ID, 5)
+    assert len(seen) >= 12  # the Initial's id and at least 11 from NEW_CONNECTION_ID
+    assert all(codec.owns(cid) for cid in seen), sorted(c.hex() for c in seen)
+    assert all(quic_lb.decode(c, 2).server_id == SERVER_ID for c in seen)
+
+
+async def test_a_quictund_client_tunnels_through_a_quic_lb_server(
+    lb_server: tuple[Endpoint, Backend], short_tmp: Path
+) -> None:
+    server, backend = lb_server
+    client = await start_client(server.address, backend.address, listen=f"unix:{short_tmp}/c.sock")
+    try:
+        sent, got, n = await transfer_both_ways(client.address, 4 << 20)
+        assert (got, n) == (sent, 4 << 20)
+    finally:
+        await client.stop()
+
+
+async def test_qh3_with_quic_lb_is_refused_at_start_up(tmp_path: Path) -> None:
+    pytest.importorskip("qh3")
+    conf = tmp_path / "server.toml"
+    conf.write_text(
+        f'[[server]]\nname = "lb1"\nlisten-on = "127.0.0.1:0"\nstate-dir = "{tmp_path}"\n'
+        'allow = ["tcp:10.0.0.1:22"]\nquic-engine = "qh3"\nquic-lb-server-id = "0x0a01"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "quictund", "check",
+        "--config", str(conf),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 78, out
+    assert b"server.toml: server[0]: quic-lb-server-id needs quic-engine" in out
