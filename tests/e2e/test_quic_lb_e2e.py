@@ -24,7 +24,7 @@ from quictund.quic import quic_lb
 from tests.e2e.daemons import LOG_TOML, run_daemon
 from tests.e2e.harness import TEST_ENGINE, Backend, Endpoint, echo, start_client, transfer_both_ways
 
-pytestmark = pytest.mark.skipif(
+aioquic_only = pytest.mark.skipif(
     TEST_ENGINE == "qh3", reason="qh3 cannot issue QUIC-LB ids (refused at start-up, tested)"
 )
 
@@ -62,6 +62,7 @@ async def lb_server(tmp_path: Path, short_tmp: Path) -> AsyncIterator[tuple[Endp
     backend.close()
 
 
+@aioquic_only
 async def test_every_issued_connection_id_carries_the_server_id(
     lb_server: tuple[Endpoint, Backend],
 ) -> None:
@@ -95,6 +96,7 @@ async def test_every_issued_connection_id_carries_the_server_id(
     assert all(quic_lb.decode(c, 2).server_id == SERVER_ID for c in seen)
 
 
+@aioquic_only
 async def test_a_quictund_client_tunnels_through_a_quic_lb_server(
     lb_server: tuple[Endpoint, Backend], short_tmp: Path
 ) -> None:
