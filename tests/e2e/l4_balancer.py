@@ -31,6 +31,7 @@ VIP = "10.77.0.1"
 PORT = 7500
 SERVER_PORTS = (7501, 7502, 7503)
 CLIENTS = 30
+GRACE_S = 1.0  # servers' shutdown-grace: a planned stop resets what is left after this
 MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 NGINX_CONF = """\
@@ -146,7 +147,8 @@ async def start_servers(
     for n, port in enumerate(SERVER_PORTS, 1):
         conf = run / f"server{n}.toml"
         conf.write_text(
-            f'{LOG_TOML}[[server]]\nname = "s{n}"\nlisten-on = "127.0.0.1:{port}"\n'
+            f"{LOG_TOML}[daemon]\nshutdown-grace = {GRACE_S:g}\n"
+            f'[[server]]\nname = "s{n}"\nlisten-on = "127.0.0.1:{port}"\n'
             f'state-dir = "{state}"\nallow = ["unix:{echo_path}"]\n{knobs}'
         )
         confs.append(conf)

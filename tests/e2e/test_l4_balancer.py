@@ -34,9 +34,11 @@ KEEP_ALIVE_S = 1.0
 DEAD_AFTER_S = 3.0
 # Reconnect time = dead-after (silence before the client gives up on the server; the session
 # checks it on each keep-alive tick, so up to keep-alive later) + the first backoff (<= 0.25 s)
-# + one handshake through the balancer.  Measured 3.4..5.0 s on a shared 2-core box; the
-# bound leaves 2 s for the backoff, the handshake and a loaded CI machine.
-RECONNECT_BOUND_S = DEAD_AFTER_S + KEEP_ALIVE_S + 2.0
+# + one handshake through the balancer.  One client daemon hosts all 30 connections here, so
+# the moved clients' ~12 handshakes share one core (~0.1 s of CPU each): 2 s for those and the
+# backoff, 1 s for a loaded CI machine.  Measured 3.4..5.0 s on a shared 2-core box (load 7).
+HANDSHAKES_S = 3.0
+RECONNECT_BOUND_S = DEAD_AFTER_S + KEEP_ALIVE_S + HANDSHAKES_S
 
 
 class _PidEcho(asyncio.Protocol):
@@ -119,7 +121,19 @@ async def _ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: i
         assert await reader.readexactly(len(msg)) == msg
 
 
-async def test_killed_server_clients_move_others_never_notice(scene: Scene) -> None:
+# SIGKILL: a crash, found by the clients' dead-after.  SIGTERM: a planned stop, which closes
+# its QUIC connections after shutdown-grace, so its clients reconnect without waiting for
+# dead-after; but until the draining daemon has closed its UDP socket, nginx still sends their
+# new Initials to it (it drops them silently, so nginx cannot tell), hence about a second more.
+# Measured 2.1..4.1 s with a 1 s grace (load 7 on 2 cores).
+BOUNDS = {
+    signal.SIGKILL: RECONNECT_BOUND_S,
+    signal.SIGTERM: lb.GRACE_S + 1.0 + HANDSHAKES_S,
+}
+
+
+@pytest.mark.parametrize("sig", list(BOUNDS), ids=lambda s: signal.Signals(s).name)
+async def test_stopped_server_clients_move_others_never_notice(scene: Scene, sig: int) -> None:
     tunnels = await asyncio.gather(*(_open(scene, i) for i in range(lb.CLIENTS)))
     pids = {ep.proc.pid: ep for ep in scene.servers}
     # "ip netns exec" execs the daemon, so the PID the echo sees is the server's own.
@@ -154,7 +168,7 @@ async def test_killed_server_clients_move_others_never_notice(scene: Scene) -> N
         reader, writer = tunnels[i]
         # The old tunnel ends (reset, never a silent hang) once the client declares the
         # server dead; then a new tunnel through the same listener must work.
-        async with asyncio.timeout(RECONNECT_BOUND_S + 5):
+        async with asyncio.timeout(BOUNDS[sig] + 5):
             while await reader.read(1 << 16):
                 pass
         detected = time.monotonic() - kill_at
@@ -170,7 +184,7 @@ async def test_killed_server_clients_move_others_never_notice(scene: Scene) -> N
         nonlocal kill_at
         await asyncio.sleep(1.0)  # the survivors' pings are running
         kill_at = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, sig)
         times = await asyncio.gather(*(recover(i) for i in moved))
         await asyncio.sleep(2 * KEEP_ALIVE_S)  # the survivors keep echoing after it
         done.set()
@@ -185,13 +199,14 @@ async def test_killed_server_clients_move_others_never_notice(scene: Scene) -> N
     detect = [d for d, _ in times]
     took = [t for _, t in times]
     print(
-        f"\nfailover: {len(moved)} of {lb.CLIENTS} clients moved; old tunnels reset after "
+        f"\n{signal.Signals(sig).name}: {len(moved)} of {lb.CLIENTS} clients moved; "
+        "old tunnels reset after "
         f"{min(detect):.2f}..{max(detect):.2f} s, new tunnel up after "
         f"{min(took):.2f}..{max(took):.2f} s"
     )
     assert not failures, failures
     assert min(pings) >= 5, pings  # each survivor echoed all along the failover
-    assert max(took) <= RECONNECT_BOUND_S, took
+    assert max(took) <= BOUNDS[sig], took
     assert all(scene.server_of[i] not in (victim,) for i in moved), scene.server_of
     assert {scene.server_of[i] for i in moved} <= set(pids) - {victim}
     logs = scene.clients.logs
