@@ -29,7 +29,8 @@ from tests.e2e.harness import Endpoint
 
 VIP = "10.77.0.1"
 PORT = 7500
-SERVER_PORTS = (7501, 7502, 7503)
+SERVER_PORTS = (7501, 7502, 7503)  # in the pool from the start
+SPARE_PORT = 7504  # a fourth server, running, that a reload adds to the pool
 CLIENTS = 30
 GRACE_S = 1.0  # servers' shutdown-grace: a planned stop resets what is left after this
 MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -47,10 +48,7 @@ stream {{
         # daemon is gone) counts as failed and is skipped for fail_timeout.
         hash $remote_addr consistent;
         zone quictund 64k;  # failure marks shared by all workers, not learned once per worker
-        server 127.0.0.1:7501 max_fails=1 fail_timeout=10s;
-        server 127.0.0.1:7502 max_fails=1 fail_timeout=10s;
-        server 127.0.0.1:7503 max_fails=1 fail_timeout=10s;
-    }}
+{servers}    }}
     server {{
         listen {vip}:{port} udp reuseport;
         proxy_pass quictund;
@@ -113,9 +111,17 @@ class Topology:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-async def start_nginx(topo: Topology, run: Path) -> asyncio.subprocess.Process:
+def write_nginx_conf(run: Path, pool: tuple[int, ...]) -> Path:
+    servers = "".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;\n" for port in pool
+    )
     conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(module=MODULE, run=run, vip=VIP, port=PORT))
+    conf.write_text(NGINX_CONF.format(module=MODULE, run=run, vip=VIP, port=PORT, servers=servers))
+    return conf
+
+
+async def start_nginx(topo: Topology, run: Path) -> asyncio.subprocess.Process:
+    conf = write_nginx_conf(run, SERVER_PORTS)
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", topo.balancer_ns,
         "nginx", "-c", str(conf), "-p", str(run), "-e", str(run / "error.log"),
@@ -131,6 +137,12 @@ async def start_nginx(topo: Topology, run: Path) -> asyncio.subprocess.Process:
     return proc
 
 
+def reload_nginx(proc: asyncio.subprocess.Process, run: Path, pool: tuple[int, ...]) -> None:
+    """``nginx -s reload`` with a new pool: new workers take over, old ones finish."""
+    write_nginx_conf(run, pool)
+    proc.send_signal(signal.SIGHUP)
+
+
 def stop_nginx(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)  # "ip netns exec" execs nginx: this is its master
@@ -144,7 +156,7 @@ async def start_servers(
 ) -> list[Endpoint]:
     knobs = QUIC_TOML.format(keep_alive=keep_alive, dead_after=dead_after)
     confs = []
-    for n, port in enumerate(SERVER_PORTS, 1):
+    for n, port in enumerate((*SERVER_PORTS, SPARE_PORT), 1):
         conf = run / f"server{n}.toml"
         conf.write_text(
             f"{LOG_TOML}[daemon]\nshutdown-grace = {GRACE_S:g}\n"
