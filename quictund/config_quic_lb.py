@@ -46,8 +46,9 @@ class QuicLbKnobs(BaseModel):
         if self.quic_lb_server_id is None:
             if self.quic_lb_config_id or self.quic_lb_nonce_length is not None:
                 raise ValueError(
-                    "quic-lb-config-id and quic-lb-nonce-length need quic-lb-server-id "
-                    '(this server\'s id in hex, like "0x0a01")'
+                    "quic-lb-config-id and quic-lb-nonce-length need quic-lb-server-id, this "
+                    f'server\'s id in hex like "0x0a01" (got quic-lb-config-id = '
+                    f"{self.quic_lb_config_id}, quic-lb-nonce-length = {self.quic_lb_nonce_length})"
                 )
             return None
         try:
@@ -65,13 +66,14 @@ class QuicLbKnobs(BaseModel):
             raise ValueError(
                 f"quic-lb-nonce-length = {nonce} with a {len(server_id)}-octet server id makes "
                 f"{1 + len(server_id) + nonce}-octet connection ids; quictund's are "
-                f"{CID_LENGTH}: use {room} (or leave it out) and configure the balancer alike"
+                f"{CID_LENGTH}: use {room} (or leave it out) and configure the balancer alike "
+                f"(got {nonce})"
             )
         if getattr(self, "quic_engine", "aioquic") == "qh3":
             raise ValueError(
                 'quic-lb-server-id needs quic-engine = "aioquic": qh3\'s core chooses the '
                 "connection ids it announces in NEW_CONNECTION_ID itself, so they would not "
-                "carry the server id"
+                'carry the server id (got quic-engine = "qh3")'
             )
         return CidCodec(self.quic_lb_config_id, server_id, nonce)
 
