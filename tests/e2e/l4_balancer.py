@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 
 from tests.e2e.daemons import LOG_TOML, run_daemon
-from tests.e2e.harness import Endpoint
+from tests.e2e.harness import ENGINE_TOML, Endpoint
 
 VIP = "10.77.0.1"
 PORT = 7500
@@ -148,7 +148,10 @@ def stop_nginx(proc: asyncio.subprocess.Process) -> None:
         proc.send_signal(signal.SIGTERM)  # "ip netns exec" execs nginx: this is its master
 
 
-QUIC_TOML = "keep-alive = {keep_alive}\ndead-after = {dead_after}\nidle-timeout = 30\n"
+# ENGINE_TOML: ``make test``'s second pass (QUICTUND_TEST_ENGINE=qh3) runs it all on qh3.
+QUIC_TOML = (
+    ENGINE_TOML + "keep-alive = {keep_alive}\ndead-after = {dead_after}\nidle-timeout = 30\n"
+)
 
 
 async def start_servers(
