@@ -46,17 +46,21 @@ class _Recorder(QuicConnectionProtocol):
         return {quic._peer_cid.cid} | {c.cid for c in quic._peer_cid_available}
 
 
-@pytest.fixture
-async def lb_server(tmp_path: Path, short_tmp: Path) -> AsyncIterator[tuple[Endpoint, Backend]]:
+@pytest.fixture(params=["", "retry-threshold = 0\n"], ids=["plain", "retry"])
+async def lb_server(
+    tmp_path: Path, short_tmp: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Endpoint, Backend, bool]]:
+    """A QUIC-LB server; ``retry``: every client must first echo a Retry (RFC 9000 §8.1)."""
     backend = await echo().unix(str(short_tmp / "echo.sock"))
     conf = tmp_path / "server.toml"
     conf.write_text(
         f'{LOG_TOML}[[server]]\nname = "lb1"\nlisten-on = "127.0.0.1:0"\n'
         f'state-dir = "{tmp_path}"\nallow = ["unix:{short_tmp}/echo.sock"]\n'
         f'quic-lb-server-id = "0x{SERVER_ID.hex()}"\nquic-lb-config-id = {CONFIG_ID}\n'
+        f"{request.param}"
     )
     server = await run_daemon(conf)
-    yield server, backend
+    yield server, backend, bool(request.param)
     server.kill()
     await server.proc.wait()
     backend.close()
@@ -64,9 +68,9 @@ async def lb_server(tmp_path: Path, short_tmp: Path) -> AsyncIterator[tuple[Endp
 
 @aioquic_only
 async def test_every_issued_connection_id_carries_the_server_id(
-    lb_server: tuple[Endpoint, Backend],
+    lb_server: tuple[Endpoint, Backend, bool],
 ) -> None:
-    server, backend = lb_server
+    server, backend, retry = lb_server
     host, port = server.host_port
     config = QuicConfiguration(is_client=True, alpn_protocols=["quic-tun"])
     config.verify_mode = ssl.CERT_NONE
@@ -75,6 +79,10 @@ async def test_every_issued_connection_id_carries_the_server_id(
         assert isinstance(proto, _Recorder)
         await proto.ping()
         seen |= proto.peer_cids()
+        retry_cid = proto._quic._retry_source_connection_id
+        if retry_cid is not None:  # the Retry's source id is one the server issued too
+            seen.add(retry_cid)
+        assert (retry_cid is not None) == retry
         for _ in range(12):  # use up the ids: the server must announce new ones
             proto.change_connection_id()
             await proto.ping()
@@ -91,16 +99,16 @@ async def test_every_issued_connection_id_carries_the_server_id(
                 got += await proto.data.get()
         assert got == b"\x01ping"
     codec = quic_lb.CidCodec(CONFIG_ID, SERVER_ID, 5)
-    assert len(seen) >= 12  # the Initial's id and at least 11 from NEW_CONNECTION_ID
+    assert len(seen) >= 12  # the Initial's (and Retry's) id and more from NEW_CONNECTION_ID
     assert all(codec.owns(cid) for cid in seen), sorted(c.hex() for c in seen)
     assert all(quic_lb.decode(c, 2).server_id == SERVER_ID for c in seen)
 
 
 @aioquic_only
 async def test_a_quictund_client_tunnels_through_a_quic_lb_server(
-    lb_server: tuple[Endpoint, Backend], short_tmp: Path
+    lb_server: tuple[Endpoint, Backend, bool], short_tmp: Path
 ) -> None:
-    server, backend = lb_server
+    server, backend, _ = lb_server
     client = await start_client(server.address, backend.address, listen=f"unix:{short_tmp}/c.sock")
     try:
         sent, got, n = await transfer_both_ways(client.address, 4 << 20)
