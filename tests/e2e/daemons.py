@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +22,10 @@ async def run_daemon(conf: Path, *, netns: str | None = None, listeners: int = 1
     """Start ``quictund run --config conf`` and wait until ``listeners`` endpoints listen."""
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
-    prefix = ["ip", "netns", "exec", netns] if netns else []
+    ip = shutil.which(
+        "ip", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    )
+    prefix = [ip or "ip", "netns", "exec", netns] if netns else []
     proc = await asyncio.create_subprocess_exec(
         *prefix, sys.executable, "-m", "quictund", "run", "--config", str(conf),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,

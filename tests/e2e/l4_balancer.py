@@ -62,17 +62,27 @@ stream {{
 """
 
 
+# nginx and nft live in /usr/sbin, which a non-login PATH may lack.
+_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def tool(name: str) -> str:
+    """The full path of ``name`` (so ``ip netns exec`` needs no PATH), or the bare name."""
+    return shutil.which(name, path=_PATH) or name
+
+
 def available() -> str:
     """Empty if this machine can run the test, else why not."""
     if os.geteuid() != 0:
         return "needs root (network namespaces)"
-    missing = [t for t in ("ip", "nft", "nginx") if shutil.which(t) is None]
+    missing = [t for t in ("ip", "nft", "nginx") if shutil.which(t, path=_PATH) is None]
     if not Path(MODULE).exists():
         missing.append("libnginx-mod-stream")
     return f"needs {', '.join(missing)}" if missing else ""
 
 
 def _sh(*args: str, stdin: str | None = None) -> None:
+    args = (tool(args[0]), *args[1:])
     subprocess.run(args, input=stdin, text=True, check=True, capture_output=True, timeout=20)
 
 
@@ -104,11 +114,11 @@ class Topology:
             f"  ip daddr {VIP} udp dport {PORT} snat to numgen inc mod {CLIENTS} map {{ {pool} }}\n"
             " }\n}\n"
         )
-        _sh("ip", "netns", "exec", c, "nft", "-f", "-", stdin=rules)
+        _sh("ip", "netns", "exec", c, tool("nft"), "-f", "-", stdin=rules)
 
     def close(self) -> None:
         for ns in (self.client_ns, self.balancer_ns):  # removes the veth pair too
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            subprocess.run([tool("ip"), "netns", "del", ns], capture_output=True, check=False)
 
 
 def write_nginx_conf(run: Path, pool: tuple[int, ...]) -> Path:
@@ -123,8 +133,8 @@ def write_nginx_conf(run: Path, pool: tuple[int, ...]) -> Path:
 async def start_nginx(topo: Topology, run: Path) -> asyncio.subprocess.Process:
     conf = write_nginx_conf(run, SERVER_PORTS)
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", topo.balancer_ns,
-        "nginx", "-c", str(conf), "-p", str(run), "-e", str(run / "error.log"),
+        tool("ip"), "netns", "exec", topo.balancer_ns,
+        tool("nginx"), "-c", str(conf), "-p", str(run), "-e", str(run / "error.log"),
         "-g", "daemon off;",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
