@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aioquic.quic.connection import QuicConnection
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -10,6 +11,8 @@ from pydantic import ValidationError
 from quictund.config import ServerSettings
 from quictund.quic import quic_lb
 from quictund.quic.quic_lb import CidCodec, QuicLbError
+from quictund.quic.settings import EngineSettings
+from tests.engine_pair import Certs, Pair, make_certs, make_pair
 
 configs = st.integers(0, 6)
 server_ids = st.binary(min_size=1, max_size=15)
@@ -125,3 +128,46 @@ def test_settings_make_an_eight_octet_codec() -> None:
 def test_bad_settings_say_which_key(keys: dict[str, object], needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         _server(**keys)
+
+
+# ---- the aioquic glue, in memory (tests/engine_pair.py) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("quic-lb-certs"))
+
+
+def _ids_seen_by_client(pair: Pair, rotations: int) -> set[bytes]:
+    """The server's connection ids the (plain aioquic) client holds, while it uses them up."""
+    client = pair.client
+    seen = {client._peer_cid.cid} | {c.cid for c in client._peer_cid_available}
+    for _ in range(rotations):
+        client.change_connection_id()
+        client.send_ping(0)
+        pair.pump()
+        seen |= {client._peer_cid.cid} | {c.cid for c in client._peer_cid_available}
+    return seen
+
+
+@pytest.mark.parametrize("sid", [b"\x07", b"\x0a\x01", b"\xff\x00\x01"])
+def test_aioquic_server_issues_only_codec_ids(certs: Certs, sid: bytes) -> None:
+    codec = CidCodec(5, sid, 7 - len(sid))
+    pair = make_pair(certs, EngineSettings(quic_lb=codec), client_class=QuicConnection)
+    seen = _ids_seen_by_client(pair, 12)
+    assert len(seen) >= 12  # the handshake's id and NEW_CONNECTION_ID ones
+    assert all(codec.owns(cid) for cid in seen), sorted(c.hex() for c in seen)
+    assert codec.owns(pair.server._local_initial_source_connection_id)  # transport parameter
+    assert not codec.owns(pair.client.host_cid)  # the client's own ids stay random
+
+
+def test_without_quic_lb_ids_stay_random(certs: Certs) -> None:
+    codec = CidCodec(5, b"\x0a\x01", 5)
+    pair = make_pair(certs, EngineSettings(), client_class=QuicConnection)
+    seen = _ids_seen_by_client(pair, 4)
+    assert not any(codec.owns(cid) for cid in seen)
+
+
+def test_glue_refuses_a_length_the_engine_does_not_parse(certs: Certs) -> None:
+    with pytest.raises(ValueError, match="expects 8"):
+        make_pair(certs, EngineSettings(quic_lb=CidCodec(0, b"\x01", 9)), handshake=False)

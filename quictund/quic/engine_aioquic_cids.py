@@ -7,7 +7,7 @@ ones it announces in NEW_CONNECTION_ID frames in ``_replenish_connection_ids``. 
 replaces both right after construction, before the connection has sent anything, so no id
 without the server id ever leaves the server.  (The Retry's id comes from the same codec, in
 ``quic/server.py``.)  Touches aioquic internals, hence an
-``engine_*`` module (pinned aioquic 1.7; tests/test_quic_lb_engine.py fails loudly if they move).
+``engine_*`` module (pinned aioquic 1.7; tests/test_quic_lb.py fails loudly if they move).
 """
 
 from __future__ import annotations
