@@ -221,7 +221,7 @@ def _report(what: str, moved: list[int], watches: dict[int, Watch]) -> tuple[flo
 # its QUIC connections after shutdown-grace, so its clients reconnect without waiting for
 # dead-after; but until the draining daemon has closed its UDP socket, nginx still sends their
 # new Initials to it (it drops them silently, so nginx cannot tell), hence about a second more.
-# Measured 2.1..4.1 s with a 1 s grace (load 7 on 2 cores).
+# Measured 1.5..4.1 s with a 1 s grace (load 7 on 2 cores).
 BOUNDS = {
     signal.SIGKILL: RECONNECT_BOUND_S,
     signal.SIGTERM: lb.GRACE_S + 1.0 + HANDSHAKES_S,
