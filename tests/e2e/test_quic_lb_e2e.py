@@ -21,8 +21,17 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from quictund.quic import quic_lb
+from tests.e2e.cid_router import Nat, Router
 from tests.e2e.daemons import LOG_TOML, run_daemon
-from tests.e2e.harness import TEST_ENGINE, Backend, Endpoint, echo, start_client, transfer_both_ways
+from tests.e2e.harness import (
+    ENGINE_TOML,
+    TEST_ENGINE,
+    Backend,
+    Endpoint,
+    echo,
+    start_client,
+    transfer_both_ways,
+)
 
 aioquic_only = pytest.mark.skipif(
     TEST_ENGINE == "qh3", reason="qh3 cannot issue QUIC-LB ids (refused at start-up, tested)"
@@ -132,3 +141,100 @@ async def test_qh3_with_quic_lb_is_refused_at_start_up(tmp_path: Path) -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 78, out
     assert b"server.toml: server[0]: quic-lb-server-id needs quic-engine" in out
+
+
+# ---- roaming behind a balancer that routes by connection id -----------------------------
+
+ROAMERS = 12
+KEEP_ALIVE_S, DEAD_AFTER_S = 1.0, 3.0
+
+
+async def _roaming(tmp: Path, sock_dir: Path, *, by_cid: bool) -> tuple[int, int, Router]:
+    """12 clients behind a NAT in front of ``Router`` and 3 QUIC-LB servers; the NAT rebinds
+    every client at once.  Returns (tunnels that broke, clients that logged a loss, router)."""
+    echo_path = sock_dir / "echo.sock"
+    backend = await echo().unix(str(echo_path))
+    knobs = f"keep-alive = {KEEP_ALIVE_S}\ndead-after = {DEAD_AFTER_S}\n"
+    servers: list[Endpoint] = []
+    router: Router | None = None
+    nat: Nat | None = None
+    clients: Endpoint | None = None
+    try:
+        for n in (1, 2, 3):
+            conf = tmp / f"s{n}.toml"
+            conf.write_text(
+                f'{LOG_TOML}[[server]]\nname = "s{n}"\nlisten-on = "127.0.0.1:0"\n'
+                f'state-dir = "{tmp}"\nallow = ["unix:{echo_path}"]\nquic-engine = "aioquic"\n'
+                f'quic-lb-server-id = "0x0{n}"\n{knobs}'
+            )
+            servers.append(await run_daemon(conf))
+        router = Router({bytes([n + 1]): s.host_port for n, s in enumerate(servers)}, by_cid=by_cid)
+        nat = Nat(await router.start())
+        host, port = await nat.start()
+        conf = tmp / "clients.toml"
+        conf.write_text(
+            LOG_TOML
+            + "".join(
+                f'[[client]]\nname = "r{i}"\nlisten-on = "unix:{sock_dir}/r{i}.sock"\n'
+                f'server-endpoint = "{host}:{port}"\nverify-remote-endpoint = false\n'
+                f'token-source = "unix:{echo_path}"\n{ENGINE_TOML}{knobs}'
+                for i in range(ROAMERS)
+            )
+        )
+        clients = await run_daemon(conf, listeners=ROAMERS)
+        tunnels = [
+            await asyncio.open_unix_connection(str(sock_dir / f"r{i}.sock")) for i in range(ROAMERS)
+        ]
+        broke = 0
+        try:
+
+            async def echo_ok(i: int, n: int) -> bool:
+                reader, writer = tunnels[i]
+                msg = f"{i} {n}\n".encode()
+                writer.write(msg)
+                try:
+                    async with asyncio.timeout(2.0):
+                        return await reader.readexactly(len(msg)) == msg
+                except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                    return False
+
+            assert all(await asyncio.gather(*(echo_ok(i, 0) for i in range(ROAMERS))))
+            assert nat.rebind() == ROAMERS  # every client now arrives from a new port
+            alive = set(range(ROAMERS))
+            for n in range(1, int((DEAD_AFTER_S + 2 * KEEP_ALIVE_S + 2) / 0.25)):
+                ok = await asyncio.gather(*(echo_ok(i, n) for i in sorted(alive)))
+                alive -= {i for i, good in zip(sorted(alive), ok, strict=True) if not good}
+                await asyncio.sleep(0.25)
+            broke = ROAMERS - len(alive)
+        finally:
+            for _, writer in tunnels:
+                writer.close()
+        lost = {
+            m.split("]")[0] for e in clients.logs if "QUIC connection to" in (m := e.get("msg", ""))
+        }
+        return broke, len(lost), router
+    finally:
+        for ep in [*servers, *([clients] if clients else [])]:
+            ep.kill()
+            await ep.proc.wait()
+        for box in (nat, router):
+            if box is not None:
+                box.close()
+        backend.close()
+
+
+async def test_connection_id_routing_keeps_roaming_clients_on_their_server(
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    broke, lost, router = await _roaming(tmp_path, short_tmp, by_cid=True)
+    print(f"\nCID routing: {broke} of {ROAMERS} tunnels broke, {lost} clients reconnected")
+    assert router.routed_by_cid > 0
+    assert (broke, lost) == (0, 0)
+
+
+async def test_address_hashing_loses_roaming_clients(tmp_path: Path, short_tmp: Path) -> None:
+    """The control: the same rebinding behind a balancer that hashes the client's address."""
+    broke, lost, router = await _roaming(tmp_path, short_tmp, by_cid=False)
+    print(f"\naddress hashing: {broke} of {ROAMERS} tunnels broke, {lost} clients reconnected")
+    assert router.routed_by_cid == 0
+    assert broke >= 1 and lost >= 1, (broke, lost)  # all 12 stay: (1/3)**12 by chance
