@@ -94,14 +94,15 @@ class _Front(asyncio.DatagramProtocol):
 
 class Router:
     def __init__(self, servers: dict[bytes, Addr], *, by_cid: bool) -> None:
-        self.servers = servers
+        self.servers = servers  # server id -> address; may be filled in before start()
         self.by_cid = by_cid
-        self._order = sorted(servers)
-        self._sid_len = len(self._order[0])
         self.routed_by_cid = 0
+        self._front: _Front | None = None
 
     async def start(self) -> Addr:
         loop = asyncio.get_running_loop()
+        self._order = sorted(self.servers)
+        self._sid_len = len(self._order[0])
         self._up = _Upstreams(self._reply)
         self._front = _Front(self._forward)
         await loop.create_datagram_endpoint(lambda: self._front, local_addr=("127.0.0.1", 0))
@@ -128,10 +129,12 @@ class Router:
 
     def _reply(self, key: object, data: bytes) -> None:
         client, _ = key  # type: ignore[misc]
-        assert self._front.transport is not None
+        assert self._front is not None and self._front.transport is not None
         self._front.transport.sendto(data, client)
 
     def close(self) -> None:
+        if self._front is None:
+            return
         self._up.close()
         if self._front.transport is not None:
             self._front.transport.close()

@@ -149,77 +149,90 @@ ROAMERS = 12
 KEEP_ALIVE_S, DEAD_AFTER_S = 1.0, 3.0
 
 
+async def _start_fleet(
+    tmp: Path, sock_dir: Path, echo_path: Path, router: Router, started: list[Endpoint]
+) -> Nat:
+    """3 QUIC-LB servers, ``router`` in front of them, a NAT in front of that, 12 clients."""
+    knobs = f"keep-alive = {KEEP_ALIVE_S}\ndead-after = {DEAD_AFTER_S}\n"
+    servers = []
+    for n in (1, 2, 3):
+        conf = tmp / f"s{n}.toml"
+        conf.write_text(
+            f'{LOG_TOML}[[server]]\nname = "s{n}"\nlisten-on = "127.0.0.1:0"\n'
+            f'state-dir = "{tmp}"\nallow = ["unix:{echo_path}"]\nquic-engine = "aioquic"\n'
+            f'quic-lb-server-id = "0x0{n}"\n{knobs}'
+        )
+        servers.append(await run_daemon(conf))
+        started.append(servers[-1])
+    router.servers = {bytes([n + 1]): s.host_port for n, s in enumerate(servers)}
+    nat = Nat(await router.start())
+    host, port = await nat.start()
+    conf = tmp / "clients.toml"
+    conf.write_text(
+        LOG_TOML
+        + "".join(
+            f'[[client]]\nname = "r{i}"\nlisten-on = "unix:{sock_dir}/r{i}.sock"\n'
+            f'server-endpoint = "{host}:{port}"\nverify-remote-endpoint = false\n'
+            f'token-source = "unix:{echo_path}"\n{ENGINE_TOML}{knobs}'
+            for i in range(ROAMERS)
+        )
+    )
+    started.append(await run_daemon(conf, listeners=ROAMERS))
+    return nat
+
+
+async def _echo_ok(tunnel: tuple[asyncio.StreamReader, asyncio.StreamWriter], n: int) -> bool:
+    reader, writer = tunnel
+    msg = f"{n}\n".encode()
+    writer.write(msg)
+    try:
+        async with asyncio.timeout(2.0):
+            return await reader.readexactly(len(msg)) == msg
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+
+
+async def _rebind_and_watch(nat: Nat, sock_dir: Path) -> int:
+    """Open a tunnel per client, rebind them all, echo for dead-after + 2 keep-alives + 2 s;
+    return how many tunnels stopped echoing."""
+    tunnels = [
+        await asyncio.open_unix_connection(str(sock_dir / f"r{i}.sock")) for i in range(ROAMERS)
+    ]
+    try:
+        assert all(await asyncio.gather(*(_echo_ok(t, 0) for t in tunnels)))
+        assert nat.rebind() == ROAMERS  # every client now arrives from a new port
+        alive = list(range(ROAMERS))
+        for n in range(1, int((DEAD_AFTER_S + 2 * KEEP_ALIVE_S + 2) / 0.25)):
+            ok = await asyncio.gather(*(_echo_ok(tunnels[i], n) for i in alive))
+            alive = [i for i, good in zip(alive, ok, strict=True) if good]
+            await asyncio.sleep(0.25)
+        return ROAMERS - len(alive)
+    finally:
+        for _, writer in tunnels:
+            writer.close()
+
+
 async def _roaming(tmp: Path, sock_dir: Path, *, by_cid: bool) -> tuple[int, int, Router]:
     """12 clients behind a NAT in front of ``Router`` and 3 QUIC-LB servers; the NAT rebinds
     every client at once.  Returns (tunnels that broke, clients that logged a loss, router)."""
     echo_path = sock_dir / "echo.sock"
     backend = await echo().unix(str(echo_path))
-    knobs = f"keep-alive = {KEEP_ALIVE_S}\ndead-after = {DEAD_AFTER_S}\n"
-    servers: list[Endpoint] = []
-    router: Router | None = None
+    started: list[Endpoint] = []
+    router = Router({}, by_cid=by_cid)
     nat: Nat | None = None
-    clients: Endpoint | None = None
     try:
-        for n in (1, 2, 3):
-            conf = tmp / f"s{n}.toml"
-            conf.write_text(
-                f'{LOG_TOML}[[server]]\nname = "s{n}"\nlisten-on = "127.0.0.1:0"\n'
-                f'state-dir = "{tmp}"\nallow = ["unix:{echo_path}"]\nquic-engine = "aioquic"\n'
-                f'quic-lb-server-id = "0x0{n}"\n{knobs}'
-            )
-            servers.append(await run_daemon(conf))
-        router = Router({bytes([n + 1]): s.host_port for n, s in enumerate(servers)}, by_cid=by_cid)
-        nat = Nat(await router.start())
-        host, port = await nat.start()
-        conf = tmp / "clients.toml"
-        conf.write_text(
-            LOG_TOML
-            + "".join(
-                f'[[client]]\nname = "r{i}"\nlisten-on = "unix:{sock_dir}/r{i}.sock"\n'
-                f'server-endpoint = "{host}:{port}"\nverify-remote-endpoint = false\n'
-                f'token-source = "unix:{echo_path}"\n{ENGINE_TOML}{knobs}'
-                for i in range(ROAMERS)
-            )
-        )
-        clients = await run_daemon(conf, listeners=ROAMERS)
-        tunnels = [
-            await asyncio.open_unix_connection(str(sock_dir / f"r{i}.sock")) for i in range(ROAMERS)
-        ]
-        broke = 0
-        try:
-
-            async def echo_ok(i: int, n: int) -> bool:
-                reader, writer = tunnels[i]
-                msg = f"{i} {n}\n".encode()
-                writer.write(msg)
-                try:
-                    async with asyncio.timeout(2.0):
-                        return await reader.readexactly(len(msg)) == msg
-                except (OSError, TimeoutError, asyncio.IncompleteReadError):
-                    return False
-
-            assert all(await asyncio.gather(*(echo_ok(i, 0) for i in range(ROAMERS))))
-            assert nat.rebind() == ROAMERS  # every client now arrives from a new port
-            alive = set(range(ROAMERS))
-            for n in range(1, int((DEAD_AFTER_S + 2 * KEEP_ALIVE_S + 2) / 0.25)):
-                ok = await asyncio.gather(*(echo_ok(i, n) for i in sorted(alive)))
-                alive -= {i for i, good in zip(sorted(alive), ok, strict=True) if not good}
-                await asyncio.sleep(0.25)
-            broke = ROAMERS - len(alive)
-        finally:
-            for _, writer in tunnels:
-                writer.close()
-        lost = {
-            m.split("]")[0] for e in clients.logs if "QUIC connection to" in (m := e.get("msg", ""))
-        }
+        nat = await _start_fleet(tmp, sock_dir, echo_path, router, started)
+        broke = await _rebind_and_watch(nat, sock_dir)
+        msgs = [e.get("msg", "") for e in started[-1].logs]
+        lost = {m.split("]")[0] for m in msgs if "QUIC connection to" in m}
         return broke, len(lost), router
     finally:
-        for ep in [*servers, *([clients] if clients else [])]:
+        for ep in started:
             ep.kill()
             await ep.proc.wait()
-        for box in (nat, router):
-            if box is not None:
-                box.close()
+        if nat is not None:
+            nat.close()
+        router.close()
         backend.close()
 
 
