@@ -64,10 +64,9 @@ class QuicLbKnobs(BaseModel):
         nonce = self.quic_lb_nonce_length if self.quic_lb_nonce_length is not None else room
         if nonce != room:
             raise ValueError(
-                f"quic-lb-nonce-length = {nonce} with a {len(server_id)}-octet server id makes "
-                f"{1 + len(server_id) + nonce}-octet connection ids; quictund's are "
-                f"{CID_LENGTH}: use {room} (or leave it out) and configure the balancer alike "
-                f"(got {nonce})"
+                f"quic-lb-nonce-length: with a {len(server_id)}-octet server id it makes "
+                f"{1 + len(server_id) + nonce}-octet connection ids, quictund's are {CID_LENGTH}; "
+                f"use {room} (or leave it out) and configure the balancer alike (got {nonce})"
             )
         if getattr(self, "quic_engine", "aioquic") == "qh3":
             raise ValueError(

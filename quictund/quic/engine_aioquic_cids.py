@@ -5,9 +5,9 @@ aioquic draws every connection id it issues from ``os.urandom`` in two places: t
 ``initial_source_connection_id`` transport parameter) in ``QuicConnection.__init__``, and the
 ones it announces in NEW_CONNECTION_ID frames in ``_replenish_connection_ids``.  ``install``
 replaces both right after construction, before the connection has sent anything, so no id
-without the server id ever leaves the server.  (The Retry's id comes from the same codec, in
-``quic/server.py``.)  Touches aioquic internals, hence an
-``engine_*`` module (pinned aioquic 1.7; tests/test_quic_lb.py fails loudly if they move).
+without the server id ever leaves the server (the Retry's id comes from the same codec, in
+``quic/server.py``).  Touches aioquic internals, hence an ``engine_*`` module (pinned aioquic
+1.7; tests/test_quic_lb.py fails loudly if they move).
 """
 
 from __future__ import annotations
