@@ -1,9 +1,13 @@
-"""Issue 17 §3: 30 clients, real nginx hashing client addresses, 3 servers, one killed.
+"""Issue 17 §3: 30 clients, real nginx hashing client addresses, 3 servers (and a spare).
 
-The clients of the killed server must reconnect through the balancer to the others within the
-reconnect time (dead-after + backoff), and every other client must never notice: its open
-tunnel keeps echoing through the whole failover and its connector logs no loss.  Set-up in
-``l4_balancer.py`` (namespaces, nftables SNAT, the nginx config docs/scaling.md shows).
+* One server crashes (SIGKILL) or is stopped (SIGTERM): its clients must reconnect through the
+  balancer to the others within the reconnect time, and every other client must never notice:
+  its open tunnel keeps echoing through the whole failover and its connector logs no loss.
+* nginx is reloaded with the spare added to the pool: only the clients that consistent hashing
+  hands to it reconnect; the others keep their connections.
+
+Set-up in ``l4_balancer.py`` (namespaces, nftables SNAT, the nginx config docs/scaling.md
+shows).  Timings are printed (``pytest -s``) and quoted in docs/scaling.md.
 """
 
 from __future__ import annotations
