@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
+from quictund.config_quic_lb import QuicLbKnobs
 from quictund.quic.settings import ENGINES, EngineName, EngineSettings
 
 _AS_STR = PlainSerializer(str, return_type=str, when_used="json")
@@ -138,7 +139,7 @@ class AllowFor(_Model):
     allow: list[str]
 
 
-class ServerSettings(QuicKnobs):
+class ServerSettings(QuicLbKnobs, QuicKnobs):  # quic-lb-* keys: config_quic_lb.py
     name: str = "server"
     listen_on: Annotated[HostPort, Field(alias="listen-on"), _AS_STR] = HostPort("0.0.0.0", 7500)
     token_parser_plugin: Annotated[str, Field(alias="token-parser-plugin")] = "Cleartext"

@@ -66,6 +66,7 @@ class ServerEndpoint(EndpointBase):
         """Bind the UDP socket; handshakes then run as tasks of ``tg``."""
         self._tg = tg
         s = self.settings
+        codec = s.quic_lb_codec()  # QUIC-LB: Retry packets carry a routable id too
         proto = QuicServerProtocol(
             configuration=self.configuration,
             make_connection=self._make_connection,
@@ -74,6 +75,7 @@ class ServerEndpoint(EndpointBase):
             admission=self._admission_settings(),
             handshake_timeout_s=s.handshake_timeout_s,
             on_limit=self.limit_hit,
+            new_cid=None if codec is None else codec.new,
         )
         try:
             udp = await open_udp(

@@ -52,6 +52,7 @@ from aioquic.quic.stream import QuicStream
 from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.quic.credit import ReceiveLedger, raised_limit
+from quictund.quic.engine_aioquic_cids import install as install_quic_lb
 from quictund.quic.peer_checks import (
     PeerRejected,
     check_client_certificate,
@@ -124,6 +125,8 @@ class AioquicConnection(QuicConnection):
             # tickets only through these callbacks, so without them there is no resumption.
             raise ValueError("session tickets would bypass client certificate verification")
         super().__init__(configuration=configuration, **kwargs)
+        if settings.quic_lb is not None:  # QUIC-LB routable ids (engine_aioquic_cids.py)
+            install_quic_lb(self, settings.quic_lb)
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins

@@ -42,6 +42,7 @@ class QuicServerProtocol:
         admission: AdmissionSettings | None = None,
         handshake_timeout_s: float = 10.0,
         on_limit: Callable[[Limit, str], None] | None = None,
+        new_cid: Callable[[], bytes] | None = None,  # Retry's id (QUIC-LB: quic/quic_lb.py)
     ) -> None:
         self._configuration = configuration
         self._make_connection = make_connection
@@ -50,6 +51,7 @@ class QuicServerProtocol:
         self.admission = Admission(admission or AdmissionSettings())
         self.handshake_timeout_s = handshake_timeout_s
         self._on_limit = on_limit
+        self._new_cid = new_cid or (lambda: os.urandom(8))
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
         self._half_open: dict[QuicSession, asyncio.TimerHandle] = {}
@@ -118,7 +120,7 @@ class QuicServerProtocol:
             addr=source, token=header.token, half_open=len(self._half_open), now=now
         )
         if verdict.decision is Decision.RETRY:
-            scid = os.urandom(8)
+            scid = self._new_cid()
             token = self.admission.tokens.issue(source, header.destination_cid, now)
             self.transport.sendto(engine.retry(header, scid, token), addr)
             self._limit(Limit.RETRY, f"{peer}: {len(self._half_open)} handshakes in progress")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from quictund.quic.quic_lb import CidCodec
+
 ALPN = "quic-tun"
 
 EngineName = Literal["aioquic", "qh3"]
@@ -22,3 +24,4 @@ class EngineSettings:
     connection_window: int = 16 * 1024 * 1024
     max_streams: int = 16384
     engine: EngineName = "aioquic"
+    quic_lb: CidCodec | None = None  # server: QUIC-LB routable connection ids (aioquic only)
