@@ -91,7 +91,8 @@ class QuicSession:
         self.bytes_in = 0
         self.bytes_out = 0
         if keepalive_s > 0:
-            self._keepalive = self._loop.call_later(keepalive_s, self._on_keepalive)
+            first = min(keepalive_s, dead_after_s)
+            self._keepalive = self._loop.call_later(first, self._on_keepalive)
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -289,7 +290,10 @@ class QuicSession:
             self._ping_uid += 1
             self.conn.send_ping(self._ping_uid)
             self.transmit_soon()
-        self._keepalive = self._loop.call_later(self._keepalive_s, self._on_keepalive)
+        # Check again at the next PING or exactly when the peer would be dead, whichever
+        # comes first: the documented dead-after, not up to one keep-alive later.
+        next_s = min(self._keepalive_s, self._dead_after_s - silent)
+        self._keepalive = self._loop.call_later(next_s, self._on_keepalive)
 
     def _process_events(self) -> None:
         while (event := self.conn.next_event()) is not None:
