@@ -118,7 +118,21 @@ class QuicSession:
         self._handlers[stream_id] = handler
 
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        self.conn.send_stream_data(stream_id, data, end_stream)
+        """Queue ``data``; if the engine refuses because the connection is over, end the session
+        here, so every tunnel sees a lost connection (a reset), never a clean end."""
+        if self.closed.is_set():
+            return
+        try:
+            self.conn.send_stream_data(stream_id, data, end_stream)
+        except Exception:
+            # qh3 refuses writes as soon as the peer closed, before it reports
+            # ConnectionTerminated: end the session now.  A stream-level refusal is the caller's.
+            self._process_events()
+            if not self.closed.is_set() and self.conn.is_closed:
+                self._terminate("closed by peer or engine")
+            if self.closed.is_set():
+                return
+            raise
         self.transmit_soon()
 
     def unsent(self, stream_id: int) -> int:

@@ -185,7 +185,8 @@ async def test_lost_connection_resets_the_app(
         got, end = await asyncio.wait_for(pump, 40)
         assert 0 < got < total
         assert isinstance(end, ConnectionResetError), (
-            f"{way}: app saw {end!r} after {got} bytes; {client.logs[-3:]}"
+            f"{way}: app saw {end!r} after {got} bytes; "
+            f"{[(e.get('msg'), e.get('reason')) for e in client.logs[-6:]]}"
         )
         closed = await client.wait_log(lambda e: e.get("msg") == "tunnel closed")
         assert "QUIC connection lost" in closed["reason"], closed
