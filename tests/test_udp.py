@@ -144,3 +144,35 @@ def test_icmp_error_never_stops_reading(loop: str) -> None:
         seen, reported, got = runner.run(_refused_then_answered())
     assert seen >= 1 and errno.ECONNREFUSED in reported  # the owner hears of it ...
     assert got and got[0] == b"re:hello"  # ... and the socket is still read afterwards
+
+
+async def _queued_datagrams_drain() -> tuple[list[bytes], list[bytes]]:
+    """Datagrams that had to wait (the socket was full) leave once it is writable."""
+    got: list[bytes] = []
+    done = asyncio.Event()
+    sent = [os.urandom(100) + bytes([i]) for i in range(50)]
+
+    def on_datagram(data: bytes, addr: tuple[object, ...]) -> None:
+        got.append(data)
+        if len(got) == len(sent):
+            done.set()
+
+    receiver = await open_udp(on_datagram, local=("127.0.0.1", 0))
+    sender = await open_udp(lambda d, a: None, remote=receiver.sockname[:2])
+    try:
+        target = receiver.sockname[:2]
+        sender._enqueue([(d, target) for d in sent[:40]])  # as if sendmsg had said EAGAIN
+        sender.send_many([(d, target) for d in sent[40:]])  # queued behind them, in order
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 5)
+        return got, sent
+    finally:
+        sender.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_queued_datagrams_leave_when_writable(loop: str) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        got, sent = runner.run(_queued_datagrams_drain())
+    assert got == sent

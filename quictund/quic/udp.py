@@ -261,10 +261,14 @@ class UdpSocket:
     # ---- receiving -----------------------------------------------------------------------
 
     def _on_event(self) -> None:
-        """The socket is readable, writable or has an error: serve it without asking which
-        (a failed ``recvmsg`` costs what an ``epoll_wait`` would)."""
+        """The socket is readable, writable or has an error.  Reading is tried without asking
+        (a failed ``recvmsg`` costs what an ``epoll_wait`` would); the queue is sent only when
+        the socket says it is writable, since a retry copies the whole queue."""
+        writable = bool(self._queue) and any(
+            ev & select.EPOLLOUT for _, ev in self._watch.poll(0)
+        )
         self._on_readable()
-        if self._queue and not self._closed:
+        if writable and self._queue and not self._closed:
             self._on_writable()
 
     def _icmp_error(self, exc: OSError) -> None:
