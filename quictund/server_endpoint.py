@@ -30,6 +30,7 @@ from quictund.quic.udp import UdpSocket, open_udp
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
 from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.udpflow.server import open_flow
 from quictund.unixdest import connect_unix
 from quictund.wire import Ack, BadToken, ErrorCode, TokenDecoder
 
@@ -323,6 +324,9 @@ class ServerHandshake:
             self._fail(Ack.BAD_TOKEN, ErrorCode.BAD_TOKEN, f"token rejected: {exc}")
             return
         self.record.server_app_addr = str(dest)
+        if dest.is_udp:
+            await open_flow(self, dest)
+            return
         quota = self.quota
         splice = Splice(
             self.record,
@@ -378,7 +382,12 @@ class ServerHandshake:
         if dest.is_unix:
             real = self._policy().unix_target(dest)  # symlinks resolved, then checked
             return None if real is None else (real, 0)
-        family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
+        family = {
+            "tcp4": socket.AF_INET,
+            "tcp6": socket.AF_INET6,
+            "udp4": socket.AF_INET,
+            "udp6": socket.AF_INET6,
+        }.get(
             dest.network, socket.AF_UNSPEC
         )
         loop = asyncio.get_running_loop()
@@ -394,6 +403,13 @@ class ServerHandshake:
 
     def _policy(self) -> Policy:
         return self.endpoint.policy_for(self.session.identity)
+
+    # The UDP branch (quictund/udpflow/server.py) ends a handshake the same two ways.
+    async def resolve_and_check(self, dest: StreamAddress) -> tuple[str, int] | None:
+        return await self._resolve_and_check(dest)
+
+    def fail_handshake(self, ack: Ack, code: ErrorCode, reason: str) -> None:
+        self._fail(ack, code, reason)
 
     def _fail(self, ack: Ack, code: ErrorCode, reason: str) -> None:
         if self.done:

@@ -58,7 +58,7 @@ from quictund.quic.peer_checks import (
     check_server_certificate,
     check_server_pin,
 )
-from quictund.quic.settings import ALPN, EngineSettings
+from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
 
 __all__ = ["Qh3Connection", "QuicConfiguration", "make_configuration"]
 
@@ -78,7 +78,8 @@ def make_configuration(
     """qh3's configuration; the core's windows are half of ours (the rest is the gate's)."""
     config = QuicConfiguration(
         is_client=is_client,
-        alpn_protocols=[ALPN],
+        alpn_protocols=list(ALPNS),
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME,
         idle_timeout=settings.idle_timeout_s,
         max_datagram_size=settings.max_datagram_size,
         max_data=settings.connection_window // 2,
@@ -109,6 +110,7 @@ class Qh3Connection(QuicConnection):
         **kwargs: Any,
     ) -> None:
         super().__init__(configuration=configuration, **kwargs)
+        self._datagrams_waiting = 0  # DATAGRAM frames given to the core since it last sent
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins
@@ -180,6 +182,19 @@ class Qh3Connection(QuicConnection):
     def is_released(self, stream_id: int) -> bool:
         return stream_id in self._released
 
+    def send_datagram(self, data: bytes) -> bool:
+        """Hand one DATAGRAM frame to qh3's core, at most ``DATAGRAM_QUEUE`` between two
+        transmits that sent something: its queue is not visible, so beyond that the *newest*
+        is dropped (returns False) where aioquic's adapter drops the oldest."""
+        if self._datagrams_waiting >= DATAGRAM_QUEUE:
+            return False
+        self._datagrams_waiting += 1
+        self.send_datagram_frame(data)
+        return True
+
+    def datagram_room(self) -> int:
+        return datagram_room(self, self._configuration.max_datagram_size)
+
     def stats(self) -> dict[str, float | int]:
         core = self._core
         if core is None:
@@ -238,6 +253,7 @@ class Qh3Connection(QuicConnection):
         try:
             while (transmit := core.poll_transmit(now)) is not None:
                 out.append((transmit[0], transmit[1]))
+                self._datagrams_waiting = 0
         except RuntimeError as exc:
             # qh3 2.1 counts only the first QUIC packet of a client's Initial datagram toward
             # the anti-amplification budget (aioquic pads with bytes after its packet) and then
@@ -393,6 +409,15 @@ class _OneEvent:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._core, name)
+
+
+def datagram_room(conn: QuicConnection, max_datagram_size: int) -> int:
+    """As ``AioquicConnection.datagram_room``, with the longest connection id (20): qh3's
+    core does not tell which one its packets carry."""
+    peer = conn._remote_max_datagram_frame_size
+    if not peer:
+        return 0
+    return max(0, min(max_datagram_size - (1 + 20 + 4 + 16 + 3), peer - 3))
 
 
 def _as_aioquic(cls: type[events.QuicEvent]) -> Any:
