@@ -98,7 +98,8 @@ def server_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RULE",
         help="destination this server may reach (repeatable): tcp:CIDR|HOST:PORTS, "
-        "udp:CIDR|HOST:PORTS, unix:PATH-GLOB or *; default: anything (quic-tun's open proxy, warned)",
+        "udp:CIDR|HOST:PORTS, unix:PATH-GLOB or *; default: anything (quic-tun's open "
+        "proxy, warned)",
     )
     p.add_argument(
         "--state-dir",
