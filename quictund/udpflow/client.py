@@ -229,10 +229,15 @@ class ClientFlow:
                 self.close("server ended the flow")
 
     def on_stream_reset(self, error_code: int) -> None:
-        self._lost(f"server reset the flow (0x{error_code:x})")
+        # The server closes a flow (idle, socket gone) with both RESET_STREAM and
+        # STOP_SENDING; whichever arrives first ends it.
+        if error_code == ErrorCode.NO_ERROR:
+            self._lost("server closed the flow")
+        else:
+            self._lost(f"server reset the flow (0x{error_code:x})")
 
     def on_stop_sending(self, error_code: int) -> None:
-        self._lost(f"server stopped the flow (0x{error_code:x})")
+        self.on_stream_reset(error_code)
 
     def on_send_ready(self) -> None:
         pass
