@@ -148,6 +148,8 @@ class TunnelTable:
                 m.bytes.labels(record.listener, "server").inc(record.server_total_bytes)
             else:
                 m.failed.labels(record.listener, failure_category(reason)).inc()
+            if record.udp is not None:
+                record.udp.count(m, record.listener)
 
     def get(self, uuid: str) -> TunnelRecord | None:
         return self._records.get(uuid)

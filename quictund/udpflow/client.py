@@ -118,6 +118,7 @@ class ClientFlow:
         )
         self.counters = FlowCounters()
         self.record.udp = self.counters
+        self.record.closer = lambda reason: self.close(reason, ErrorCode.CLOSED_BY_OPERATOR)
         self.pending: deque[bytes] = deque()
         self.session: QuicSession | None = None
         self.stream_id = -1

@@ -13,10 +13,13 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from quictund.quic.session import QuicSession
 from quictund.udpflow import codec
+
+if TYPE_CHECKING:
+    from quictund.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,13 @@ class FlowCounters:
     bytes_to_tunnel: int = 0
     bytes_from_tunnel: int = 0
     drops: Counter[str] = field(default_factory=Counter)
+
+    def count(self, metrics: Metrics, listener: str) -> None:
+        """Add this (ended) flow to ``quictund_udp_datagrams`` / ``quictund_udp_drops``."""
+        metrics.udp_datagrams.labels(listener, "to_tunnel").inc(self.to_tunnel)
+        metrics.udp_datagrams.labels(listener, "from_tunnel").inc(self.from_tunnel)
+        for reason, n in self.drops.items():
+            metrics.udp_drops.labels(listener, reason).inc(n)
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -46,6 +46,7 @@ class ServerFlow(asyncio.DatagramProtocol):
         self.flow_id = codec.flow_id_of(stream_id)
         self.record = record
         self.counters = record.udp = FlowCounters()
+        record.closer = lambda reason: self.close(reason, ErrorCode.CLOSED_BY_OPERATOR)
         self.transport: asyncio.DatagramTransport | None = None
         self.finished = False
         self._on_end = on_end
