@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -64,6 +65,7 @@ class UdpClient(asyncio.DatagramProtocol):
         except OSError as exc:
             raise ConfigError(f"listen-on {a}: {os_reason(exc)}") from None
         self.transport = transport  # uvloop calls connection_made a loop turn later
+        _buffers(transport, self.settings.socket_buffer)
         host, port = transport.get_extra_info("sockname")[:2]
         return f"{a.network}:{format_host_port(host, port)}"
 
@@ -102,6 +104,20 @@ class UdpClient(asyncio.DatagramProtocol):
                 "accepted" if session.datagram_room() else "not accepted",
             )
         return True
+
+
+def _buffers(transport: asyncio.BaseTransport, size: int) -> None:
+    """All flows of a listener share its one socket: give it ``socket-buffer`` as the QUIC
+    socket has, so a burst from the apps waits in the kernel instead of being dropped there
+    (the kernel caps it at net.core.rmem_max / wmem_max)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass
 
 
 class ClientFlow:
