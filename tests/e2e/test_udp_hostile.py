@@ -8,7 +8,6 @@ quic-tun's "unreachable" ack, nothing else.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from pathlib import Path
 
