@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 PENDING = 64  # datagrams held per flow while its handshake runs
 MAX_FLOWS = 16384  # flows per UDP listener (as max-tunnels); beyond it new app addresses wait
+# A flow that failed to open keeps its app address for this long, dropping what the app sends:
+# an app retrying (or flooding) a refused destination costs one handshake a second, not one
+# per datagram.
+FAILED_HOLD_S = 1.0
 
 
 class UdpClient(asyncio.DatagramProtocol):
@@ -149,6 +153,9 @@ class ClientFlow:
 
     def from_app(self, data: bytes) -> None:
         self.idle.touch()
+        if self.finished:  # failed, held for FAILED_HOLD_S
+            self.counters.drops[NOT_OPEN] += 1
+            return
         if not self.is_open:
             if len(self.pending) >= PENDING:
                 self.counters.drops[NOT_OPEN] += 1
@@ -227,6 +234,8 @@ class ClientFlow:
 
     def _opened(self) -> None:
         self.is_open = True
+        assert self.session is not None
+        self.counters.max_payload = codec.max_payload(self.session.datagram_room(), self.flow_id)
         self.owner.table.opened(self.record)
         pending, self.pending = self.pending, deque()
         for data in pending:
@@ -279,8 +288,10 @@ class ClientFlow:
             return
         self.finished = True
         self.idle.cancel()
-        if self.owner.flows.get(self.app) is self:
-            del self.owner.flows[self.app]
+        if self.is_open or code == ErrorCode.SHUTDOWN:
+            self._forget()
+        else:
+            asyncio.get_running_loop().call_later(FAILED_HOLD_S, self._forget)
         if not self.ack.done():
             self.ack.cancel()
         session = self.session
@@ -290,3 +301,7 @@ class ClientFlow:
             session.forget(self.stream_id)
         if self.listed:
             self.owner.table.closed(self.record, reason)
+
+    def _forget(self) -> None:
+        if self.owner.flows.get(self.app) is self:
+            del self.owner.flows[self.app]

@@ -39,6 +39,9 @@ class FlowCounters:
     bytes_to_tunnel: int = 0
     bytes_from_tunnel: int = 0
     drops: Counter[str] = field(default_factory=Counter)
+    # The largest UDP payload the flow could carry when it opened (the path's datagram size
+    # less QUIC's overhead): what an app should keep to.
+    max_payload: int = 0
 
     def count(self, metrics: Metrics, listener: str) -> None:
         """Add this (ended) flow to ``quictund_udp_datagrams`` / ``quictund_udp_drops``."""
@@ -54,6 +57,7 @@ class FlowCounters:
             "bytes_to_tunnel": self.bytes_to_tunnel,
             "bytes_from_tunnel": self.bytes_from_tunnel,
             "drops": dict(self.drops),
+            "max_payload": self.max_payload,
         }
 
 

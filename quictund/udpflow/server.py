@@ -164,6 +164,7 @@ async def open_flow(hs: ServerHandshake, dest: StreamAddress) -> None:
     hs.done = True
     hs.record.server_app_addr = f"udp:{format_host_port(*target)}"
     mux_for(session).flows[flow.flow_id] = flow
+    flow.counters.max_payload = codec.max_payload(session.datagram_room(), flow.flow_id)
     session.send(hs.stream_id, bytes([Ack.OK]))
     session.register(hs.stream_id, flow)
     ep.table.opened(hs.record)

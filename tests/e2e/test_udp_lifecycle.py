@@ -113,3 +113,28 @@ async def test_a_thousand_concurrent_flows(state_dir: Path) -> None:
         await server.stop()
         assert echo.transport is not None
         echo.transport.close()
+
+
+async def test_a_refused_flow_costs_one_handshake_a_second(state_dir: Path) -> None:
+    echo = await udp_echo()
+    server = await start_server(state_dir, "--allow", "udp:127.0.0.1:1")  # not the echo
+    client = await start_client(
+        server.address, f"udp:127.0.0.1:{echo.port}", listen="udp:127.0.0.1:0"
+    )
+    app = await udp_app(client.address)
+    try:
+        for i in range(100):  # an app retrying hard for 1.5 s
+            app.send(b"retry %d" % i)
+            await asyncio.sleep(0.015)
+        await server.wait_log(lambda e: e.get("msg") == "tunnel failed")
+        await asyncio.sleep(0.5)
+        refused = server.messages("tunnel failed")
+        assert 1 <= len(refused) <= 3, len(refused)
+        assert all("not allowed by policy" in e["reason"] for e in refused)
+        assert echo.received == 0
+    finally:
+        app.close()
+        await client.stop()
+        await server.stop()
+        assert echo.transport is not None
+        echo.transport.close()
