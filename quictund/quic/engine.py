@@ -29,10 +29,11 @@ from aioquic.quic.packet import (
 from cryptography import x509
 
 from quictund.errors import ConfigError
-from quictund.quic.settings import ALPN, ENGINES, EngineName, EngineSettings
+from quictund.quic.settings import ALPN, ALPN_QUICTUND, ENGINES, EngineName, EngineSettings
 
 __all__ = [
     "ALPN",
+    "ALPN_QUICTUND",
     "ENGINES",
     "EngineConnection",
     "EngineName",
@@ -131,7 +132,8 @@ def make_configuration(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> Any:
-    """Build ``settings.engine``'s configuration for one endpoint (TLS 1.3, ALPN ``quic-tun``)."""
+    """Build ``settings.engine``'s configuration for one endpoint (TLS 1.3; ALPN ``quictund/1``
+    then ``quic-tun``, and DATAGRAM frames accepted, for UDP flows)."""
     kwargs: dict[str, Any] = {
         "is_client": is_client,
         "settings": settings,

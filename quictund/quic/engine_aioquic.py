@@ -72,7 +72,7 @@ def make_configuration(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> QuicConfiguration:
-    """Build the engine configuration for one endpoint (TLS 1.3, ALPN ``quic-tun``)."""
+    """Build the engine configuration for one endpoint (TLS 1.3, ALPNs quictund/1, quic-tun)."""
     config = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=list(ALPNS),
