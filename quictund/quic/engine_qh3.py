@@ -35,6 +35,7 @@ tests/test_engines.py, run against both engines):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ssl
 import types
@@ -110,7 +111,10 @@ class Qh3Connection(QuicConnection):
         **kwargs: Any,
     ) -> None:
         super().__init__(configuration=configuration, **kwargs)
-        self._datagrams_waiting = 0  # DATAGRAM frames given to the core since it last sent
+        # DATAGRAM frames wait here, not in the core: qh3 2.1's core sends them whatever its
+        # congestion window says (tests/test_udpflow_engines.py), so we hand it only what the
+        # window has room for, and drop the oldest beyond DATAGRAM_QUEUE.
+        self._datagrams: collections.deque[bytes] = collections.deque()
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins
@@ -183,14 +187,21 @@ class Qh3Connection(QuicConnection):
         return stream_id in self._released
 
     def send_datagram(self, data: bytes) -> bool:
-        """Hand one DATAGRAM frame to qh3's core, at most ``DATAGRAM_QUEUE`` between two
-        transmits that sent something: its queue is not visible, so beyond that the *newest*
-        is dropped (returns False) where aioquic's adapter drops the oldest."""
-        if self._datagrams_waiting >= DATAGRAM_QUEUE:
+        """Queue one DATAGRAM frame; beyond ``DATAGRAM_QUEUE`` drop the oldest (False)."""
+        self._datagrams.append(data)
+        if len(self._datagrams) > DATAGRAM_QUEUE:
+            self._datagrams.popleft()
             return False
-        self._datagrams_waiting += 1
-        self.send_datagram_frame(data)
         return True
+
+    def _feed_datagrams(self, core: Any) -> None:
+        """Give the core the queued DATAGRAM frames its congestion window has room for."""
+        room = int(core.congestion_window) - int(core.bytes_in_flight)
+        queue = self._datagrams
+        while queue and room >= len(queue[0]):
+            data = queue.popleft()
+            room -= len(data) + 40  # the packet around it
+            self.send_datagram_frame(data)
 
     def datagram_room(self) -> int:
         return datagram_room(self, self._configuration.max_datagram_size)
@@ -249,11 +260,12 @@ class Qh3Connection(QuicConnection):
         core = self._core
         if core is None:
             return []
+        if self._datagrams and self._handshake_complete:
+            self._feed_datagrams(core)
         out = []
         try:
             while (transmit := core.poll_transmit(now)) is not None:
                 out.append((transmit[0], transmit[1]))
-                self._datagrams_waiting = 0
         except RuntimeError as exc:
             # qh3 2.1 counts only the first QUIC packet of a client's Initial datagram toward
             # the anti-amplification budget (aioquic pads with bytes after its packet) and then
