@@ -31,6 +31,11 @@ from quictund.wire import Ack, ErrorCode, TokenTooLong, encode_token
 
 logger = logging.getLogger(__name__)
 
+_ACK_NAMES: dict[int, str] = {
+    Ack.BAD_TOKEN: "server could not parse the token",
+    Ack.UNREACHABLE: "server could not reach (or may not reach) the destination",
+}
+
 PENDING = 64  # datagrams held per flow while its handshake runs
 MAX_FLOWS = 16384  # flows per UDP listener (as max-tunnels); beyond it new app addresses wait
 # A flow that failed to open keeps its app address for this long, dropping what the app sends:
@@ -190,29 +195,20 @@ class ClientFlow:
 
     async def _open(self) -> None:
         s = self.owner.settings
+        got = await self._token_and_session()
+        if got is None:
+            return
+        block, session = got
         try:
-            block = encode_token(await self.owner.source.fetch(self.record.client_app_addr))
-            session = await self.owner.connector.get_session(s.connect_wait_s)
-        except (TokenError, TokenTooLong) as exc:
-            self._list()
-            self.close(f"no token: {exc}")
+            stream_id = session.open_stream(self)
+        except ConnectionRefusedError as exc:  # the qh3 engine at the server's stream limit
+            self.close(str(exc), ErrorCode.RATE_LIMITED)
             return
-        except TimeoutError:
-            self._list()
-            self.close(f"server {s.server_endpoint} unreachable for {s.connect_wait_s:g} s")
-            return
-        if self.finished:
-            return
-        if self.owner.incompatible(session):
-            self.close("server cannot carry UDP flows")  # not listed: one log line in all
-            return
-        self._list()
-        self.session = session
-        self.stream_id = session.open_stream(self)
-        self.record.stream_id = self.stream_id
-        self.flow_id = codec.flow_id_of(self.stream_id)
+        self.session, self.stream_id = session, stream_id
+        self.record.stream_id = stream_id
+        self.flow_id = codec.flow_id_of(stream_id)
         mux_for(session).flows[self.flow_id] = self
-        session.send(self.stream_id, block)
+        session.send(stream_id, block)
         try:
             async with asyncio.timeout(s.handshake_timeout_s):
                 ack = await self.ack
@@ -220,13 +216,32 @@ class ClientFlow:
             self.close(f"no ack from the server in {s.handshake_timeout_s:g} s", ErrorCode.TIMEOUT)
             return
         if ack != Ack.OK:
-            why: dict[int, str] = {
-                Ack.BAD_TOKEN: "bad token",
-                Ack.UNREACHABLE: "unreachable or not allowed",
-            }
-            self.close(f"refused: {why.get(ack, 'stream ended')}", ErrorCode.REFUSED)
+            why = _ACK_NAMES.get(ack, "stream ended")
+            self.close(f"refused: {why}", ErrorCode.REFUSED)
             return
         self._opened()
+
+    async def _token_and_session(self) -> tuple[bytes, QuicSession] | None:
+        """The token block and a connection that takes UDP flows, or None (flow closed)."""
+        s = self.owner.settings
+        try:
+            block = encode_token(await self.owner.source.fetch(self.record.client_app_addr))
+            session = await self.owner.connector.get_session(s.connect_wait_s)
+        except (TokenError, TokenTooLong) as exc:
+            self._list()
+            self.close(f"no token: {exc}")
+            return None
+        except TimeoutError:
+            self._list()
+            self.close(f"server {s.server_endpoint} unreachable for {s.connect_wait_s:g} s")
+            return None
+        if self.finished:
+            return None
+        if self.owner.incompatible(session):
+            self.close("server cannot carry UDP flows")  # not listed: one log line in all
+            return None
+        self._list()
+        return block, session
 
     def _list(self) -> None:
         self.listed = True
