@@ -14,7 +14,7 @@ import subprocess
 import time
 from typing import Any
 
-from context import REPO, BenchContext, Row
+from context import REPO, BenchContext, Row, netns_argv
 from paths import free_port, wait_tcp
 
 TITLE = "UDP flows (iperf3 -u)"
@@ -37,8 +37,8 @@ def run(ctx: BenchContext) -> list[Row]:
     for rate in rates:
         for name, listen in paths.items():
             ctx.log(f"iperf3 -u -b {rate}M via {name}")
-            result = _iperf(ctx, listen, rate)
-            rows.extend(_rows(name, rate, result))
+            result = iperf(ctx, "127.0.0.1", listen, rate)
+            rows.extend(make_rows(NAME, name, f"{rate} Mbit/s offered", rate, result))
     return rows
 
 
@@ -61,20 +61,29 @@ def _start_tunnel(ctx: BenchContext, name: str, engine: str, dest_port: int) -> 
             for proto in ("tcp", "udp")
         )
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("NOTIFY_SOCKET", None)
     proc = ctx.procs.spawn(
-        f"quictund-{name}", [ctx.python, "-m", "quictund", "run", "--config", str(conf)], env=env
+        f"quictund-{name}",
+        [ctx.python, "-m", "quictund", "run", "--config", str(conf)],
+        env=quictund_env(),
     )
     wait_tcp("127.0.0.1", listen, None, [proc])
     return listen
 
 
-def _iperf(ctx: BenchContext, port: int, rate: int) -> dict[str, Any]:
-    argv = [
-        "iperf3", "-c", "127.0.0.1", "-p", str(port), "-u", "-b", f"{rate}M",
+def quictund_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def iperf(
+    ctx: BenchContext, host: str, port: int, rate: int, ns: str | None = None
+) -> dict[str, Any]:
+    """``iperf3 -u`` at ``rate`` Mbit/s to ``host:port`` (from namespace ``ns``), its JSON."""
+    argv = netns_argv(ns, [
+        "iperf3", "-c", host, "-p", str(port), "-u", "-b", f"{rate}M",
         "-l", str(LENGTH), "-t", str(ctx.duration), "-J",
-    ]  # fmt: skip
+    ])  # fmt: skip
     for attempt in range(3):  # the server may still be busy with the previous test
         proc = subprocess.run(argv, capture_output=True, timeout=ctx.duration + 60)
         data: dict[str, Any] = json.loads(proc.stdout or b"{}")
@@ -84,17 +93,19 @@ def _iperf(ctx: BenchContext, port: int, rate: int) -> dict[str, Any]:
     return data
 
 
-def _rows(name: str, rate: int, data: dict[str, Any]) -> list[Row]:
-    label = f"{rate} Mbit/s offered"
+def make_rows(scenario: str, name: str, label: str, rate: int, data: dict[str, Any]) -> list[Row]:
+    """Received Mbit/s, datagrams/s, loss and jitter of one iperf3 run (``label``: the
+    conditions, e.g. "20 Mbit/s offered")."""
     if "end" not in data:
-        return [Row(NAME, name, f"received, {label}", None, "Mbit/s", {"error": str(data)[:200]})]
+        error = {"error": str(data)[:200]}
+        return [Row(scenario, name, f"received, {label}", None, "Mbit/s", error)]
     s = data["end"]["sum"]  # the server's view of the UDP stream
     seconds = float(s["seconds"]) or 1.0
     received = int(s["packets"]) - int(s["lost_packets"])
     extra = {"offered_mbit": rate, "length": LENGTH, "packets": s["packets"]}
     return [
-        Row(NAME, name, f"received, {label}", s["bits_per_second"] / 1e6, "Mbit/s", extra),
-        Row(NAME, name, f"datagrams/s, {label}", received / seconds, "datagrams/s", extra),
-        Row(NAME, name, f"loss, {label}", float(s["lost_percent"]), "%", extra),
-        Row(NAME, name, f"jitter, {label}", float(s["jitter_ms"]), "ms", extra),
+        Row(scenario, name, f"received, {label}", s["bits_per_second"] / 1e6, "Mbit/s", extra),
+        Row(scenario, name, f"datagrams/s, {label}", received / seconds, "datagrams/s", extra),
+        Row(scenario, name, f"loss, {label}", float(s["lost_percent"]), "%", extra),
+        Row(scenario, name, f"jitter, {label}", float(s["jitter_ms"]), "ms", extra),
     ]
