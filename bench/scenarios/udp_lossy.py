@@ -50,8 +50,10 @@ def _up() -> None:
         for rule in (
             "add table inet udp_loss",
             "add chain inet udp_loss in { type filter hook input priority -200; }",
-            f'add rule inet udp_loss in iifname "{dev}" '
-            f"numgen random mod 1000 < {LOSS_PCT * 10} drop",
+            (
+                f'add rule inet udp_loss in iifname "{dev}" '
+                f"numgen random mod 1000 < {LOSS_PCT * 10} drop"
+            ),
         ):
             _sh("ip", "netns", "exec", ns, "nft", rule)
 
