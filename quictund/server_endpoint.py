@@ -30,6 +30,7 @@ from quictund.quic.udp import UdpSocket, open_udp
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
 from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.udpflow.flow import stray_datagrams
 from quictund.udpflow.server import open_flow
 from quictund.unixdest import connect_unix
 from quictund.wire import Ack, BadToken, ErrorCode, TokenDecoder
@@ -194,10 +195,11 @@ class ServerEndpoint(EndpointBase):
         if self._proto is not None:
             self._proto.session_closed(session)
         logger.info(
-            "[%s] QUIC connection from %s closed: %s",
+            "[%s] QUIC connection from %s closed: %s%s",
             self.settings.name,
             format_host_port(*session.peer),
             reason,
+            stray_datagrams(session),  # UDP flows (quictund/udpflow)
         )
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

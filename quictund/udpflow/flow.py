@@ -87,6 +87,14 @@ class FlowMux:
         flow.from_tunnel(payload)
 
 
+def stray_datagrams(session: QuicSession) -> str:
+    """For the connection's close line: DATAGRAM frames that reached no flow, if any."""
+    mux = getattr(session.datagram_handler, "__self__", None)
+    if not isinstance(mux, FlowMux) or not (mux.unknown or mux.malformed):
+        return ""
+    return f" ({mux.unknown} DATAGRAM frames for no flow, {mux.malformed} malformed)"
+
+
 def mux_for(session: QuicSession) -> FlowMux:
     """The session's demultiplexer, made (and installed as its datagram handler) on first use."""
     handler = session.datagram_handler

@@ -68,6 +68,8 @@ async def test_hostile_datagrams_fail_nothing(state_dir: Path) -> None:
         echo.transport.close()
     line = next(e for e in server.logs if e.get("msg") == "tunnel closed")
     assert line["datagrams_from_tunnel"] == 1
+    closed = next(e["msg"] for e in server.logs if "QUIC connection from" in e.get("msg", ""))
+    assert "(400 DATAGRAM frames for no flow, 600 malformed)" in closed
 
 
 async def test_a_quic_tun_client_cannot_open_a_udp_flow(state_dir: Path) -> None:
