@@ -30,7 +30,7 @@ from quictund.quic.udp import UdpSocket, open_udp
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
 from quictund.tunnels import TunnelRecord, TunnelTable
-from quictund.udpflow.flow import stray_datagrams
+from quictund.udpflow.flow import close_flows, stray_datagrams
 from quictund.udpflow.server import open_flow
 from quictund.unixdest import connect_unix
 from quictund.wire import Ack, BadToken, ErrorCode, TokenDecoder
@@ -96,6 +96,7 @@ class ServerEndpoint(EndpointBase):
     def stop_accepting(self) -> None:
         if self._proto is not None:
             self._proto.accepting = False
+        close_flows(self.table, self.settings.name, "server endpoint stopping")
 
     async def resume_accepting(self) -> None:
         """Undo ``stop_accepting`` (a reload that was rolled back); the socket never closed."""

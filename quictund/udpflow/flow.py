@@ -20,6 +20,7 @@ from quictund.udpflow import codec
 
 if TYPE_CHECKING:
     from quictund.metrics import Metrics
+    from quictund.tunnels import TunnelTable
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,20 @@ class FlowMux:
             self.unknown += 1
             return
         flow.from_tunnel(payload)
+
+
+def close_flows(table: TunnelTable, listener: str, reason: str) -> int:
+    """Close the server listener's open UDP flows (shutdown: unlike a TCP tunnel, a flow
+    has nothing to drain, and would otherwise hold the grace period until it idles out)."""
+    flows = [
+        r
+        for r in table.snapshot()
+        if r.udp is not None and r.endpoint == "server" and r.listener == listener
+    ]
+    for record in flows:
+        if record.closer is not None:
+            record.closer(reason)
+    return len(flows)
 
 
 def stray_datagrams(session: QuicSession) -> str:

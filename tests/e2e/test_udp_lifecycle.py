@@ -141,3 +141,25 @@ async def test_a_refused_flow_costs_one_handshake_a_second(state_dir: Path) -> N
         await server.stop()
         assert echo.transport is not None
         echo.transport.close()
+
+
+async def test_shutdown_does_not_wait_for_udp_flows(state_dir: Path) -> None:
+    echo = await udp_echo()
+    dest = f"udp:127.0.0.1:{echo.port}"
+    server = await start_server(state_dir, "--allow", dest)
+    client = await start_client(server.address, dest, listen="udp:127.0.0.1:0")
+    app = await udp_app(client.address)
+    try:
+        assert await app.ask(b"hi") == b"echo:hi"
+        started = asyncio.get_running_loop().time()
+        assert await server.stop() == 0
+        took = asyncio.get_running_loop().time() - started
+        line = next(e for e in server.logs if e.get("msg") == "tunnel closed")
+        assert line["reason"] == "server endpoint stopping"
+        assert took < 5, f"shutdown waited {took:.1f} s for a UDP flow"  # the grace is 10 s
+    finally:
+        app.close()
+        await client.stop()
+        await server.stop()
+        assert echo.transport is not None
+        echo.transport.close()
