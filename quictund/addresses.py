@@ -6,7 +6,8 @@ Three shapes exist, all pure and synchronous (no DNS here):
   brackets (``[::1]:7500``).
 * ``network:address`` -- a stream endpoint (client ``listen-on`` and the server's destination,
   i.e. the token): ``tcp:``, ``tcp4:``, ``tcp6:`` followed by ``host:port``, or ``unix:`` followed
-  by a path.  The network is case-insensitive as in quic-tun (it lower-cases it).
+  by a path; or a UDP flow endpoint, ``udp:``, ``udp4:``, ``udp6:`` and ``host:port``.
+  The network is case-insensitive as in quic-tun (it lower-cases it).
 
 Errors are ``ValueError`` with a message fit to follow "field: ".
 """
@@ -17,8 +18,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-StreamNetwork = Literal["tcp", "tcp4", "tcp6", "unix"]
-_NETWORKS: tuple[StreamNetwork, ...] = ("tcp", "tcp4", "tcp6", "unix")
+StreamNetwork = Literal["tcp", "tcp4", "tcp6", "unix", "udp", "udp4", "udp6"]
+_NETWORKS: tuple[StreamNetwork, ...] = ("tcp", "tcp4", "tcp6", "unix", "udp", "udp4", "udp6")
+UDP_NETWORKS = ("udp", "udp4", "udp6")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,11 @@ class StreamAddress:
     @property
     def is_unix(self) -> bool:
         return self.network == "unix"
+
+    @property
+    def is_udp(self) -> bool:
+        """A UDP flow (quictund/udpflow), carried in DATAGRAM frames, not on the stream."""
+        return self.network in UDP_NETWORKS
 
     def __str__(self) -> str:
         if self.is_unix:
@@ -78,11 +85,11 @@ def parse_host_port(text: str, *, allow_port_zero: bool = False) -> HostPort:
 
 
 def parse_stream_address(text: str, *, allow_port_zero: bool = False) -> StreamAddress:
-    """Parse ``tcp:host:port``, ``tcp4:…``, ``tcp6:…`` or ``unix:/path``."""
+    """Parse ``tcp:host:port``, ``tcp4:…``, ``tcp6:…``, ``udp:…`` (4, 6) or ``unix:/path``."""
     network, sep, rest = text.strip().partition(":")
     network = network.lower()
     if not sep or network not in _NETWORKS:
-        raise ValueError(f"not a tcp:/unix: address (got {text!r})")
+        raise ValueError(f"not a tcp:/unix: address (got {text!r})")  # or udp:
     if network == "unix":
         if not rest or "\x00" in rest:
             raise ValueError(f"unix: needs a socket path (got {text!r})")

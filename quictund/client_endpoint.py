@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from quictund import cafile
 from quictund.addresses import format_host_port
@@ -24,6 +26,7 @@ from quictund.reasons import client_reason, for_ack
 from quictund.splice import Splice
 from quictund.tokens import TokenSource
 from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.udpflow.client import UdpClient
 from quictund.wire import Ack, ErrorCode, TokenTooLong, encode_token
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class ClientEndpoint(EndpointBase):
             server_pins=frozenset([s.server_fingerprint] if s.server_fingerprint else []),
         )
         self.listener: StreamListener | None = None
+        self.udp: UdpClient | None = None  # a udp: listen-on (quictund/udpflow)
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._tokens: dict[str, str] = {}  # tunnel uuid -> token sent (for failure reasons)
@@ -65,26 +69,29 @@ class ClientEndpoint(EndpointBase):
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the listener and start the connector (as tasks of ``tg``)."""
         self._tg = tg
-        self.listener = await self._bind()
+        bound = await self._bind_any()
         self._track(tg.create_task(self._connect(), name=f"connector-{self.settings.name}"))
         logger.info(
             "[%s] client endpoint listening on %s, server %s",
             self.settings.name,
-            self.listener.bound,
+            bound,
             self.settings.server_endpoint,
         )
 
     def stop_accepting(self) -> None:
+        if self.udp is not None:
+            self.udp.close("endpoint stopped accepting")
+            self.udp = None
         if self.listener is not None:
             self.listener.close()
             self.listener = None
 
     async def resume_accepting(self) -> None:
         """Bind again after ``stop_accepting`` (a reload that was rolled back)."""
-        if self.listener is not None or self._tg is None:
+        if self.listener is not None or self.udp is not None or self._tg is None:
             return
         try:
-            self.listener = await self._bind()
+            await self._bind_any()
         except ConfigError as exc:
             name = self.settings.name
             logger.error("[%s] cannot accept again after a refused reload: %s", name, exc)
@@ -109,6 +116,23 @@ class ClientEndpoint(EndpointBase):
         if self.settings.ca_file:
             await cafile.wait_for_ca_file(self.settings.name, self.settings.ca_file, self.connector)
         await self.connector.run()
+
+    async def _bind_any(self) -> str:
+        """Bind a UDP listener (quictund/udpflow) or a TCP/UNIX one; return what was bound."""
+        if self.settings.listen_on.is_udp:
+            self.udp = UdpClient(
+                self.settings, self.source, self.connector, self.table, self._spawn_flow
+            )
+            return await self.udp.bind()
+        self.listener = await self._bind()
+        return self.listener.bound
+
+    def _spawn_flow(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._tg is not None
+        try:
+            self._track(self._tg.create_task(coro, name=name))
+        except RuntimeError:  # the daemon is shutting down
+            coro.close()
 
     async def _bind(self) -> StreamListener:
         return await listen(

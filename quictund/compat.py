@@ -47,6 +47,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument(
+        "--udp-idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close a UDP flow that carried nothing for this long (quictund only)",
+    )
+    p.add_argument(
         "--quic-engine",
         default="aioquic",
         choices=["aioquic", "qh3"],
@@ -91,7 +98,8 @@ def server_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RULE",
         help="destination this server may reach (repeatable): tcp:CIDR|HOST:PORTS, "
-        "unix:PATH-GLOB or *; default: anything (quic-tun's open proxy, warned)",
+        "udp:CIDR|HOST:PORTS, unix:PATH-GLOB or *; default: anything (quic-tun's open "
+        "proxy, warned)",
     )
     p.add_argument(
         "--state-dir",
@@ -169,6 +177,7 @@ def _knobs(args: argparse.Namespace) -> dict[str, object]:
         "ca-file": args.ca_file or None,
         "verify-remote-endpoint": args.verify_remote_endpoint,
         "idle-timeout": args.idle_timeout,
+        "udp-idle-timeout": args.udp_idle_timeout,
         "keep-alive": args.keep_alive,
         "quic-engine": args.quic_engine,
         "congestion-control": args.congestion_control,

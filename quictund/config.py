@@ -45,6 +45,8 @@ class QuicKnobs(_Model):
     max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
     socket_buffer: Annotated[int, Field(alias="socket-buffer", ge=64 * KiB, le=256 * MiB)] = 4 * MiB
     quic_engine: Annotated[EngineName, Field(alias="quic-engine")] = "aioquic"
+    # UDP flows (quictund/udpflow): a flow that carried nothing for this long is closed.
+    udp_idle_timeout_s: Annotated[float, Field(alias="udp-idle-timeout", gt=0, le=86400)] = 60.0
 
     @field_validator("quic_engine")
     @classmethod

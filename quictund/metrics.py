@@ -66,6 +66,19 @@ class Metrics:
                 10,
             ),
         )
+        # UDP flows (quictund/udpflow), added when a flow ends.
+        self.udp_datagrams = Counter(
+            "quictund_udp_datagrams",
+            "UDP flow datagrams carried, by direction (to or from the tunnel)",
+            ["listener", "direction"],
+            registry=r,
+        )
+        self.udp_drops = Counter(
+            "quictund_udp_drops",
+            "UDP flow datagrams dropped, by reason (too_big, congestion, not_open, unreachable)",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.reloads = Counter(
             "quictund_reloads", "Configuration reloads, by result", ["result"], registry=r
         )

@@ -4,7 +4,8 @@ Pure but for two facts read live, because a snapshot of them goes stale: this ho
 addresses (``own``, see ``hostaddrs.py``) and where a ``unix:`` path's symlinks lead.
 
 An entry is ``*`` (anything: quic-tun's open-proxy behaviour) or ``tcp:HOST:PORTS`` /
-``unix:PATH``:
+``udp:HOST:PORTS`` / ``unix:PATH`` (a ``udp:`` rule allows only UDP flows, a ``tcp:`` rule only
+TCP tunnels; every other rule below applies to both alike):
 
 * HOST is an IP, a CIDR (``10.0.0.0/8``), a host name (matched case-insensitively against the
   name in the token), or ``*``; IPv6 in brackets (``tcp:[2001:db8::/32]:443``).
@@ -44,7 +45,7 @@ _BROAD = {4: 16, 6: 48}  # prefixes shorter than these count as "whole networks"
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    network: str  # "tcp" | "unix" | "*"
+    network: str  # "tcp" | "udp" | "unix" | "*"
     net: IPNetwork | None = None
     name: str | None = None  # host name, or "*" for any host
     port_lo: int = 0
@@ -62,8 +63,9 @@ def parse_rule(text: str) -> Rule:
         if not rest.startswith("/"):
             raise ValueError(f"unix: rule needs an absolute path or glob (got {text!r})")
         return Rule("unix", path_glob=rest)
-    if network not in ("tcp", "tcp4", "tcp6") or not sep:
-        raise ValueError(f"not a tcp:HOST:PORTS or unix:PATH rule (got {text!r})")
+    if network not in ("tcp", "tcp4", "tcp6", "udp", "udp4", "udp6") or not sep:
+        raise ValueError(f"not a tcp:HOST:PORTS or unix:PATH rule (got {text!r})")  # or udp:
+    kind = network[:3]
     if rest.startswith("["):
         end = rest.find("]")
         host, ports = rest[1:end], rest[end + 2 :]
@@ -75,14 +77,14 @@ def parse_rule(text: str) -> Rule:
             raise ValueError(f"rule needs HOST:PORTS (got {text!r})")
     lo, hi = _ports(ports, text)
     if host == "*":
-        return Rule("tcp", name="*", port_lo=lo, port_hi=hi)
+        return Rule(kind, name="*", port_lo=lo, port_hi=hi)
     try:
-        return Rule("tcp", net=ipaddress.ip_network(host, strict=False), port_lo=lo, port_hi=hi)
+        return Rule(kind, net=ipaddress.ip_network(host, strict=False), port_lo=lo, port_hi=hi)
     except ValueError:
         pass
     if not host or any(c in host for c in "/ *?"):
         raise ValueError(f"not an IP, CIDR or host name: {host!r} (in {text!r})")
-    return Rule("tcp", name=host.lower().rstrip("."), port_lo=lo, port_hi=hi)
+    return Rule(kind, name=host.lower().rstrip("."), port_lo=lo, port_hi=hi)
 
 
 def _ports(text: str, rule: str) -> tuple[int, int]:
@@ -123,7 +125,8 @@ class Policy:
         if not addresses:
             return False
         name = dest.host.lower().rstrip(".")
-        tcp = [r for r in self.rules if r.network == "tcp" and r.port_lo <= dest.port <= r.port_hi]
+        kind = dest.network[:3]  # "tcp" or "udp": a rule of one never allows the other
+        tcp = [r for r in self.rules if r.network == kind and r.port_lo <= dest.port <= r.port_hi]
         if any(r.name == name for r in tcp):
             return True  # the name itself is listed: whatever it resolves to was meant
         wildcard = any(r.name == "*" for r in tcp)

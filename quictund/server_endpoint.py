@@ -30,6 +30,8 @@ from quictund.quic.udp import UdpSocket, open_udp
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
 from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.udpflow.flow import close_flows, stray_datagrams
+from quictund.udpflow.server import open_flow
 from quictund.unixdest import connect_unix
 from quictund.wire import Ack, BadToken, ErrorCode, TokenDecoder
 
@@ -96,6 +98,7 @@ class ServerEndpoint(EndpointBase):
     def stop_accepting(self) -> None:
         if self._proto is not None:
             self._proto.accepting = False
+        close_flows(self.table, self.settings.name, "server endpoint stopping")
 
     async def resume_accepting(self) -> None:
         """Undo ``stop_accepting`` (a reload that was rolled back); the socket never closed."""
@@ -195,10 +198,11 @@ class ServerEndpoint(EndpointBase):
         if self._proto is not None:
             self._proto.session_closed(session)
         logger.info(
-            "[%s] QUIC connection from %s closed: %s",
+            "[%s] QUIC connection from %s closed: %s%s",
             self.settings.name,
             format_host_port(*session.peer),
             reason,
+            stray_datagrams(session),  # UDP flows (quictund/udpflow)
         )
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -325,6 +329,9 @@ class ServerHandshake:
             self._fail(Ack.BAD_TOKEN, ErrorCode.BAD_TOKEN, f"token rejected: {exc}")
             return
         self.record.server_app_addr = str(dest)
+        if dest.is_udp:
+            await open_flow(self, dest)
+            return
         quota = self.quota
         splice = Splice(
             self.record,
@@ -380,7 +387,12 @@ class ServerHandshake:
         if dest.is_unix:
             real = self._policy().unix_target(dest)  # symlinks resolved, then checked
             return None if real is None else (real, 0)
-        family = {"tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}.get(
+        family = {
+            "tcp4": socket.AF_INET,
+            "tcp6": socket.AF_INET6,
+            "udp4": socket.AF_INET,
+            "udp6": socket.AF_INET6,
+        }.get(
             dest.network, socket.AF_UNSPEC
         )
         loop = asyncio.get_running_loop()
@@ -396,6 +408,13 @@ class ServerHandshake:
 
     def _policy(self) -> Policy:
         return self.endpoint.policy_for(self.session.identity)
+
+    # The UDP branch (quictund/udpflow/server.py) ends a handshake the same two ways.
+    async def resolve_and_check(self, dest: StreamAddress) -> tuple[str, int] | None:
+        return await self._resolve_and_check(dest)
+
+    def fail_handshake(self, ack: Ack, code: ErrorCode, reason: str) -> None:
+        self._fail(ack, code, reason)
 
     def _fail(self, ack: Ack, code: ErrorCode, reason: str) -> None:
         if self.done:

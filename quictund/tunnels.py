@@ -19,6 +19,7 @@ from quictund.classify import Classifier
 
 if TYPE_CHECKING:
     from quictund.metrics import Metrics
+    from quictund.udpflow.flow import FlowCounters
 
 logger = logging.getLogger("quictund.tunnel")
 
@@ -47,6 +48,12 @@ class TunnelRecord:
     classifier: Classifier = field(default_factory=Classifier)
     # How to reset this one tunnel (DELETE /tunnels/{uuid}); set by its splice.
     closer: Callable[[str], None] | None = None
+    # A UDP flow's datagram counters and drops by reason (quictund/udpflow); None for TCP/UNIX.
+    udp: FlowCounters | None = None
+
+    @property
+    def protocol(self) -> str:
+        return "udp" if self.udp is not None else "stream"
 
     def fields(self) -> dict[str, object]:
         return {
@@ -58,6 +65,7 @@ class TunnelRecord:
             "server_app": self.server_app_addr,
             "peer": self.remote_endpoint_addr,
             **({"identity": self.identity} if self.identity else {}),
+            **({"protocol": "udp"} if self.udp is not None else {}),
         }
 
 
@@ -128,6 +136,8 @@ class TunnelTable:
             duration_s=round(time.monotonic() - record.started, 3),
             reason=reason,
         )
+        if record.udp is not None:
+            fields.update(record.udp.as_dict())
         msg = "tunnel closed" if record.established else "tunnel failed"
         logger.log(level, msg, extra={"fields": fields})
         m = self.metrics
@@ -138,6 +148,8 @@ class TunnelTable:
                 m.bytes.labels(record.listener, "server").inc(record.server_total_bytes)
             else:
                 m.failed.labels(record.listener, failure_category(reason)).inc()
+            if record.udp is not None:
+                record.udp.count(m, record.listener)
 
     def get(self, uuid: str) -> TunnelRecord | None:
         return self._records.get(uuid)

@@ -147,7 +147,7 @@ def test_parse_stream_address_ok(text: str, expected: StreamAddress) -> None:
         "",
         "tcp",
         "unix",
-        "udp:127.0.0.1:6500",
+        "sctp:127.0.0.1:6500",  # udp: is an address since issue 16
         "tcp5:127.0.0.1:6500",
         "http://127.0.0.1:6500",
         ":127.0.0.1:6500",
@@ -266,3 +266,11 @@ def test_parse_stream_address_fuzz_structured(network: str, host: str, port: int
             continue
         assert addr.network == network.lower()
         assert parse_stream_address(str(addr)) == addr
+
+
+def test_udp_addresses_are_udp_flows() -> None:
+    for text in ("udp:127.0.0.1:5353", "UDP4:10.0.0.53:53", "udp6:[::1]:53"):
+        address = parse_stream_address(text)
+        assert address.is_udp and not address.is_unix
+        assert str(address) == text.lower()
+    assert not parse_stream_address("tcp:127.0.0.1:22").is_udp

@@ -40,7 +40,9 @@ SMALL = EngineSettings(stream_window=64 * KIB, connection_window=1024 * KIB, max
 def test_handshake_negotiates_quic_tun_alpn(certs: Certs) -> None:
     pair = make_pair(certs, SMALL)
     done = [e for e in pair.server_events if isinstance(e, events.HandshakeCompleted)]
-    assert done[0].alpn_protocol == engine.ALPN == "quic-tun"
+    # Two quictund ends pick quictund/1 (UDP flows, issue 16); a quic-tun peer gets quic-tun
+    # (tests/e2e/test_wire_compat.py, test_udp_flows.py).
+    assert done[0].alpn_protocol == "quictund/1" and engine.ALPN == "quic-tun"
     assert pair.server.is_client is False
     assert pair.engine_client.is_client is True
     assert not pair.server.is_closed and not pair.engine_client.is_closed
@@ -59,7 +61,8 @@ def test_make_configuration_applies_settings(certs: Certs) -> None:
         connection_window=654_321,
     )
     config = engine.make_configuration(is_client=True, settings=settings, verify=True)
-    assert config.alpn_protocols == ["quic-tun"]
+    assert config.alpn_protocols == ["quictund/1", "quic-tun"]
+    assert config.max_datagram_frame_size == 65535  # RFC 9221, for UDP flows
     assert (config.idle_timeout, config.max_datagram_size) == (12.0, 1300)
     assert config.congestion_control_algorithm == "reno"
     assert (config.max_stream_data, config.max_data) == (123_456, 654_321)

@@ -45,7 +45,7 @@ def small(eng: str, **kw: int) -> EngineSettings:
 def test_handshake_alpn_and_stats(certs: Certs, eng: str) -> None:
     pair = make_pair(certs, small(eng))
     done = [e for e in pair.server_events if isinstance(e, events.HandshakeCompleted)]
-    assert done[0].alpn_protocol == engine.ALPN == "quic-tun"
+    assert done[0].alpn_protocol == engine.ALPN_QUICTUND == "quictund/1"  # UDP flows (issue 16)
     assert (pair.server.is_client, pair.client.is_client) == (False, True)
     assert not pair.server.is_closed and not pair.client.is_closed
     assert pair.server.peer_certificate is None  # no client authentication asked for

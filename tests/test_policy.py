@@ -70,7 +70,7 @@ def test_parse_rule(text: str, rule: Rule) -> None:
         "tcp",
         "tcp:",
         "tcp:10.0.0.1",  # no ports
-        "udp:10.0.0.1:22",
+        "sctp:10.0.0.1:22",  # udp: is a rule since issue 16
         "tcp5:10.0.0.1:22",
         "10.0.0.1:22",  # no network
         "unix:",
@@ -325,7 +325,7 @@ def test_parse_rule_fuzz_structured(network: str, host: str, ports: str) -> None
         except ValueError as exc:
             assert repr(text.strip()) in str(exc) or text.strip() in str(exc)
             continue
-        assert rule.network in ("*", "tcp", "unix")
+        assert rule.network in ("*", "tcp", "udp", "unix")
 
 
 @given(
@@ -463,3 +463,14 @@ def test_local_addresses_include_loopback() -> None:
 )
 def test_broad_rules_are_recognised(rules: list[str], broad: bool) -> None:
     assert Policy(rules).broad is broad
+
+
+def test_udp_rules_allow_only_udp_and_keep_the_loopback_rule() -> None:
+    policy = Policy(["udp:10.0.0.53:53", "udp:0.0.0.0/0:5353", "tcp:10.0.0.5:22"])
+    ip = ipaddress.ip_address
+    assert policy.allows(parse_stream_address("udp:10.0.0.53:53"), [ip("10.0.0.53")])
+    assert not policy.allows(parse_stream_address("tcp:10.0.0.53:53"), [ip("10.0.0.53")])
+    assert not policy.allows(parse_stream_address("udp:10.0.0.5:22"), [ip("10.0.0.5")])
+    assert policy.allows(parse_stream_address("udp:8.8.8.8:5353"), [ip("8.8.8.8")])
+    assert not policy.allows(parse_stream_address("udp:127.0.0.1:5353"), [ip("127.0.0.1")])
+    assert not policy.allows(parse_stream_address("udp4:x:5353"), [ip("169.254.169.254")])

@@ -55,11 +55,12 @@ class DaemonApi:
             meter = self._meters.setdefault(record.uuid, RateMeter())
             rates = meter.sample(now, record.client_total_bytes, record.server_total_bytes)
             classifier = record.classifier
+            udp = record.udp  # a UDP flow: its datagram counters and drops (quictund/udpflow)
             views.append(
                 view_of(
                     record,
-                    protocol=classifier.protocol,
-                    properties=classifier.properties,  # type: ignore[arg-type]
+                    protocol="udp" if udp else classifier.protocol,
+                    properties=udp.as_dict() if udp else classifier.properties,  # type: ignore[arg-type]
                     rates=rates,
                 )
             )

@@ -30,10 +30,11 @@ from cryptography import x509
 
 from quictund.errors import ConfigError
 from quictund.identity import Identity
-from quictund.quic.settings import ALPN, ENGINES, EngineName, EngineSettings
+from quictund.quic.settings import ALPN, ALPN_QUICTUND, ENGINES, EngineName, EngineSettings
 
 __all__ = [
     "ALPN",
+    "ALPN_QUICTUND",
     "ENGINES",
     "EngineConnection",
     "EngineName",
@@ -92,6 +93,8 @@ class EngineConnection(Protocol):
     def release(self, stream_id: int) -> None: ...
     def is_released(self, stream_id: int) -> bool: ...
     def stats(self) -> dict[str, float | int]: ...
+    def send_datagram(self, data: bytes) -> bool: ...
+    def datagram_room(self) -> int: ...
     @property
     def is_client(self) -> bool: ...
     @property
@@ -134,7 +137,8 @@ def make_configuration(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> Any:
-    """Build ``settings.engine``'s configuration for one endpoint (TLS 1.3, ALPN ``quic-tun``)."""
+    """Build ``settings.engine``'s configuration for one endpoint (TLS 1.3; ALPN ``quictund/1``
+    then ``quic-tun``, and DATAGRAM frames accepted, for UDP flows)."""
     kwargs: dict[str, Any] = {
         "is_client": is_client,
         "settings": settings,

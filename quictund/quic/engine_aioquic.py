@@ -59,7 +59,7 @@ from quictund.quic.peer_checks import (
     check_server_certificate,
     check_server_pin,
 )
-from quictund.quic.settings import ALPN, EngineSettings
+from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
 
 # What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
 # streams, and more while together they have less than SLICE_BYTES to send -- so many streams
@@ -80,10 +80,11 @@ def make_configuration(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> QuicConfiguration:
-    """Build the engine configuration for one endpoint (TLS 1.3, ALPN ``quic-tun``)."""
+    """Build the engine configuration for one endpoint (TLS 1.3, ALPNs quictund/1, quic-tun)."""
     config = QuicConfiguration(
         is_client=is_client,
-        alpn_protocols=[ALPN],
+        alpn_protocols=list(ALPNS),
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME,
         idle_timeout=settings.idle_timeout_s,
         max_datagram_size=settings.max_datagram_size,
         congestion_control_algorithm=settings.congestion_control,
@@ -242,6 +243,29 @@ class AioquicConnection(QuicConnection):
             "streams": len(self._streams),
             "packets_lost": self.packets_lost,
         }
+
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue one DATAGRAM frame.  aioquic's queue is unbounded and waits for congestion
+        window, so beyond ``DATAGRAM_QUEUE`` drop the oldest (returns False): a late UDP
+        datagram is worth less than a fresh one, and memory stays bounded."""
+        pending = self._datagrams_pending
+        pending.append(data)
+        if len(pending) > DATAGRAM_QUEUE:
+            pending.popleft()
+            return False
+        return True
+
+    def datagram_room(self) -> int:
+        """The largest DATAGRAM frame payload one packet carries; 0 if the peer takes none.
+
+        A bigger one would sit at the head of aioquic's queue forever, so the caller drops
+        it.  Overhead: short header (1 + peer cid + 4-byte packet number), AEAD tag (16),
+        frame type and a 2-byte length."""
+        peer = self._remote_max_datagram_frame_size
+        if not peer:
+            return 0
+        room = self._max_datagram_size - (1 + len(self._peer_cid.cid) + 4 + 16 + 3)
+        return max(0, min(room, peer - 3))
 
     @property
     def events_ready(self) -> bool:

@@ -90,6 +90,9 @@ class QuicSession:
         self.datagrams_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        # UDP flows (quictund/udpflow): the negotiated ALPN and who takes DATAGRAM frames.
+        self.alpn: str | None = None
+        self.datagram_handler: Callable[[bytes], None] | None = None
         if keepalive_s > 0:
             first = min(keepalive_s, dead_after_s)
             self._keepalive = self._loop.call_later(first, self._on_keepalive)
@@ -179,6 +182,16 @@ class QuicSession:
         if self.conn.events_ready:
             self._events_pending = True
         self.transmit_soon()
+
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue one DATAGRAM frame (False: the engine's queue was full; it dropped its oldest)."""
+        queued = self.conn.send_datagram(data)
+        self.transmit_soon()
+        return queued
+
+    def datagram_room(self) -> int:
+        """The largest DATAGRAM frame payload one packet carries (0: the peer takes none)."""
+        return self.conn.datagram_room()
 
     @property
     def identity(self) -> Identity:
@@ -330,7 +343,11 @@ class QuicSession:
                 handler = self._handlers.get(event.stream_id)
                 if handler is not None:
                     self._guard_stream(event.stream_id, handler.on_stop_sending, event.error_code)
+            elif isinstance(event, events.DatagramFrameReceived):
+                if self.datagram_handler is not None:
+                    self._guard(self.datagram_handler, event.data)
             elif isinstance(event, events.HandshakeCompleted):
+                self.alpn = event.alpn_protocol
                 if not self.handshake_done.done():
                     self.handshake_done.set_result(None)
             elif isinstance(event, events.ConnectionTerminated):

@@ -8,6 +8,14 @@ from typing import Literal
 from quictund.quic.quic_lb import CidCodec
 
 ALPN = "quic-tun"
+# Offered first by quictund (docs/design.md, "UDP flows"): a peer that selects it takes UDP
+# flows in DATAGRAM frames; a quic-tun peer selects ALPN and still gets TCP tunnels.
+ALPN_QUICTUND = "quictund/1"
+ALPNS = [ALPN_QUICTUND, ALPN]
+# Our max_datagram_frame_size transport parameter (RFC 9221): any frame a packet can carry.
+MAX_DATAGRAM_FRAME = 65535
+# DATAGRAM frames waiting for congestion window, per connection; beyond it the oldest is dropped.
+DATAGRAM_QUEUE = 256
 
 EngineName = Literal["aioquic", "qh3"]
 ENGINES: tuple[EngineName, ...] = ("aioquic", "qh3")
