@@ -35,6 +35,7 @@ def small(eng: str, **kw: int) -> EngineSettings:
     base = EngineSettings(
         stream_window=64 * KIB, connection_window=1024 * KIB, max_streams=2000, engine=eng  # type: ignore[arg-type]
     )
+    kw.setdefault("receive_budget", kw.get("connection_window", base.connection_window))
     return replace(base, **kw)
 
 

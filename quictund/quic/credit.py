@@ -57,3 +57,87 @@ def raised_limit(target: int, advertised: int, window: int) -> int | None:
     if target - advertised >= window // 4:
         return target
     return None
+
+
+# ---- per-connection receive budget (issue 13) -------------------------------------------------
+
+INITIAL_STREAM_WINDOW = 32 * 1024
+"""Every stream's first window (the transport parameter), before it shows it consumes."""
+
+
+def initial_stream_window(stream_window: int) -> int:
+    return min(INITIAL_STREAM_WINDOW, stream_window)
+
+
+def connection_limit(*, used: int, retired: int, window: int, budget: int) -> int:
+    """The MAX_DATA a receiver may announce: ``window`` in flight, ``budget`` in memory.
+
+    ``used`` is the peer's total (highest offsets, so a gap costs what it spans), ``retired``
+    the bytes that left quictund's memory (consumed by a tunnel, or discarded with a released
+    stream).  ``used - retired`` is what the connection holds: undrained tunnel data plus
+    reassembly buffers with their gaps.  Bytes parked on a stalled stream do not eat the
+    in-flight window (other tunnels keep flowing) until together with it they reach the budget.
+    """
+    return min(used + window, retired + budget)
+
+
+class StreamWindows:
+    """Per-stream receive windows that grow while a tunnel consumes and shrink when it stalls.
+
+    A stream starts at ``initial`` (the transport parameter).  When its tunnel has drained a
+    whole window since the window last changed, the window doubles, up to ``maximum``; when
+    half a window sits undrained (the tunnel's socket is full), it halves, down to ``initial``.
+    Credit above ``initial`` is shared: the outstanding credit of all streams
+    (``limit - consumed``, what a stream may still park) stays within ``pool``.  Credit can
+    never be taken back (RFC 9000 4.1), so a stalled stream keeps what it was granted; the
+    pool is what stops a thousand stalled streams from each having grown to ``maximum``.
+    Pure: the engine adapter feeds it consumed/held counts and announces the limits it returns.
+    """
+
+    __slots__ = ("_reserved", "_since", "_window", "initial", "maximum", "pool", "reserved_total")
+
+    def __init__(self, *, initial: int, maximum: int, pool: int) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.pool = pool
+        self._window: dict[int, int] = {}
+        self._since: dict[int, int] = {}  # consumed when the window last changed
+        self._reserved: dict[int, int] = {}  # limit - consumed at the last update
+        self.reserved_total = 0
+
+    def window(self, stream_id: int) -> int:
+        return self._window.get(stream_id, self.initial)
+
+    def limit(self, stream_id: int, *, consumed: int, held: int, advertised: int) -> int:
+        """The stream's new limit (never below ``advertised``) after ``consumed`` / ``held``."""
+        window = self._tune(stream_id, consumed, held)
+        old = self._reserved.get(stream_id, 0)
+        room = self.pool - (self.reserved_total - old)
+        grant = max(self.initial, min(window, room))
+        if grant < window:  # the pool is full: grow later, once others drained
+            self._window[stream_id] = window = max(self.initial, grant)
+        target = consumed + grant
+        limit = advertised
+        if target - advertised >= max(window // 4, 1) or advertised <= consumed:
+            limit = max(advertised, target)
+        reserved = limit - consumed
+        self.reserved_total += reserved - old
+        self._reserved[stream_id] = reserved
+        return limit
+
+    def forget(self, stream_id: int) -> None:
+        self.reserved_total -= self._reserved.pop(stream_id, 0)
+        self._window.pop(stream_id, None)
+        self._since.pop(stream_id, None)
+
+    def _tune(self, stream_id: int, consumed: int, held: int) -> int:
+        window = self._window.get(stream_id, self.initial)
+        since = self._since.get(stream_id, 0)
+        if held >= window // 2 and window > self.initial:
+            window = max(self.initial, window // 2)
+            self._since[stream_id] = consumed
+        elif consumed - since >= window and window < self.maximum:
+            window = min(self.maximum, 2 * window)
+            self._since[stream_id] = consumed
+        self._window[stream_id] = window
+        return window

@@ -45,11 +45,18 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
-from quictund.quic.credit import ReceiveLedger, raised_limit
+from quictund.quic.credit import (
+    ReceiveLedger,
+    StreamWindows,
+    connection_limit,
+    initial_stream_window,
+    raised_limit,
+)
 from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
 from quictund.quic.settings import ALPN, EngineSettings
 
@@ -80,7 +87,8 @@ def make_configuration(
         max_datagram_size=settings.max_datagram_size,
         congestion_control_algorithm=settings.congestion_control,
         max_data=settings.connection_window,
-        max_stream_data=settings.stream_window,
+        # Each stream starts small and grows while its tunnel consumes (StreamWindows).
+        max_stream_data=initial_stream_window(settings.stream_window),
         server_name=server_name,
     )
     if is_client:
@@ -120,16 +128,23 @@ class AioquicConnection(QuicConnection):
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins
-        self._stream_window = settings.stream_window
         self._connection_window = settings.connection_window
+        self._budget = max(settings.receive_budget, settings.connection_window)
         self._ledger = ReceiveLedger()
-        # Connection credit: bytes of the peer's total that may be granted again.  Live
-        # streams add what the tunnel consumed; released streams add everything they received
-        # (their highest offset, tracked in _released_hw until aioquic discards them).  So
-        # received - credit_base = (held + not yet delivered) on live streams <= the window,
-        # however many streams a peer fills with gaps.
+        self._windows = StreamWindows(
+            initial=initial_stream_window(settings.stream_window),
+            maximum=settings.stream_window,
+            pool=self._budget - self._budget // 4,
+        )
+        # Connection credit: bytes that left quictund's memory ("retired").  Live streams add
+        # what their tunnel consumed; a released stream adds what it had really received (its
+        # buffers are dropped at once), and the rest of its extent -- gaps, late frames -- only
+        # once aioquic discarded the stream (_unsettled holds what was credited so far).  So
+        # used - credit_base is what this connection holds, gaps included, and MAX_DATA keeps
+        # it within the budget (credit.connection_limit).
         self._credit_base = 0
-        self._released_hw: dict[int, int] = {}
+        self._released: dict[int, None] = {}  # insertion-ordered set, bounded
+        self._unsettled: dict[int, int] = {}
         self._credit_dirty: set[int] = set()
         # aioquic hard-codes 128 peer-opened streams of each kind; tunnels need thousands.
         # Both ``value`` and ``sent`` so the transport parameters announce it up front.
@@ -154,12 +169,12 @@ class AioquicConnection(QuicConnection):
 
     def next_event(self) -> events.QuicEvent | None:
         event = super().next_event()
-        if isinstance(event, (events.StreamDataReceived, events.StreamReset)):
-            sid = event.stream_id
-            if sid in self._released_hw:
-                self._settle(sid)
-            elif isinstance(event, events.StreamDataReceived) and event.data:
-                self._ledger.delivered(sid, len(event.data))
+        if (
+            isinstance(event, events.StreamDataReceived)
+            and event.data
+            and event.stream_id not in self._released
+        ):
+            self._ledger.delivered(event.stream_id, len(event.data))
         return event
 
     def consume(self, stream_id: int, count: int) -> None:
@@ -171,31 +186,48 @@ class AioquicConnection(QuicConnection):
         self._credit_dirty.add(stream_id)
 
     def release(self, stream_id: int) -> None:
-        """Stop tracking ``stream_id``: what it received no longer counts against the connection."""
-        if stream_id in self._released_hw:
+        """Stop tracking ``stream_id``: drop its receive buffers, ignore what still comes.
+
+        Its receiving half is marked finished, so aioquic buffers nothing more for it and
+        discards the stream once our sending half is done too -- whether or not the peer
+        ever answers our STOP_SENDING with a RESET_STREAM.
+        """
+        if stream_id in self._released:
             return
+        self._released[stream_id] = None
+        if len(self._released) > 65536:
+            del self._released[next(iter(self._released))]
         held, consumed = self._ledger.forget(stream_id)
         self._credit_dirty.discard(stream_id)
+        self._windows.forget(stream_id)
         stream = self._streams.get(stream_id)
-        # A stream aioquic already discarded had delivered everything it received.
-        highest = stream.receiver.highest_offset if stream is not None else consumed + held
-        self._credit_base += highest - consumed
-        self._released_hw[stream_id] = highest
-        if len(self._released_hw) > 4096:
-            # Streams aioquic discarded can never receive again: forget them.
-            self._released_hw = {
-                sid: hw for sid, hw in self._released_hw.items() if sid in self._streams
-            }
+        if stream is None:  # aioquic discarded it: everything it received was delivered
+            self._credit_base += held
+            return
+        receiver = stream.receiver
+        received = receiver._buffer_start + sum(len(r) for r in receiver._ranges)
+        self._credit_base += received - consumed
+        self._unsettled[stream_id] = received
+        if not receiver.is_finished:
+            receiver._buffer = bytearray()
+            receiver._ranges = RangeSet()
+            receiver._buffer_start = receiver.highest_offset
+            receiver.is_finished = True
+        self._activate(stream_id)
 
-    def _settle(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is not None:
-            highest = stream.receiver.highest_offset
-            self._credit_base += highest - self._released_hw[stream_id]
-            self._released_hw[stream_id] = highest
+    def _settle(self, stream: QuicStream) -> None:
+        """aioquic discarded ``stream``: credit the rest of a released stream's extent."""
+        credited = self._unsettled.pop(stream.stream_id, None)  # type: ignore[arg-type]
+        if credited is not None:
+            self._credit_base += stream.receiver.highest_offset - credited
 
     def is_released(self, stream_id: int) -> bool:
-        return stream_id in self._released_hw
+        return stream_id in self._released
+
+    @property
+    def receive_buffered(self) -> int:
+        """Bytes held in the streams' receive buffers (gaps included), for tests and stats."""
+        return sum(len(s.receiver._buffer) for s in self._streams.values())
 
     @property
     def is_client(self) -> bool:
@@ -316,9 +348,13 @@ class AioquicConnection(QuicConnection):
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
-        raised = raised_limit(
-            self._credit_base + self._connection_window, max_data.value, self._connection_window
+        target = connection_limit(
+            used=max_data.used,
+            retired=self._credit_base,
+            window=self._connection_window,
+            budget=self._budget,
         )
+        raised = raised_limit(target, max_data.value, self._connection_window)
         if raised is not None:
             max_data.value = raised
         for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
@@ -341,13 +377,12 @@ class AioquicConnection(QuicConnection):
         if sid in self._credit_dirty:
             self._credit_dirty.discard(sid)
             if stream.max_stream_data_local and not stream.receiver.is_finished:
-                raised = raised_limit(
-                    self._ledger.consumed.get(sid, 0) + self._stream_window,
-                    stream.max_stream_data_local,
-                    self._stream_window,
+                stream.max_stream_data_local = self._windows.limit(
+                    sid,
+                    consumed=self._ledger.consumed.get(sid, 0),
+                    held=self._ledger.held.get(sid, 0),
+                    advertised=stream.max_stream_data_local,
                 )
-                if raised is not None:
-                    stream.max_stream_data_local = raised
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -386,6 +421,7 @@ class AioquicConnection(QuicConnection):
                     for stream in batch:
                         if stream.stream_id not in self._streams:  # aioquic discarded it
                             every.pop(stream.stream_id, None)  # type: ignore[arg-type]
+                            self._settle(stream)
                     for stream in self._streams_queue:
                         moved = stream.sender.highest_offset != before[stream.stream_id]
                         (sent if moved else waited).append(stream)

@@ -20,5 +20,8 @@ class EngineSettings:
     congestion_control: str = "bbr"  # aioquic only: qh3's controller is built into its core
     stream_window: int = 2 * 1024 * 1024
     connection_window: int = 16 * 1024 * 1024
+    # What one connection may hold in receive memory: undrained tunnel data plus reassembly
+    # buffers, gaps counted as what they span (docs/security.md, "Receive memory").
+    receive_budget: int = 32 * 1024 * 1024
     max_streams: int = 16384
     engine: EngineName = "aioquic"

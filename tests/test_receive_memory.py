@@ -1,0 +1,85 @@
+"""Receive memory per connection is bounded whatever a peer sends (issue 13), on both engines.
+
+Hostile peers are raw aioquic clients (tests/hostile_streams.py) against the server engine in
+an in-memory pair with the real default windows: a STREAM byte far inside each stream's window
+(a gap), bad tokens, never FIN or RESET_STREAM; and stalled tunnels that must not freeze an
+honest one on the same connection.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quictund.quic.engine import EngineSettings, events
+from tests.engine_pair import ENGINES, KIB, Certs, Pair, make_certs, make_pair
+from tests.hostile_streams import HostileClient, aioquic_buffered, gap_attack, send_at
+
+pytestmark = pytest.mark.parametrize("eng", ENGINES)
+
+MIB = 1024 * KIB
+DEFAULTS = EngineSettings()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("recvmem-certs"))
+
+
+def _hostile(certs: Certs, eng: str) -> Pair:
+    return make_pair(
+        certs, EngineSettings(engine=eng, max_streams=20000), client_class=HostileClient  # type: ignore[arg-type]
+    )
+
+
+def test_gap_and_bad_token_on_thousands_of_streams_pins_nothing(certs: Certs, eng: str) -> None:
+    """Issue 13's attack: before, aioquic kept ~2 MiB per stream (4 GiB for 2000 streams)."""
+    pair = _hostile(certs, eng)
+    attacked = gap_attack(pair, 2000)
+    server = pair.server
+    assert not pair.client_got(events.ConnectionTerminated)
+    # Every refused stream was freed, though the peer never reset one.
+    assert server.stats()["streams"] <= 12
+    if eng == "aioquic":
+        assert len(attacked) == 2000  # credit comes back once the streams are gone...
+        assert aioquic_buffered(server) <= 12 * DEFAULTS.stream_window  # ...not their memory
+        assert server.receive_buffered == aioquic_buffered(server)
+    else:
+        # qh3 never returns credit for a gap: the attack stops after a few streams.
+        assert len(attacked) * DEFAULTS.stream_window <= DEFAULTS.receive_budget
+
+
+def test_gaps_on_live_streams_stay_within_the_budget(certs: Certs, eng: str) -> None:
+    """The same gaps on streams nobody refuses: what the peer could reach is the budget."""
+    pair = _hostile(certs, eng)
+    client = pair.client
+    offset = client._remote_max_stream_data_bidi_remote - 1
+    sids = []
+    for _ in range(3000):
+        sids.append(sid := client.get_next_available_stream_id())
+        send_at(client, sid, offset, b"x")
+    for _ in range(300):
+        pair.step()
+    assert not pair.client_got(events.ConnectionTerminated)
+    reached = sum(client._streams[s].sender.highest_offset for s in sids)
+    assert 0 < reached <= DEFAULTS.receive_budget
+    if eng == "aioquic":
+        assert aioquic_buffered(pair.server) <= DEFAULTS.receive_budget
+
+
+def test_released_stream_credits_only_bytes_that_arrived(certs: Certs, eng: str) -> None:
+    """A refused stream's gap earns no connection credit while the stream can still receive."""
+    pair = _hostile(certs, eng)
+    client = pair.client
+    offset = client._remote_max_stream_data_bidi_remote - 1
+    sid = client.get_next_available_stream_id()
+    send_at(client, sid, offset, b"x")
+    for _ in range(20):
+        pair.step()
+    before = pair.server._local_max_data.value if eng == "aioquic" else None
+    pair.server.stop_stream(sid, 0x102)
+    pair.server.release(sid)  # our sending half never finishes: the stream stays
+    for _ in range(20):
+        pair.step()
+    if eng == "aioquic":
+        assert aioquic_buffered(pair.server) == 0  # its buffer went at once
+        assert pair.server._local_max_data.value == before  # no credit for the gap
