@@ -11,7 +11,14 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
 from quictund.quic.settings import ENGINES, EngineName, EngineSettings
@@ -41,6 +48,9 @@ class QuicKnobs(_Model):
     connection_window: Annotated[
         int, Field(alias="connection-window", ge=256 * KiB, le=1024 * MiB)
     ] = 16 * MiB
+    connection_receive_budget: Annotated[
+        int, Field(alias="connection-receive-budget", ge=1 * MiB, le=4096 * MiB)
+    ] = 32 * MiB
     max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
     socket_buffer: Annotated[int, Field(alias="socket-buffer", ge=64 * KiB, le=256 * MiB)] = 4 * MiB
     quic_engine: Annotated[EngineName, Field(alias="quic-engine")] = "aioquic"
@@ -57,6 +67,16 @@ class QuicKnobs(_Model):
             )
         return name
 
+    @model_validator(mode="after")
+    def _budget_holds_a_window(self) -> QuicKnobs:
+        if self.connection_receive_budget < self.connection_window:
+            raise ValueError(
+                f"connection-receive-budget ({self.connection_receive_budget}) must be at least "
+                f"connection-window ({self.connection_window}): the budget is what one QUIC "
+                "connection may hold in receive memory, the window what it may have in flight"
+            )
+        return self
+
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(
             idle_timeout_s=self.idle_timeout_s,
@@ -64,6 +84,7 @@ class QuicKnobs(_Model):
             congestion_control=self.congestion_control,
             stream_window=self.stream_window,
             connection_window=self.connection_window,
+            receive_budget=self.connection_receive_budget,
             max_streams=self.max_tunnels,
             engine=self.quic_engine,
         )
