@@ -17,7 +17,6 @@ from pydantic import (
     Field,
     PlainSerializer,
     field_validator,
-    model_validator,
 )
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
@@ -66,16 +65,6 @@ class QuicKnobs(_Model):
                 f"(known engines: {', '.join(ENGINES)})"
             )
         return name
-
-    @model_validator(mode="after")
-    def _budget_holds_a_window(self) -> QuicKnobs:
-        if self.connection_receive_budget < self.connection_window:
-            raise ValueError(
-                f"connection-receive-budget ({self.connection_receive_budget}) must be at least "
-                f"connection-window ({self.connection_window}): the budget is what one QUIC "
-                "connection may hold in receive memory, the window what it may have in flight"
-            )
-        return self
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

@@ -65,8 +65,8 @@ INITIAL_STREAM_WINDOW = 32 * 1024
 """Every stream's first window (the transport parameter), before it shows it consumes."""
 
 
-def initial_stream_window(stream_window: int) -> int:
-    return min(INITIAL_STREAM_WINDOW, stream_window)
+def initial_stream_window(stream_window: int, initial: int | None = None) -> int:
+    return min(INITIAL_STREAM_WINDOW if initial is None else initial, stream_window)
 
 
 def connection_limit(*, used: int, retired: int, window: int, budget: int) -> int:

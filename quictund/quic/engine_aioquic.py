@@ -88,7 +88,9 @@ def make_configuration(
         congestion_control_algorithm=settings.congestion_control,
         max_data=settings.connection_window,
         # Each stream starts small and grows while its tunnel consumes (StreamWindows).
-        max_stream_data=initial_stream_window(settings.stream_window),
+        max_stream_data=initial_stream_window(
+            settings.stream_window, settings.initial_stream_window
+        ),
         server_name=server_name,
     )
     if is_client:
@@ -132,7 +134,7 @@ class AioquicConnection(QuicConnection):
         self._budget = max(settings.receive_budget, settings.connection_window)
         self._ledger = ReceiveLedger()
         self._windows = StreamWindows(
-            initial=initial_stream_window(settings.stream_window),
+            initial=initial_stream_window(settings.stream_window, settings.initial_stream_window),
             maximum=settings.stream_window,
             pool=self._budget - self._budget // 4,
         )
