@@ -64,11 +64,11 @@ def gap_attack(pair: Pair, streams: int, batch: int = 6) -> list[int]:
         for _ in range(min(batch, streams - len(done))):
             sids.append(sid := client.get_next_available_stream_id())
             send_at(client, sid, offset, b"x")
-        if not _settles(pair, lambda sids=sids: all(_acked(client, s, offset + 1) for s in sids)):
+        if not _settles(pair, lambda sids=sids: _all_acked(client, sids, offset + 1)):
             break  # the server grants no more credit: the attack is contained
         for sid in sids:
             send_at(client, sid, 0, TOKEN)
-        if not _settles(pair, lambda sids=sids: all(_acked(client, s, len(TOKEN)) for s in sids)):
+        if not _settles(pair, lambda sids=sids: _all_acked(client, sids, len(TOKEN))):
             break
         done += sids
     return done
@@ -83,7 +83,11 @@ def _settles(pair: Pair, done: Any, rounds: int = 100) -> bool:
     return bool(done())
 
 
-def _acked(client: QuicConnection, stream_id: int, upto: int) -> bool:
+def _all_acked(client: QuicConnection, stream_ids: list[int], upto: int) -> bool:
+    return all(stream_acked(client, s, upto) for s in stream_ids)
+
+
+def stream_acked(client: QuicConnection, stream_id: int, upto: int) -> bool:
     stream = client._streams.get(stream_id)
     return stream is None or stream.sender._buffer_start >= upto
 
