@@ -11,13 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
 from quictund.quic.settings import ENGINES, EngineName, EngineSettings
