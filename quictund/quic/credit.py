@@ -87,57 +87,60 @@ class StreamWindows:
     A stream starts at ``initial`` (the transport parameter).  When its tunnel has drained a
     whole window since the window last changed, the window doubles, up to ``maximum``; when
     half a window sits undrained (the tunnel's socket is full), it halves, down to ``initial``.
-    Credit above ``initial`` is shared: the outstanding credit of all streams
-    (``limit - consumed``, what a stream may still park) stays within ``pool``.  Credit can
-    never be taken back (RFC 9000 4.1), so a stalled stream keeps what it was granted; the
-    pool is what stops a thousand stalled streams from each having grown to ``maximum``.
+    A window grows only while the credit all streams may still use (``limit - consumed``: what
+    each could park if its tunnel stalled now) stays within ``pool``.  Credit once granted
+    cannot be taken back (RFC 9000 section 4.1), so this is what bounds the bytes stalled
+    tunnels park together, and what leaves the rest of the connection's budget to the others.
+    A tunnel that consumes always gets at least ``initial`` back, so none is ever frozen.
     Pure: the engine adapter feeds it consumed/held counts and announces the limits it returns.
     """
 
-    __slots__ = ("_reserved", "_since", "_window", "initial", "maximum", "pool", "reserved_total")
+    __slots__ = ("_held", "_open", "_since", "_window", "initial", "maximum", "open_total", "pool")
 
-    def __init__(self, *, initial: int, maximum: int, pool: int) -> None:
+    def __init__(self, *, initial: int, maximum: int, pool: int, held: dict[int, int]) -> None:
         self.initial = initial
         self.maximum = max(initial, maximum)
         self.pool = pool
+        self._held = held  # the ledger's undrained bytes per stream (read only)
         self._window: dict[int, int] = {}
         self._since: dict[int, int] = {}  # consumed when the window last changed
-        self._reserved: dict[int, int] = {}  # limit - consumed at the last update
-        self.reserved_total = 0
+        self._open: dict[int, int] = {}  # limit - consumed at the last update
+        self.open_total = 0
 
     def window(self, stream_id: int) -> int:
         return self._window.get(stream_id, self.initial)
 
-    def limit(self, stream_id: int, *, consumed: int, held: int, advertised: int) -> int:
-        """The stream's new limit (never below ``advertised``) after ``consumed`` / ``held``."""
-        window = self._tune(stream_id, consumed, held)
-        old = self._reserved.get(stream_id, 0)
-        room = self.pool - (self.reserved_total - old)
-        grant = max(self.initial, min(window, room))
-        if grant < window:  # the pool is full: grow later, once others drained
-            self._window[stream_id] = window = max(self.initial, grant)
-        target = consumed + grant
+    def limit(self, stream_id: int, *, consumed: int, advertised: int) -> int:
+        """The stream's new limit (never below ``advertised``) after its tunnel consumed."""
+        window = self._tune(stream_id, consumed, max(0, advertised - consumed))
+        target = consumed + window
         limit = advertised
         if target - advertised >= max(window // 4, 1) or advertised <= consumed:
             limit = max(advertised, target)
-        reserved = limit - consumed
-        self.reserved_total += reserved - old
-        self._reserved[stream_id] = reserved
+        self._note(stream_id, limit - consumed)
         return limit
 
     def forget(self, stream_id: int) -> None:
-        self.reserved_total -= self._reserved.pop(stream_id, 0)
+        self._note(stream_id, 0)
+        del self._open[stream_id]
         self._window.pop(stream_id, None)
         self._since.pop(stream_id, None)
 
-    def _tune(self, stream_id: int, consumed: int, held: int) -> int:
+    def _tune(self, stream_id: int, consumed: int, still_open: int) -> int:
         window = self._window.get(stream_id, self.initial)
         since = self._since.get(stream_id, 0)
-        if held >= window // 2 and window > self.initial:
+        if self._held.get(stream_id, 0) >= window // 2 and window > self.initial:
             window = max(self.initial, window // 2)
             self._since[stream_id] = consumed
         elif consumed - since >= window and window < self.maximum:
-            window = min(self.maximum, 2 * window)
-            self._since[stream_id] = consumed
+            wanted = min(self.maximum, 2 * window)
+            others = self.open_total - self._open.get(stream_id, 0)
+            if others + max(wanted, still_open) <= self.pool:
+                window = wanted
+                self._since[stream_id] = consumed
         self._window[stream_id] = window
         return window
+
+    def _note(self, stream_id: int, still_open: int) -> None:
+        self.open_total += still_open - self._open.get(stream_id, 0)
+        self._open[stream_id] = still_open

@@ -137,6 +137,7 @@ class AioquicConnection(QuicConnection):
             initial=initial_stream_window(settings.stream_window, settings.initial_stream_window),
             maximum=settings.stream_window,
             pool=self._budget - self._budget // 4,
+            held=self._ledger.held,
         )
         # Connection credit: bytes that left quictund's memory ("retired").  Live streams add
         # what their tunnel consumed; a released stream adds what it had really received (its
@@ -382,7 +383,6 @@ class AioquicConnection(QuicConnection):
                 stream.max_stream_data_local = self._windows.limit(
                     sid,
                     consumed=self._ledger.consumed.get(sid, 0),
-                    held=self._ledger.held.get(sid, 0),
                     advertised=stream.max_stream_data_local,
                 )
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
@@ -453,9 +453,18 @@ class AioquicConnection(QuicConnection):
     def _stays_queued(self, stream: QuicStream) -> bool:
         """False (and unmark) for a stream with nothing to send, resend, ack or announce."""
         sender, receiver = stream.sender, stream.receiver
+        # A stream waiting for the peer's MAX_STREAM_DATA (a stalled reader over there) has
+        # nothing to send either: _handle_max_stream_data_frame re-queues it.  Without this,
+        # 500 such streams cost every packet a walk over them all.
+        waits_for_credit = (
+            sender.highest_offset >= stream.max_stream_data_remote
+            and sender._buffer_start >= sender.highest_offset  # everything sent was acked
+        )
         idle = (
-            sender.buffer_is_empty
-            and sender._buffer_start == sender._buffer_stop  # everything sent was acked
+            (
+                waits_for_credit
+                or (sender.buffer_is_empty and sender._buffer_start == sender._buffer_stop)
+            )
             and sender._buffer_fin is None
             and sender._reset_error_code is None
             and not sender.reset_pending
