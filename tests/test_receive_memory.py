@@ -87,8 +87,19 @@ def test_released_stream_credits_only_bytes_that_arrived(certs: Certs, eng: str)
         assert pair.server._local_max_data.value == before  # no credit for the gap
 
 
-# (stalled streams, bytes each, bytes each stalled tunnel reads before it stops)
-STALLS = [(7, 6 * MIB, 4 * MIB), (50, 1 * MIB, 256 * KIB), (500, 64 * KIB, 0)]
+# (stalled streams, bytes each, bytes each stalled tunnel reads before it stops): the tunnels
+# that read first grow their windows (as an app whose socket buffers fill before it stalls).
+STALLS = [(7, 6 * MIB, 4 * MIB), (50, 2 * MIB, 1 * MIB), (500, 512 * KIB, 256 * KIB)]
+BULK = 8 * MIB
+
+
+def _honest_rounds(pair: Pair) -> int:
+    """Simulated milliseconds an honest tunnel needs for BULK on ``pair``."""
+    honest = pair.client.open_stream()
+    pair.client.send_stream_data(honest, b"h" * BULK)
+    rounds = pair.rounds
+    pair.run_until(lambda: pair.received[honest] == BULK, max_rounds=3000)
+    return pair.rounds - rounds
 
 
 @pytest.mark.parametrize(("stalled", "each", "read_first"), STALLS)
@@ -98,12 +109,16 @@ def test_stalled_tunnels_do_not_freeze_an_honest_one(
     """Issue 13 section 2: before, 7 stalled readers froze every other tunnel."""
     if eng == "qh3":
         pytest.xfail("qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')")
-    pair = make_pair(certs, replace(DEFAULTS, engine=eng, max_streams=20000))  # type: ignore[arg-type]
-    client = pair.client
+    settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
+    unloaded = make_pair(certs, settings)
+    unloaded.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
+    alone = _honest_rounds(unloaded)
+
+    pair = make_pair(certs, settings)
     stuck = set()
     for _ in range(stalled):
-        stuck.add(sid := client.open_stream())
-        client.send_stream_data(sid, b"s" * each)
+        stuck.add(sid := pair.client.open_stream())
+        pair.client.send_stream_data(sid, b"s" * each)
 
     def tunnels(p: Pair, sid: int, data: bytes) -> None:
         if sid not in stuck or p.consumed[sid] < read_first:
@@ -112,13 +127,8 @@ def test_stalled_tunnels_do_not_freeze_an_honest_one(
     pair.on_server_data = tunnels
     for _ in range(400):  # let the stalled tunnels fill whatever they were granted
         pair.step()
-    honest = client.open_stream()
-    bulk = 8 * MIB
-    client.send_stream_data(honest, b"h" * bulk)
-    rounds = pair.rounds
-    pair.run_until(lambda: pair.received[honest] == bulk, max_rounds=3000)
-    assert pair.rounds - rounds < 1500  # 8 MiB at >= 5.6 KiB per simulated ms
+    assert pair.server.held_bytes >= stalled * 32 * KIB  # they did stall, holding data
+    took = _honest_rounds(pair)
+    assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
     held = pair.server.held_bytes
-    assert held <= DEFAULTS.receive_budget
-    if eng == "aioquic":
-        assert held + pair.server.receive_buffered <= DEFAULTS.receive_budget
+    assert held + pair.server.receive_buffered <= DEFAULTS.receive_budget

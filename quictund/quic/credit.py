@@ -91,7 +91,10 @@ class StreamWindows:
     each could park if its tunnel stalled now) stays within ``pool``.  Credit once granted
     cannot be taken back (RFC 9000 section 4.1), so this is what bounds the bytes stalled
     tunnels park together, and what leaves the rest of the connection's budget to the others.
-    A tunnel that consumes always gets at least ``initial`` back, so none is ever frozen.
+    A tunnel that consumes always gets at least ``initial`` back, so none is ever frozen.  And
+    no window grows past half the pool shared by the streams still draining (those holding no
+    undrained bytes): while 500 tunnels fill their sockets at once each may take a 500th,
+    so when most of them then stall, half the pool is still there for the one that did not.
     Pure: the engine adapter feeds it consumed/held counts and announces the limits it returns.
     """
 
@@ -133,13 +136,19 @@ class StreamWindows:
             window = max(self.initial, window // 2)
             self._since[stream_id] = consumed
         elif consumed - since >= window and window < self.maximum:
-            wanted = min(self.maximum, 2 * window)
+            wanted = min(self.maximum, 2 * window, max(window, self._fair_share()))
             others = self.open_total - self._open.get(stream_id, 0)
-            if others + max(wanted, still_open) <= self.pool:
+            if wanted > window and others + max(wanted, still_open) <= self.pool:
                 window = wanted
                 self._since[stream_id] = consumed
         self._window[stream_id] = window
         return window
+
+    def _fair_share(self) -> int:
+        """Half the pool over the streams still draining (O(streams), only when growing)."""
+        held = self._held
+        draining = sum(1 for sid in self._open if not held.get(sid))
+        return self.pool // (2 * max(1, draining))
 
     def _note(self, stream_id: int, still_open: int) -> None:
         self.open_total += still_open - self._open.get(stream_id, 0)
