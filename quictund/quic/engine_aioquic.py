@@ -357,7 +357,10 @@ class AioquicConnection(QuicConnection):
             window=self._connection_window,
             budget=self._budget,
         )
-        raised = raised_limit(target, max_data.value, self._connection_window)
+        # Batch by a quarter of the window the peer would really get: when parked bytes leave
+        # only 3 MiB in flight, waiting for a 4 MiB gain would never raise the limit again.
+        window = min(self._connection_window, target - max_data.used)
+        raised = raised_limit(target, max_data.value, max(window, 4096))
         if raised is not None:
             max_data.value = raised
         for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
