@@ -5,13 +5,16 @@ header parser in ``engine.py`` uses only aioquic's public wire functions).
 
 What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
 
-* **Receive credit follows consumption.**  aioquic doubles MAX_STREAM_DATA / MAX_DATA whenever
-  the peer's highest offset passes half the limit, i.e. it grants credit for bytes nobody has
-  read.  Here a stream's limit is ``consumed + stream_window`` and the connection's is
-  ``received - held + connection_window``, where *held* counts bytes handed to a tunnel but not
-  yet drained into its TCP/UNIX socket.  A slow reader therefore costs at most one stream window
-  (plus the socket's write buffer), and out-of-window offsets are a FLOW_CONTROL_ERROR instead
-  of a huge sparse allocation.
+* **Receive credit follows consumption, within a per-connection budget** (issue 13).  aioquic
+  doubles MAX_STREAM_DATA / MAX_DATA whenever the peer's highest offset passes half the limit,
+  i.e. it grants credit for bytes nobody has read, and keeps a zero-filled buffer up to a
+  stream's highest offset until the peer sends FIN or RESET_STREAM.  Here a stream's limit is
+  ``consumed + its window`` (``credit.StreamWindows``: 32 KiB first, grown while its tunnel
+  consumes), MAX_DATA is ``credit.connection_limit`` (a window in flight, the budget in
+  memory, gaps counted as what they span), and ``release`` drops a stream's buffers at once
+  and credits only bytes that arrived until aioquic discarded it.  *Held* counts bytes handed
+  to a tunnel but not yet drained into its TCP/UNIX socket.  Out-of-window offsets are a
+  FLOW_CONTROL_ERROR instead of a huge sparse allocation.
 * **Send backlog is observable** (``unsent``), so a tunnel can pause reading its socket.
 * **The peer may open ``max_streams`` bidirectional streams at once** (aioquic hard-codes 128).
 * **Idle streams cost nothing per packet.**  aioquic walks every stream of the connection for
