@@ -152,7 +152,7 @@ async def test_stalled_readers_leave_the_honest_tunnel_flowing(
         await _echo_rtts(client.address, 3)  # the connection is up
         baseline = client.rss_kib()
         socks += [await asyncio.to_thread(_stalled_reader, client.address) for _ in range(stalled)]
-        await _until_stalled(client, 2.0, within=120)
+        await _until_stalled(client, 2.0, within=80)
         parked = _FloodOrEcho.written
         assert parked >= stalled * min(flood_each, 256 * KiB), "the readers never got data"
 
