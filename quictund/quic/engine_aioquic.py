@@ -26,9 +26,9 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   data (quictund/quic/pacing.py) that paces only controllers publishing a ``pacing_rate``:
   ``bbr`` (quictund/quic/bbr.py, for lossy links); cubic and reno stay unpaced, their
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
-* **mTLS**: a client certificate is required and verified in the handshake
-  (``_ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a server may
-  be pinned (``_PinnedServerContext``).  No session tickets are ever issued.
+* **mTLS** (``engine_aioquic_tls.py``): a client certificate is required and verified in the
+  handshake (``ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a
+  server may be pinned (``PinnedServerContext``).  No session tickets are ever issued.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -60,7 +59,7 @@ from quictund.quic.credit import (
     initial_stream_window,
     raised_limit,
 )
-from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
+from quictund.quic.engine_aioquic_tls import ClientAuthContext, PinnedServerContext
 from quictund.quic.settings import ALPN, EngineSettings
 
 # What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
@@ -340,16 +339,16 @@ class AioquicConnection(QuicConnection):
         super()._initialize(peer_cid)
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             # aioquic requests a client certificate only through this private flag, accepts
-            # an empty one, and never verifies the chain: _ClientAuthContext closes both gaps
+            # an empty one, and never verifies the chain: ClientAuthContext closes both gaps
             # so a bad client fails *inside* the handshake with a TLS alert.
-            self.tls.__class__ = _ClientAuthContext
+            self.tls.__class__ = ClientAuthContext
             self.tls._request_client_certificate = True
             self.tls._client_cafile = self._client_cafile  # type: ignore[attr-defined]
             self.tls._pins = self._client_pins  # type: ignore[attr-defined]
         elif self._is_client and self._server_pins:
             # Pinning replaces CA verification (make_configuration turned it off): the
             # server's public key must be one of the pins, checked in the handshake.
-            self.tls.__class__ = _PinnedServerContext
+            self.tls.__class__ = PinnedServerContext
             self.tls._pins = self._server_pins  # type: ignore[attr-defined]
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
@@ -494,52 +493,6 @@ def _slice_end(queue: list[QuicStream], pos: int) -> int:
         pending += sender._buffer_stop - sender.highest_offset
         end += 1
     return end
-
-
-class _ClientAuthContext(tls.Context):
-    """Server TLS context that requires a client certificate: pinned key or CA-verified chain."""
-
-    _client_cafile: str | None
-    _pins: frozenset[str]
-
-    def _server_handle_certificate(self, input_buf: Buffer) -> None:
-        start = input_buf.tell()
-        certificate = tls.pull_certificate(input_buf)
-        if not certificate.certificates:
-            raise _alert(PeerRejected(40, "client certificate required"))
-        input_buf.seek(start)
-        super()._server_handle_certificate(input_buf)
-
-    def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
-        super()._server_handle_certificate_verify(input_buf)  # checks the signature
-        try:
-            check_client_certificate(
-                self._peer_certificate,
-                self._peer_certificate_chain,
-                cafile=self._client_cafile,
-                pins=self._pins,
-            )
-        except PeerRejected as exc:
-            raise _alert(exc) from None
-
-
-class _PinnedServerContext(tls.Context):
-    """Client TLS context that accepts the server only by its pinned public key."""
-
-    _pins: frozenset[str]
-
-    def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
-        super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
-        try:
-            check_server_pin(self._peer_certificate, self._pins)
-        except PeerRejected as exc:
-            raise _alert(exc) from None
-
-
-def _alert(exc: PeerRejected) -> tls.Alert:
-    alert = tls.Alert(exc.reason)
-    alert.description = tls.AlertDescription(exc.alert)
-    return alert
 
 
 def _peek_stream_id(buf: Buffer) -> int:
