@@ -145,8 +145,10 @@ CASES = [(7, 8 * MiB), (50, 2 * MiB), (500, 256 * KiB)]
 @pytest.mark.parametrize(("stalled", "flood_each"), CASES)
 @pytest.mark.xfail(
     TEST_ENGINE == "qh3",
+    # Whether a qh3 connection freezes depends on how much parks before its gate closes
+    # (8 stalled destinations freeze it, 50 with 2 MiB each may pass): not strict.
     reason="qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')",
-    strict=True,
+    strict=False,
 )
 async def test_stalled_readers_leave_the_honest_tunnel_flowing(
     server: Endpoint, stalled: int, flood_each: int
@@ -192,8 +194,10 @@ DEST_CASES = [(8, 8 * MiB), (50, 2 * MiB), (500, 512 * KiB)]
 @pytest.mark.parametrize(("stalled", "offer_each"), DEST_CASES)
 @pytest.mark.xfail(
     TEST_ENGINE == "qh3",
+    # Whether a qh3 connection freezes depends on how much parks before its gate closes
+    # (8 stalled destinations freeze it, 50 with 2 MiB each may pass): not strict.
     reason="qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')",
-    strict=True,
+    strict=False,
 )
 async def test_stalled_destinations_leave_the_honest_tunnel_flowing(
     server: Endpoint, stalled: int, offer_each: int
