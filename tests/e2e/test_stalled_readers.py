@@ -143,6 +143,7 @@ CASES = [(7, 8 * MiB), (50, 2 * MiB), (500, 256 * KiB)]
 
 
 @pytest.mark.parametrize(("stalled", "flood_each"), CASES)
+@pytest.mark.timeout(240)  # 500 tunnels park slowly on a loaded 2-core machine
 @pytest.mark.xfail(
     TEST_ENGINE == "qh3",
     # Whether a qh3 connection freezes depends on how much parks before its gate closes
@@ -161,7 +162,7 @@ async def test_stalled_readers_leave_the_honest_tunnel_flowing(
         await _echo_rtts(client.address, 3)  # the connection is up
         baseline = client.rss_kib()
         socks += [await asyncio.to_thread(_stalled_reader, client.address) for _ in range(stalled)]
-        await _until_stalled([client], 2.0, within=80)
+        await _until_stalled([client], 2.0, within=100)
         parked = _FloodOrEcho.written
         assert parked >= stalled * min(flood_each, 256 * KiB), "the readers never got data"
 
@@ -188,10 +189,11 @@ async def test_stalled_readers_leave_the_honest_tunnel_flowing(
 
 # What each app offers its stalled destination: more than the destination's small socket and
 # the tunnel can take, so it parks in the server (8 such tunnels pin the old 16 MiB window).
-DEST_CASES = [(8, 8 * MiB), (50, 2 * MiB), (500, 512 * KiB)]
+DEST_CASES = [(8, 8 * MiB), (50, 2 * MiB), (500, 256 * KiB)]
 
 
 @pytest.mark.parametrize(("stalled", "offer_each"), DEST_CASES)
+@pytest.mark.timeout(240)  # 500 tunnels park slowly on a loaded 2-core machine
 @pytest.mark.xfail(
     TEST_ENGINE == "qh3",
     # Whether a qh3 connection freezes depends on how much parks before its gate closes
@@ -217,7 +219,7 @@ async def test_stalled_destinations_leave_the_honest_tunnel_flowing(
             _, writer = await connect(client.address)
             writer.write(payload)  # more than the destination's socket and tunnel can take
             writers.append(writer)
-        await _until_stalled([client, server], 2.0, within=80)
+        await _until_stalled([client, server], 2.0, within=100)
 
         rtts = await _echo_rtts(client.address, 20)
         start = time.monotonic()
