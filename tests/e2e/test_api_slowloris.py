@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -252,21 +253,27 @@ async def test_head_deadline_is_a_total_not_per_byte(short_tmp: Path) -> None:
         Router(FakeProvider()),
         limits=Limits(head_timeout_s=0.5, request_timeout_s=30),
     )
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        reader, writer = await asyncio.open_unix_connection(api.address)
+        await loop.sock_connect(sock, api.address)
         started = time.monotonic()
         got = b""
-        with contextlib.suppress(ConnectionResetError):
+        # A plain socket, not a StreamReader: once the server has answered and closed, our
+        # next byte fails with EPIPE, and a StreamReader would then drop the 408 it holds.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             for byte in b"GET /healthz HTTP/1.1\r\nX: " + b"y" * 1000:
                 with contextlib.suppress(TimeoutError):
-                    got += await asyncio.wait_for(reader.read(1024), 0.02)
-                if got or reader.at_eof():
-                    got += await asyncio.wait_for(reader.read(), 5)
+                    got += await asyncio.wait_for(loop.sock_recv(sock, 1024), 0.02)
+                if got:
                     break
-                writer.write(bytes([byte]))
+                await loop.sock_sendall(sock, bytes([byte]))
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
+            got += chunk
         assert parse_raw(got).status == 408
         assert 0.5 <= time.monotonic() - started < 2.0
-        writer.close()
     finally:
+        sock.close()
         api.close()
         await api.wait_closed()
