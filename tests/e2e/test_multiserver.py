@@ -273,3 +273,34 @@ def test_loopback_two_is_local() -> None:
     """127.0.0.2 is a local address here (the test above depends on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.2", 0))
+
+
+@pytest.mark.timeout(120)
+async def test_failback_when_asked(short_tmp: Path, state_dir: Path, tmp_path: Path) -> None:
+    """``failback = true``: back to the first server once it answers again; the tunnel still
+    on the second keeps working until it ends, then that connection closes."""
+    backend = await echo().tcp()
+    first = await start_server(state_dir)
+    second = await start_server(tmp_path)
+    api = short_tmp / "api.sock"
+    toml = client_toml(api, [first.address, second.address], backend, "failback = true")
+    run, address = await start_client(short_tmp, toml)
+    try:
+        (await Tunnel.open(address)).close()
+        await reap(first)
+        await first_working(address, time.monotonic())
+        held = await Tunnel.open(address)  # on the second
+        assert server_tunnels(second) >= 2
+        first = await start_server(state_dir, listen=first.address)
+        # the pool tries the first every 10 s (Pool.FAILBACK_S)
+        await wait_endpoints(api, {first.address: "connected"}, within=15)
+        assert (await endpoints(api))[first.address]["active"]
+        (await Tunnel.open(address)).close()
+        assert server_tunnels(first) == 1  # new tunnels go to the first again
+        await held.echo()  # the one on the second is not cut
+        held.close()
+        await wait_endpoints(api, {second.address: "standby"}, within=5)  # then it closes
+    finally:
+        await run.stop()
+        await reap(first, second)
+        backend.close()
