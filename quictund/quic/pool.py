@@ -183,8 +183,9 @@ class Pool:
         """Resolve the candidates and keep connections up until cancelled."""
         self._candidates = await resolve(self._endpoints)
         self.members = [self._member(c) for c in self._candidates]
-        for member in self.members:
-            member.state = "standby" if self.mode == "failover" else "connecting"
+        if len(self.members) > 1:
+            for member in self.members:
+                member.state = "standby" if self.mode == "failover" else "connecting"
         if len(self.members) == 1:
             await self.members[0].run()
         elif self.mode == "spread":
@@ -216,9 +217,7 @@ class Pool:
     # ---- choosing ----------------------------------------------------------------------------
 
     def _live(self) -> list[Connector]:
-        return [
-            m for m in self.members if m.session is not None and not m.session.closed.is_set()
-        ]
+        return [m for m in self.members if m.session is not None and not m.session.closed.is_set()]
 
     def _pick(self) -> QuicSession | None:
         if self.mode == "failover" and len(self.members) > 1:
@@ -278,6 +277,8 @@ class Pool:
             if self._failback and index > 0:
                 spawn(self._fail_back(active), name=f"failback-{self.name}")
             await self.members[index].hold(session)
+            if self._stopped:
+                return
             if self._active is active:  # died: move on to the next candidate at once
                 self._active = None
                 self._up.clear()
@@ -338,9 +339,7 @@ class Pool:
                     self.members[better].state = "standby"
                     return
                 self._active = (better, session)
-                logger.info(
-                    "[%s] failing back to %s", self.name, self._candidates[better].address
-                )
+                logger.info("[%s] failing back to %s", self.name, self._candidates[better].address)
                 spawn(self._drain(active[1], session), name=f"drain-{self.name}")
                 return
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from quictund._tasks import spawn
 from tests.e2e.harness import ENGINE_TOML, Backend, Endpoint, connect, echo, start_server
 from tests.e2e.test_daemon import Run
 
@@ -64,15 +65,20 @@ async def _run_under(prefix: tuple[str, ...], conf: Path) -> Run:
     return Run(proc)
 
 
-async def status(api: Path) -> list[dict[str, Any]]:
+async def status_text(api: Path, *flags: str) -> str:
+    """``quictund status`` as a user runs it."""
     out = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "quictund", "status", "--api", str(api), "--json"],
+        [sys.executable, "-m", "quictund", "status", "--api", str(api), *flags],
         capture_output=True,
         text=True,
         check=True,
     )
-    listeners: list[dict[str, Any]] = json.loads(out.stdout)["listeners"]
+    return out.stdout
+
+
+async def status(api: Path) -> list[dict[str, Any]]:
+    listeners: list[dict[str, Any]] = json.loads(await status_text(api, "--json"))["listeners"]
     return listeners
 
 
@@ -120,7 +126,7 @@ class Tunnel:
                 return "reset"
 
     async def fate(self) -> str:
-        """"alive" if it still echoes, "reset" if the app got a reset, "eof" if a clean end."""
+        """ "alive" if it still echoes, "reset" if the app got a reset, "eof" if a clean end."""
         try:
             await self.echo()
         except ConnectionResetError:
@@ -176,7 +182,7 @@ async def test_failover_kill_active_server(
         assert eps[first.address]["tunnels"] == 1
         assert eps[second.address]["state"] == "standby"
 
-        ending = asyncio.ensure_future(busy.end())  # traffic flowing when the server dies
+        ending = spawn(busy.end(), name="busy-tunnel")  # traffic flowing when the server dies
         await asyncio.sleep(0.2)
         first.kill()
         killed = time.monotonic()
@@ -189,12 +195,7 @@ async def test_failover_kill_active_server(
         eps = await endpoints(api)
         assert eps[first.address]["state"] == "down" and eps[first.address]["lastError"]
         assert eps[second.address]["state"] == "connected" and eps[second.address]["active"]
-        text = subprocess.run(
-            [sys.executable, "-m", "quictund", "status", "--api", str(api)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        text = await status_text(api)
         assert f"{second.address}" in text and "connected (active)" in text
     finally:
         await run.stop()
@@ -210,9 +211,7 @@ async def test_spread_uses_both_and_survives_one(
     one = await start_server(state_dir)
     two = await start_server(tmp_path)
     api = short_tmp / "api.sock"
-    toml = client_toml(
-        api, [one.address, two.address], backend, 'server-endpoint-mode = "spread"'
-    )
+    toml = client_toml(api, [one.address, two.address], backend, 'server-endpoint-mode = "spread"')
     run, address = await start_client(short_tmp, toml)
     try:
         await wait_endpoints(api, {one.address: "connected", two.address: "connected"})
@@ -254,7 +253,8 @@ async def test_name_with_two_addresses(short_tmp: Path, state_dir: Path, tmp_pat
     toml = client_toml(
         api, [f"gw.multiserver.test:{port}"], backend, 'server-endpoint-mode = "spread"'
     )
-    prefix = ("unshare", "--mount", "sh", "-c", f'mount --bind {hosts} /etc/hosts && exec "$@"', "-")
+    private_hosts = f'mount --bind {hosts} /etc/hosts && exec "$@"'
+    prefix = ("unshare", "--mount", "sh", "-c", private_hosts, "-")
     run, address = await start_client(short_tmp, toml, prefix)
     try:
         want = {f"127.0.0.1:{port}": "connected", f"127.0.0.2:{port}": "connected"}
