@@ -196,6 +196,7 @@ async def test_failover_kill_active_server(
         assert eps[first.address]["state"] == "down" and eps[first.address]["lastError"]
         assert eps[second.address]["state"] == "connected" and eps[second.address]["active"]
         text = await status_text(api)
+        print(text)
         assert f"{second.address}" in text and "connected (active)" in text
     finally:
         await run.stop()
