@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from pydantic import ValidationError
 
@@ -57,3 +59,16 @@ async def test_each_address_is_a_candidate_once() -> None:
     assert [str(c.origin) for c in cands] == ["127.0.0.2:7500", "127.0.0.1:7500"]
     (v6,) = await resolve([HostPort("::1", 7500)])
     assert v6.address == "[::1]:7500"
+
+
+async def test_a_name_with_one_address_stays_a_name() -> None:
+    """Resolved again at each attempt, so a changed DNS record is followed on reconnect; a
+    name with several addresses gives one candidate each (whatever this host's files say)."""
+    infos = socket.getaddrinfo("localhost", 7500, type=socket.SOCK_DGRAM)
+    addresses = list(dict.fromkeys(str(i[4][0]) for i in infos))
+    cands = await resolve([HostPort("localhost", 7500)])
+    if len(addresses) == 1:
+        assert [c.host for c in cands] == ["localhost"]
+    else:
+        assert [c.host for c in cands] == addresses
+    assert all(str(c.origin) == "localhost:7500" for c in cands)

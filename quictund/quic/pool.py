@@ -1,8 +1,8 @@
 """A client's server endpoints: one or several, each address a candidate (issue 17 §2).
 
 ``server-endpoint`` may list several ``host:port``; a name that resolves to several addresses
-gives one candidate per address (resolved when the pool starts; a name that does not resolve
-then stays one candidate, resolved again at each attempt).  Each candidate is a ``Connector``;
+gives one candidate per address (resolved when the pool starts; a name with one address, or
+none yet, stays one candidate, resolved again at each attempt).  Each candidate is a ``Connector``;
 health is the QUIC connection's own (keep-alive pings, ``dead-after``), never a prober.
 
 * ``failover`` (default): one connection, to the first candidate that answers.  When it dies
@@ -71,7 +71,10 @@ async def resolve(endpoints: Sequence[HostPort]) -> list[Candidate]:
         except OSError as exc:
             logger.warning("cannot resolve %s (%s): trying it by name at each attempt", ep, exc)
             infos = []
-        hosts = [str(info[4][0]) for info in infos] or [ep.host]
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        # One address: keep the name, so each attempt resolves it again (as one connector
+        # alone always did: a changed DNS record is followed on reconnect).
+        hosts = addresses if len(addresses) > 1 else [ep.host]
         for host in hosts:
             cand = Candidate(host, ep.port, ep)
             if all(c.address != cand.address for c in out):
@@ -125,6 +128,8 @@ class Pool:
     def state(self) -> str:
         if not self.members:
             return self._note_state
+        if len(self.members) == 1:
+            return self.members[0].state  # as a connector alone says it ("reconnecting")
         if any(m.state == "connected" for m in self.members):
             return "connected"
         return "connecting" if any(m.state == "connecting" for m in self.members) else "down"
@@ -155,7 +160,7 @@ class Pool:
         """The configured endpoint ``session`` goes to (the tunnel's ``remoteEndpointAddr``)."""
         for member, cand in zip(self.members, self._candidates, strict=True):
             if member.session is session:
-                return str(cand.origin) if len(self._endpoints) == 1 else cand.address
+                return str(cand.origin) if len(self._candidates) == 1 else cand.address
         return str(self._endpoints[0])
 
     def endpoints(self) -> list[dict[str, object]]:
