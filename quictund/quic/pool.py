@@ -153,6 +153,9 @@ class Pool:
 
     @property
     def session(self) -> QuicSession | None:
+        """The connection ``/listeners`` describes: failover's active one, else the first."""
+        if self._active is not None and not self._active[1].closed.is_set():
+            return self._active[1]
         live = self._live()
         return live[0].session if live else None
 
