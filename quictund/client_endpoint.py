@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from quictund import cafile
@@ -22,6 +22,7 @@ from quictund.errors import ConfigError, TokenError
 from quictund.listeners import StreamListener, listen
 from quictund.quic import engine
 from quictund.quic.client import Connector
+from quictund.quic.pool import Pool
 from quictund.reasons import client_reason, for_ack
 from quictund.splice import Splice
 from quictund.tokens import TokenSource
@@ -48,17 +49,14 @@ class ClientEndpoint(EndpointBase):
         self.source = source
         self.table = table
         s = settings
-        self.connector = Connector(
+        self.connector = Pool(
             name=s.name,
-            host=s.server_endpoint.host,
-            port=s.server_endpoint.port,
+            endpoints=s.server_endpoints,
+            mode=s.server_endpoint_mode,
+            failback=s.failback,
+            server_name=s.server_name,
             configuration=self.configuration,
-            settings=s.engine_settings(),
-            keepalive_s=s.keep_alive_s,
-            dead_after_s=s.dead_after_s,
-            handshake_timeout_s=s.handshake_timeout_s,
-            socket_buffer=s.socket_buffer,
-            server_pins=frozenset([s.server_fingerprint] if s.server_fingerprint else []),
+            make=self._new_connector,
         )
         self.listener: StreamListener | None = None
         self.udp: UdpClient | None = None  # a udp: listen-on (quictund/udpflow)
@@ -75,7 +73,7 @@ class ClientEndpoint(EndpointBase):
             "[%s] client endpoint listening on %s, server %s",
             self.settings.name,
             bound,
-            self.settings.server_endpoint,
+            self.settings.server_endpoints_text(),
         )
 
     def stop_accepting(self) -> None:
@@ -103,6 +101,27 @@ class ClientEndpoint(EndpointBase):
             task.cancel()
         for splice in list(self.splices):
             splice.abort(reason, error_code)
+
+    def _new_connector(
+        self,
+        label: str,
+        host: str,
+        port: int,
+        configuration: Callable[[], engine.QuicConfiguration],
+    ) -> Connector:
+        s = self.settings
+        return Connector(
+            name=label,
+            host=host,
+            port=port,
+            configuration=configuration,
+            settings=s.engine_settings(),
+            keepalive_s=s.keep_alive_s,
+            dead_after_s=s.dead_after_s,
+            handshake_timeout_s=s.handshake_timeout_s,
+            socket_buffer=s.socket_buffer,
+            server_pins=frozenset([s.server_fingerprint] if s.server_fingerprint else []),
+        )
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -192,12 +211,13 @@ class ClientEndpoint(EndpointBase):
             session = await self.connector.get_session(s.connect_wait_s)
         except TimeoutError:
             splice.abort(
-                f"server {s.server_endpoint} unreachable for {s.connect_wait_s:g} s "
+                f"server {s.server_endpoints_text()} unreachable for {s.connect_wait_s:g} s "
                 f"({self.connector.last_error or self.connector.state})"
             )
             return
         if splice.finished:
             return
+        splice.record.remote_endpoint_addr = self.connector.address_of(session)
         try:
             sid = session.open_stream(splice)
         except ConnectionRefusedError as exc:  # the qh3 engine at the server's stream limit

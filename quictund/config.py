@@ -11,7 +11,14 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+)
 
 from quictund.addresses import HostPort, StreamAddress, parse_host_port, parse_stream_address
 from quictund.config_quic_lb import QuicLbKnobs
@@ -92,6 +99,28 @@ def _host_port(value: object, *, allow_port_zero: bool = False) -> object:
     raise ValueError(f"not a host:port address (got {value!r})")
 
 
+def _host_ports(value: object) -> object:
+    """``server-endpoint``: one ``host:port`` string (quic-tun's form) or a list of them."""
+    if isinstance(value, str | HostPort):
+        return (_host_port(value),)
+    if isinstance(value, list | tuple):
+        return tuple(_host_port(v) for v in value)
+    raise ValueError(f"not a host:port address or a list of them (got {value!r})")
+
+
+def _endpoints_out(value: tuple[HostPort, ...]) -> str | list[str]:
+    return str(value[0]) if len(value) == 1 else [str(v) for v in value]
+
+
+_ENDPOINTS_OUT = PlainSerializer(_endpoints_out, when_used="json")
+_ENDPOINTS_SCHEMA: dict[str, object] = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 64},
+    ]
+}
+
+
 def _fingerprint(value: str) -> str:
     """``sha256:`` + standard base64 of a SHA-256 of the SubjectPublicKeyInfo (44 chars)."""
     algo, sep, digest = value.strip().partition(":")
@@ -112,7 +141,18 @@ class ClientSettings(QuicKnobs):
     listen_on: Annotated[StreamAddress, Field(alias="listen-on"), _AS_STR] = StreamAddress(
         "tcp", "127.0.0.1", 6500
     )
-    server_endpoint: Annotated[HostPort, Field(alias="server-endpoint"), _AS_STR]
+    # One "host:port" or a list of them (issue 17 §2); a name resolving to several addresses
+    # gives one candidate per address (quic/pool.py).  Written back as a string when single.
+    server_endpoints: Annotated[
+        tuple[HostPort, ...],
+        Field(alias="server-endpoint", min_length=1, max_length=64),
+        _ENDPOINTS_OUT,
+        WithJsonSchema(_ENDPOINTS_SCHEMA),
+    ]
+    server_endpoint_mode: Annotated[
+        Literal["failover", "spread"], Field(alias="server-endpoint-mode")
+    ] = "failover"
+    failback: bool = False
     server_name: Annotated[str | None, Field(alias="server-name")] = None
     token_source_plugin: Annotated[str, Field(alias="token-source-plugin")] = "Fixed"
     token_source: Annotated[str | None, Field(alias="token-source")] = None
@@ -135,7 +175,15 @@ class ClientSettings(QuicKnobs):
 
     _v_listen = field_validator("listen_on", mode="before")(_stream_address)
     _v_pin = field_validator("server_fingerprint")(lambda v: None if v is None else _fingerprint(v))
-    _v_server = field_validator("server_endpoint", mode="before")(_host_port)
+    _v_server = field_validator("server_endpoints", mode="before")(_host_ports)
+
+    @property
+    def server_endpoint(self) -> HostPort:
+        """The first (in ``failover`` mode, preferred) server endpoint."""
+        return self.server_endpoints[0]
+
+    def server_endpoints_text(self) -> str:
+        return ", ".join(str(e) for e in self.server_endpoints)
 
 
 class AllowFor(_Model):

@@ -146,7 +146,32 @@ def status(args: argparse.Namespace) -> int:
             ]
         )
     _print_table(rows)
+    _print_server_endpoints(listeners)
     return 0
+
+
+def _print_server_endpoints(listeners: list[dict[str, Any]]) -> None:
+    """Each server endpoint of the clients that have several (issue 17 §2)."""
+    rows = [["LISTENER", "MODE", "SERVER ENDPOINT", "STATE", "TUNNELS", "LAST ERROR"]]
+    for item in listeners:
+        endpoints = item.get("serverEndpoints") or []
+        if len(endpoints) < 2:
+            continue
+        for ep in endpoints:
+            state = ep["state"] + (" (active)" if ep.get("active") else "")
+            rows.append(
+                [
+                    item["name"],
+                    item.get("serverEndpointMode", ""),
+                    ep["address"],
+                    state,
+                    str(ep["tunnels"]),
+                    ep.get("lastError") or "-",
+                ]
+            )
+    if len(rows) > 1:
+        print()
+        _print_table(rows)
 
 
 def _age(seconds: float) -> str:

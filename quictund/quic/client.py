@@ -149,6 +149,54 @@ class Connector:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._up.wait()
 
+    # ---- driven by a pool (quic/pool.py): one attempt at a time, no backoff of its own ----
+
+    async def connect_once(self) -> QuicSession:
+        """One connection attempt; the session becomes current.  Raises what ``_connect`` does,
+        with ``state`` "down" and ``last_error`` set."""
+        self.state = "connecting"
+        try:
+            session = await self._connect()
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self.last_error = str(exc) or type(exc).__name__
+            self.state = "down"
+            raise
+        self.session = session
+        self.state = "connected"
+        self._up.set()
+        logger.info("[%s] connected to %s:%d", self.name, self.host, self.port)
+        return session
+
+    async def hold(self, session: QuicSession) -> None:
+        """Return when ``session`` (from ``connect_once``) ends; note why."""
+        await session.closed.wait()
+        if self.session is session:
+            self._up.clear()
+            self.session = None
+        self.state = "down"
+        self.reconnects += 1
+        self.last_error = self._explain(session.close_reason)
+
+    def want(self) -> None:
+        """An app connection waits for this connector (rule 3 of the module docstring)."""
+        self._wanted.set()
+
+    async def wait_up(self) -> None:
+        """Until a connection is up; an app connection is waiting for it."""
+        self._wanted.set()
+        await self._up.wait()
+
+    @property
+    def quiet_s(self) -> float:
+        """Silence after which the connection is suspect: a keep-alive is answered within
+        ``keep-alive`` + RTT, so twice that with no packet means it probably died."""
+        return 2 * self._keepalive_s + 0.5 if self._keepalive_s else self._dead_after_s
+
+    @property
+    def tunnels(self) -> int:
+        session = self.session
+        return session.stream_count if session is not None else 0
+
     def close(self, error_code: int, reason: str) -> None:
         if self.session is not None:
             self.session.close(error_code, reason)

@@ -20,7 +20,7 @@ from typing import Any, cast
 from quictund.addresses import format_host_port
 from quictund.config import ClientSettings
 from quictund.errors import ConfigError, TokenError, os_reason
-from quictund.quic.client import Connector
+from quictund.quic.pool import Pool
 from quictund.quic.session import Address, QuicSession
 from quictund.quic.settings import ALPN_QUICTUND
 from quictund.tokens import TokenSource
@@ -51,7 +51,7 @@ class UdpClient(asyncio.DatagramProtocol):
         self,
         settings: ClientSettings,
         source: TokenSource,
-        connector: Connector,
+        connector: Pool,
         table: TunnelTable,
         spawn: Callable[[Coroutine[Any, Any, None], str], None],
     ) -> None:
