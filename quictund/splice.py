@@ -101,7 +101,8 @@ class Splice(asyncio.Protocol):
         if session is None or self._finished:
             return
         self._count_from_app(data)
-        session.send(self.stream_id, data)
+        if not self._send(session, data, end_stream=False):
+            return
         if session.unsent(self.stream_id) > SEND_HIGH_WATER:
             assert self.transport is not None
             self.transport.pause_reading()
@@ -113,8 +114,8 @@ class Splice(asyncio.Protocol):
             return True
         if self.session is not None and not self._finished:
             self._fin_to_stream = True
-            self.session.send(self.stream_id, b"", end_stream=True)
-            self._maybe_close()
+            if self._send(self.session, b"", end_stream=True):
+                self._maybe_close()
         return True  # keep the socket open for the other direction
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -260,6 +261,22 @@ class Splice(asyncio.Protocol):
             record.client_total_bytes += len(data)
             if not record.classifier.done:
                 record.classifier.feed_client(data)
+
+    def _send(self, session: QuicSession, data: bytes, *, end_stream: bool) -> bool:
+        """Hand app bytes to the stream; False if the tunnel ended meanwhile.  An exception
+        must not escape a protocol callback: the loop would close the app connection
+        cleanly (a FIN, which looks like a complete transfer), so it resets the tunnel."""
+        try:
+            session.send(self.stream_id, data, end_stream)
+        except Exception as exc:
+            logger.debug("QUIC stream %d refused app data: %s", self.stream_id, exc)
+            try:
+                self._reset_stream(ErrorCode.INTERNAL)
+            except Exception:  # the engine that refused the data may refuse the reset too
+                logger.debug("QUIC stream %d: reset refused as well", self.stream_id)
+            self._abort_app(f"QUIC stream refused data: {exc}")
+            return False
+        return not self._finished
 
     def _maybe_close(self) -> None:
         if self._fin_to_stream and self._fin_to_app and self.transport is not None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import socket
 from pathlib import Path
 
-from quictund.quic.udp import MAX_GSO_BYTES, MAX_SEGMENTS, gso_runs, open_udp
+import pytest
+import uvloop
+
+from quictund.quic.udp import MAX_GSO_BYTES, MAX_SEGMENTS, UdpSocket, gso_runs, open_udp
 
 
 def test_gso_runs_follow_the_kernel_rules() -> None:
@@ -83,3 +89,90 @@ async def test_path_payload_follows_the_route_mtu() -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+# ---- ICMP errors never silence a socket (issue 14 §1), on both event loops -----------------
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+async def _refused_then_answered() -> tuple[int, list[int], list[bytes]]:
+    """Talk to a closed port (ICMP port-unreachable), then to a server bound there."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    got: list[bytes] = []
+    errors: list[int] = []
+    answered = asyncio.Event()
+
+    def on_datagram(data: bytes, addr: tuple[object, ...]) -> None:
+        got.append(data)
+        answered.set()
+
+    client = await open_udp(
+        on_datagram, remote=("127.0.0.1", port), on_error=lambda e: errors.append(e.errno or 0)
+    )
+    server: UdpSocket | None = None
+    try:
+        for _ in range(200):  # the ICMP answer is parked on the socket; wait till it is seen
+            client.sendto(b"anyone?", ("127.0.0.1", port))
+            await asyncio.sleep(0.01)
+            if errors:
+                break
+        await asyncio.sleep(0.05)  # the loop polls the socket with its error pending
+        server = await open_udp(
+            lambda d, a: server.sendto(b"re:" + d, a) if server else None,
+            local=("127.0.0.1", port),
+        )
+        for _ in range(50):
+            client.sendto(b"hello", ("127.0.0.1", port))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), 0.1)
+            if got:
+                break
+        return client.errors, errors, got
+    finally:
+        client.close()
+        if server is not None:
+            server.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_icmp_error_never_stops_reading(loop: str) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        seen, reported, got = runner.run(_refused_then_answered())
+    assert seen >= 1 and errno.ECONNREFUSED in reported  # the owner hears of it ...
+    assert got and got[0] == b"re:hello"  # ... and the socket is still read afterwards
+
+
+async def _queued_datagrams_drain() -> tuple[list[bytes], list[bytes]]:
+    """Datagrams that had to wait (the socket was full) leave once it is writable."""
+    got: list[bytes] = []
+    done = asyncio.Event()
+    sent = [os.urandom(100) + bytes([i]) for i in range(50)]
+
+    def on_datagram(data: bytes, addr: tuple[object, ...]) -> None:
+        got.append(data)
+        if len(got) == len(sent):
+            done.set()
+
+    receiver = await open_udp(on_datagram, local=("127.0.0.1", 0))
+    sender = await open_udp(lambda d, a: None, remote=receiver.sockname[:2])
+    try:
+        target = receiver.sockname[:2]
+        sender._enqueue([(d, target) for d in sent[:40]])  # as if sendmsg had said EAGAIN
+        sender.send_many([(d, target) for d in sent[40:]])  # queued behind them, in order
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 5)
+        return got, sent
+    finally:
+        sender.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_queued_datagrams_leave_when_writable(loop: str) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        got, sent = runner.run(_queued_datagrams_drain())
+    assert got == sent

@@ -5,11 +5,24 @@ connector runs for the life of the listener: on failure or loss it waits a jitte
 exponentially growing delay (``backoff``, pure) and tries again, with a fresh UDP socket (a new
 source port, so NAT rebinding and network changes heal).  Tunnels ask ``get_session`` and wait a
 bounded time while it is down.
+
+Rules for the connection attempts:
+
+1. An ICMP port-unreachable during the handshake ends that attempt at once ("connection
+   refused"), so the next one starts on the backoff schedule the log announced, instead of
+   after the handshake timeout.  A forged one costs one retry, nothing more.
+2. Once connected, ICMP errors are noted and ignored: anyone on the path can forge them, and
+   QUIC's own liveness (``dead-after``) decides whether the server is gone.
+3. An app connection that finds no connection cuts the backoff short: the next attempt starts
+   at once, but never sooner than ``DEMAND_GAP_S`` after the previous one began, so apps
+   connecting in a loop cannot make the client hammer a server that is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import random
 import socket
@@ -37,6 +50,7 @@ def backoff(
 
 class Connector:
     STABLE_S = 10.0  # a connection that lived this long resets the backoff
+    DEMAND_GAP_S = 0.5  # rule 3: at most two demand-driven attempts per second
 
     def __init__(
         self,
@@ -68,6 +82,8 @@ class Connector:
         self.reconnects = 0
         self.last_error = ""
         self._sockets: dict[QuicSession, UdpSocket] = {}
+        self._wanted = asyncio.Event()  # an app connection is waiting for a session
+        self._attempt_at = 0.0
 
     async def run(self) -> None:
         """Keep a connection up until cancelled."""
@@ -81,7 +97,8 @@ class Connector:
                 delay = backoff(attempt)
                 log = logger.warning if attempt <= 3 or attempt % 10 == 0 else logger.debug
                 log(
-                    "[%s] cannot connect to %s:%d (%s); retry %d in %.1f s",
+                    "[%s] cannot connect to %s:%d (%s); retry %d in %.1f s"
+                    " (sooner when an app connects)",
                     self.name,
                     self.host,
                     self.port,
@@ -90,7 +107,7 @@ class Connector:
                     delay,
                 )
                 self.state = "reconnecting"
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
             self.session = session
             self.state = "connected"
@@ -119,7 +136,7 @@ class Connector:
                 self.last_error,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._pause(delay)
 
     async def get_session(self, wait_s: float) -> QuicSession:
         """The live session, waiting at most ``wait_s`` for one; raises ``TimeoutError``."""
@@ -128,6 +145,7 @@ class Connector:
             session = self.session
             if session is not None and not session.closed.is_set():
                 return session
+            self._wanted.set()
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._up.wait()
 
@@ -147,7 +165,27 @@ class Connector:
 
     # ---- private -------------------------------------------------------------------------
 
+    async def _pause(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before the next attempt, or less if an app is waiting (rule 3)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._wanted.wait()
+                gap = self._attempt_at + self.DEMAND_GAP_S - time.monotonic()
+                await asyncio.sleep(max(0.0, gap))
+
+    def _icmp_error(self, session: QuicSession, exc: OSError) -> None:
+        """Rules 1 and 2: a refusal ends a handshake; otherwise ICMP is only noted."""
+        if not session.handshake_done.done() and exc.errno == errno.ECONNREFUSED:
+            session.close(0, "connection refused: nothing listens on that UDP port")
+            return
+        logger.debug(
+            "[%s] ICMP error from %s:%d ignored (%s); QUIC liveness decides",
+            self.name, self.host, self.port, exc.strerror,
+        )  # fmt: skip
+
     async def _connect(self) -> QuicSession:
+        self._attempt_at = time.monotonic()
+        self._wanted.clear()
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         if not infos:
@@ -160,7 +198,13 @@ class Connector:
             if holder:
                 holder[0].datagram_received(data, peer)
 
-        udp = await open_udp(received, remote=peer, family=family, buffer=self._socket_buffer)
+        def icmp_error(exc: OSError) -> None:
+            if holder:
+                self._icmp_error(holder[0], exc)
+
+        udp = await open_udp(
+            received, remote=peer, family=family, buffer=self._socket_buffer, on_error=icmp_error
+        )
         config = self._configuration()
         limit = udp.path_payload()
         if limit is not None and limit < config.max_datagram_size:

@@ -91,7 +91,8 @@ class QuicSession:
         self.bytes_in = 0
         self.bytes_out = 0
         if keepalive_s > 0:
-            self._keepalive = self._loop.call_later(keepalive_s, self._on_keepalive)
+            first = min(keepalive_s, dead_after_s)
+            self._keepalive = self._loop.call_later(first, self._on_keepalive)
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -117,7 +118,21 @@ class QuicSession:
         self._handlers[stream_id] = handler
 
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        self.conn.send_stream_data(stream_id, data, end_stream)
+        """Queue ``data``; if the engine refuses because the connection is over, end the session
+        here, so every tunnel sees a lost connection (a reset), never a clean end."""
+        if self.closed.is_set():
+            return
+        try:
+            self.conn.send_stream_data(stream_id, data, end_stream)
+        except Exception:
+            # qh3 refuses writes as soon as the peer closed, before it reports
+            # ConnectionTerminated: end the session now.  A stream-level refusal is the caller's.
+            self._process_events()
+            if not self.closed.is_set() and self.conn.is_closed:
+                self._terminate("closed by peer or engine")
+            if self.closed.is_set():
+                return
+            raise
         self.transmit_soon()
 
     def unsent(self, stream_id: int) -> int:
@@ -289,7 +304,10 @@ class QuicSession:
             self._ping_uid += 1
             self.conn.send_ping(self._ping_uid)
             self.transmit_soon()
-        self._keepalive = self._loop.call_later(self._keepalive_s, self._on_keepalive)
+        # Check again at the next PING or exactly when the peer would be dead, whichever
+        # comes first: the documented dead-after, not up to one keep-alive later.
+        next_s = min(self._keepalive_s, self._dead_after_s - silent)
+        self._keepalive = self._loop.call_later(next_s, self._on_keepalive)
 
     def _process_events(self) -> None:
         while (event := self.conn.next_event()) is not None:

@@ -1,11 +1,18 @@
 """UDP sockets of both endpoints: large buffers (with one loud hint when capped), and batched
-datagram I/O (GSO send, GRO receive) straight on the event loop."""
+datagram I/O (GSO send, GRO receive) straight on the event loop.
+
+Rule: an error on a socket never stops that socket from being read or written.  The event loop
+watches a private epoll instance that holds the socket, never the socket itself, because
+uvloop (libuv) drops a watcher for good at the first ``POLLERR`` -- one ICMP port-unreachable
+on a connected socket would silence it (docs/design.md, "Datagram I/O").
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
+import select
 import socket
 import struct
 import sys
@@ -56,6 +63,13 @@ MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (128 since 6.x); stay por
 MAX_GSO_BYTES = 65000  # one IP datagram's payload
 READ_BATCH = 64  # recvmsg calls per readable event, so one busy socket cannot starve others
 QUEUE_LIMIT = 8 * 1024 * 1024  # bytes waiting for the socket to drain; beyond that, drop
+# Errors the kernel parks on a socket when an ICMP message arrives for it (connected sockets
+# only): the next send or receive returns them once.  They say nothing certain about the peer
+# (anyone on the path can forge one), so they are reported to the owner, never fatal here.
+ICMP_ERRORS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+     errno.EMSGSIZE, errno.EPROTO, errno.ENOPROTOOPT}
+)  # fmt: skip
 
 Datagram = tuple[bytes, tuple[Any, ...]]
 
@@ -97,6 +111,13 @@ class UdpSocket:
 
     ``on_datagram(data, addr)`` is called for each received datagram.  Sends never raise:
     errors are logged and the datagram is dropped, as a network would (QUIC recovers).
+    ``on_error(exc)`` hears the errors ICMP leaves on a connected socket (``ECONNREFUSED``
+    …); the socket keeps working whatever the owner makes of them.
+
+    The loop watches ``self._watch``, an epoll instance holding the socket, instead of the
+    socket: an epoll fd only ever polls readable, so no loop sees ``POLLERR`` (which makes
+    uvloop drop the watcher), and one watcher serves both directions -- ``EPOLLOUT`` is
+    registered only while datagrams wait in the queue.
     """
 
     def __init__(
@@ -105,10 +126,12 @@ class UdpSocket:
         on_datagram: Callable[[bytes, tuple[Any, ...]], None],
         *,
         connected: bool = False,
+        on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self._on_datagram = on_datagram
+        self._on_error = on_error
         self._connected = connected
         self._loop = asyncio.get_running_loop()
         self._queue: deque[Datagram] = deque()
@@ -118,7 +141,10 @@ class UdpSocket:
         self.gro = _try(lambda: sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1))
         self._cmsg_space = socket.CMSG_SPACE(4) if self.gro else 0
         self.dropped = 0
-        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self.errors = 0  # ICMP errors seen (send or receive); the socket went on regardless
+        self._watch = select.epoll(1)
+        self._watch.register(sock.fileno(), select.EPOLLIN)
+        self._loop.add_reader(self._watch.fileno(), self._on_event)
 
     def path_payload(self) -> int | None:
         """The largest UDP payload the route of a connected socket carries unfragmented
@@ -141,9 +167,8 @@ class UdpSocket:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self.sock.fileno())
-        if self._queue:
-            self._loop.remove_writer(self.sock.fileno())
+        self._loop.remove_reader(self._watch.fileno())
+        self._watch.close()
         self._queue.clear()
         self.sock.close()
 
@@ -178,20 +203,22 @@ class UdpSocket:
         runs = gso_runs(payloads) if self.gso else [(len(p), [p]) for p in payloads]
         for size, run in runs:
             try:
-                if len(run) == 1:
-                    if target is None:
-                        self.sock.send(run[0])
-                    else:
-                        self.sock.sendto(run[0], target)
-                else:
-                    cmsg = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
-                    if target is None:
-                        self.sock.sendmsg([b"".join(run)], cmsg)
-                    else:
-                        self.sock.sendmsg([b"".join(run)], cmsg, 0, target)
+                self._send_run(target, size, run)
             except (BlockingIOError, InterruptedError):
                 return done
             except OSError as exc:
+                if exc.errno in ICMP_ERRORS and self._connected:
+                    # A parked ICMP error failed this send and is now cleared: report it and
+                    # send again, once (a second error is a real one).
+                    self._icmp_error(exc)
+                    try:
+                        self._send_run(target, size, run)
+                        done += len(run)
+                        continue
+                    except (BlockingIOError, InterruptedError):
+                        return done
+                    except OSError as again:
+                        exc = again
                 if len(run) > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
                     logger.debug("UDP GSO refused (%s); sending one datagram per syscall", exc)
                     self.gso = False
@@ -201,9 +228,22 @@ class UdpSocket:
             done += len(run)
         return done
 
+    def _send_run(self, target: tuple[Any, ...] | None, size: int, run: list[bytes]) -> None:
+        if len(run) == 1:
+            if target is None:
+                self.sock.send(run[0])
+            else:
+                self.sock.sendto(run[0], target)
+            return
+        cmsg = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        if target is None:
+            self.sock.sendmsg([b"".join(run)], cmsg)
+        else:
+            self.sock.sendmsg([b"".join(run)], cmsg, 0, target)
+
     def _enqueue(self, datagrams: list[Datagram]) -> None:
         if not self._queue:
-            self._loop.add_writer(self.sock.fileno(), self._on_writable)
+            self._watch.modify(self.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
         for data, addr in datagrams:
             if self._queued_bytes + len(data) > QUEUE_LIMIT:
                 self.dropped += 1
@@ -214,10 +254,38 @@ class UdpSocket:
     def _on_writable(self) -> None:
         queue, self._queue = list(self._queue), deque()
         self._queued_bytes = 0
-        self._loop.remove_writer(self.sock.fileno())
         self.send_many(queue)
+        if not self._queue and not self._closed:
+            self._watch.modify(self.sock.fileno(), select.EPOLLIN)
 
     # ---- receiving -----------------------------------------------------------------------
+
+    def _on_event(self) -> None:
+        """The socket is readable, writable or has an error.  Reading is tried without asking
+        (a failed ``recvmsg`` costs what an ``epoll_wait`` would); the queue is sent only when
+        the socket says it is writable, since a retry copies the whole queue."""
+        writable = bool(self._queue) and any(
+            ev & select.EPOLLOUT for _, ev in self._watch.poll(0)
+        )
+        self._on_readable()
+        if writable and self._queue and not self._closed:
+            self._on_writable()
+
+    def _icmp_error(self, exc: OSError) -> None:
+        self.errors += 1
+        logger.debug("UDP socket %s: %s (socket kept open)", self.sockname, exc.strerror)
+        if self._on_error is not None:
+            # Next loop turn: the owner may close this socket, which it must not do in the
+            # middle of our own send or receive loop.
+            self._loop.call_soon(self._report_error, exc)
+
+    def _report_error(self, exc: OSError) -> None:
+        if self._closed or self._on_error is None:
+            return
+        try:
+            self._on_error(exc)
+        except Exception:
+            logger.exception("UDP error handler failed")
 
     def _on_readable(self) -> None:
         for _ in range(READ_BATCH):
@@ -228,7 +296,10 @@ class UdpSocket:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ICMP port unreachable on a connected socket
-                logger.debug("UDP receive error: %s", exc)
+                if exc.errno in ICMP_ERRORS:
+                    self._icmp_error(exc)
+                else:
+                    logger.debug("UDP receive error: %s", exc)
                 continue
             segment = 0
             for level, kind, value in anc:
@@ -258,6 +329,7 @@ async def open_udp(
     family: int = socket.AF_UNSPEC,
     buffer: int = 4 * 1024 * 1024,
     reuse_port: bool = False,
+    on_error: Callable[[OSError], None] | None = None,
 ) -> UdpSocket:
     """Bind (server) or connect (client) a UDP socket and drive it with ``UdpSocket``.
 
@@ -286,4 +358,4 @@ async def open_udp(
     except OSError:
         sock.close()
         raise
-    return UdpSocket(sock, on_datagram, connected=remote is not None)
+    return UdpSocket(sock, on_datagram, connected=remote is not None, on_error=on_error)

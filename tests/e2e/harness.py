@@ -41,12 +41,19 @@ class Endpoint:
 
     @classmethod
     async def start(
-        cls, role: str, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+        cls,
+        role: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        prefix: tuple[str, ...] = (),
     ) -> Endpoint:
+        """``prefix``: a command to run it under (``ip netns exec NS``)."""
         full_env = dict(os.environ)
         full_env.pop("NOTIFY_SOCKET", None)
         full_env.update(env or {})
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             sys.executable,
             "-m",
             "quictund",
