@@ -19,6 +19,7 @@ finishes it within the timeout; the pause, not the size, is what roaming risks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -54,12 +55,19 @@ def _snat(port: int) -> str:
 
 @pytest.fixture
 def hosts() -> Iterator[None]:
-    """client | NAT router | server on veth pairs; removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     for tool in ("nft", "conntrack"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (apt install {'nftables' if tool == 'nft' else tool})")
+    with roam_net():
+        yield
+
+
+@contextlib.contextmanager
+def roam_net() -> Iterator[None]:
+    """client | NAT router | server on veth pairs; removed afterwards (also used by
+    bench/roaming_tcp.py to run stunnel and ssh -L through the same changes)."""
     for ns in (C, R, S):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -144,8 +152,9 @@ async def test_tunnels_survive_roaming(hosts: None, short_tmp: Path, case: str) 
         if os.environ.get("QUICTUND_ROAM_LOGS"):
             for ep in (client, server):
                 for e in ep.logs:
-                    if "Stream" not in e.get("msg", "") and "tunnel open" not in e.get("msg", ""):
-                        print(ep.role, e.get("ts", e.get("time")), e.get("msg"), e.get("reason", ""))
+                    msg = e.get("msg", "")
+                    if "Stream" not in msg and "tunnel open" not in msg:
+                        print(ep.role, e.get("time"), msg, e.get("reason", ""))
         if app.returncode is None:
             app.kill()
             await app.wait()
