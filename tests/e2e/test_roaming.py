@@ -50,7 +50,8 @@ def _snat(port: int) -> str:
     """Source ports from ``port`` on: a range, as a real NAT has (a new flow cannot take the
     port an old one still holds)."""
     ports = f"{port}-{port + 99}"
-    return f'add rule ip roam post oifname "roam-r1" meta l4proto udp snat to {R_OUT}:{ports}'
+    rule = 'add rule ip roam post oifname "roam-r1" meta l4proto { tcp, udp }'  # tcp: bench
+    return f"{rule} snat to {R_OUT}:{ports}"
 
 
 @pytest.fixture
