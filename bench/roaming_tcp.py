@@ -75,11 +75,16 @@ asyncio.run(main())
 """
 
 
+def start(kind: str, tmp: Path) -> list[subprocess.Popen[bytes]]:
+    backend = subprocess.Popen(["ip", "netns", "exec", S, sys.executable, "-c", BACKEND])
+    procs = [backend, *tunnel(kind, tmp)]
+    time.sleep(1.5)
+    return procs
+
+
 async def run(kind: str, case: str) -> None:
     with roam_net(), tempfile.TemporaryDirectory() as tmp:
-        backend = subprocess.Popen(["ip", "netns", "exec", S, sys.executable, "-c", BACKEND])
-        procs = [backend, *tunnel(kind, Path(tmp))]
-        time.sleep(1.5)
+        procs = start(kind, Path(tmp))
         app = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", C, sys.executable, "-m", "tests.e2e.roam_app",
             f"tcp:127.0.0.1:{PORT_APP}", stdout=asyncio.subprocess.PIPE, cwd=ROOT,
