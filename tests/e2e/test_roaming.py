@@ -11,9 +11,10 @@ router | server host.  Through one client daemon, a bulk download and an interac
   or a network switch does (the client moves to a new socket: ``quic/migrate.py``).
 
 Both must end with the sha256 intact, no reset, and the longest echo wait (the pause a user
-sees) under 1 RTT + 1 s.  The bulk size: 256 MiB when ``QUICTUND_ROAM_MIB`` says so; by default
-64 MiB paced at 16 MiB/s (4 s: the change lands in the middle, and a loaded 2-core CI machine
-finishes it within the timeout; the pause, not the size, is what roaming risks).
+sees) under 1 RTT + 1 s.  The bulk: 64 MiB paced at 16 MiB/s by default (4 s: the change
+lands in the middle).  ``QUICTUND_ROAM_MIB=256 QUICTUND_ROAM_RATE_MIB=64`` runs the issue's
+256 MiB in 13-35 s, but at that rate the pause target failed in 2 of 8 runs for a reason not
+yet found (docs/design.md, "Roaming"); CI keeps the rate where it holds.
 """
 
 from __future__ import annotations
