@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 
 from quictund.quic import engine, tls_advice
+from quictund.quic.migrate import ClientPath
 from quictund.quic.session import Address, QuicSession, StreamHandler
-from quictund.quic.udp import UdpSocket, open_udp
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Connector:
         self.state = "connecting"
         self.reconnects = 0
         self.last_error = ""
-        self._sockets: dict[QuicSession, UdpSocket] = {}
+        self._sockets: dict[QuicSession, ClientPath] = {}
         self._wanted = asyncio.Event()  # an app connection is waiting for a session
         self._attempt_at = 0.0
 
@@ -250,9 +250,13 @@ class Connector:
             if holder:
                 self._icmp_error(holder[0], exc)
 
-        udp = await open_udp(
-            received, remote=peer, family=family, buffer=self._socket_buffer, on_error=icmp_error
-        )
+        # The socket is owned by a ClientPath, which moves the connection to a new one when
+        # the host's address or route changes (roaming, quic/migrate.py).
+        path = ClientPath(
+            name=self.name, peer=peer, family=family, buffer=self._socket_buffer,
+            on_datagram=received, on_error=icmp_error,
+        )  # fmt: skip
+        udp = await path.open()
         config = self._configuration()
         limit = udp.path_payload()
         if limit is not None and limit < config.max_datagram_size:
@@ -268,14 +272,15 @@ class Connector:
         )
         session = QuicSession(
             conn,
-            udp.send_many,
+            path.send_many,
             self,
             peer=peer,
             keepalive_s=self._keepalive_s,
             dead_after_s=self._dead_after_s,
         )
-        self._sockets[session] = udp
+        self._sockets[session] = path
         holder.append(session)
+        path.attach(session)
         conn.connect(peer, now=time.monotonic())
         session.transmit_soon()
         try:

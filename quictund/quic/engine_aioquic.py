@@ -54,6 +54,7 @@ from aioquic.quic.stream import QuicStream
 
 from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
+from quictund.quic import engine_aioquic_paths as paths
 from quictund.quic.credit import (
     ReceiveLedger,
     StreamWindows,
@@ -314,6 +315,11 @@ class AioquicConnection(QuicConnection):
         return getattr(getattr(self, "tls", None), "quictund_identity", ANONYMOUS)
 
     # ---- aioquic overrides --------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        before = paths.active_path(self)
+        super().receive_datagram(data, addr, now)
+        paths.after_receive(self, before)  # a client moved: challenge it now (roaming)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         datagrams = super().datagrams_to_send(now)
