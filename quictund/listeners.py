@@ -42,7 +42,7 @@ class StreamListener:
 
 async def listen(
     address: StreamAddress,
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], asyncio.BaseProtocol],
     *,
     unix_mode: int = 0o660,
     backlog: int = 1024,

@@ -154,6 +154,7 @@ class ServerEndpoint(EndpointBase):
             keepalive_s=self.settings.keep_alive_s,
             dead_after_s=max(self.settings.dead_after_s, self.settings.idle_timeout_s),
             on_cid=on_cid,
+            send_budget=self.settings.connection_send_budget,
         )
 
     def stream_opened(self, session: QuicSession, stream_id: int) -> StreamHandler | None:

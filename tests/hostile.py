@@ -123,6 +123,8 @@ class HostileClient(asyncio.DatagramProtocol):
         self.closed = asyncio.Event()
         self.received = 0  # stream bytes the server managed to deliver
         self.acks: dict[int, int] = {}  # stream id -> first byte the server answered
+        self.expected = 0
+        self.all_answered = asyncio.Event()  # every stream opened got its ack byte
         self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
@@ -163,6 +165,8 @@ class HostileClient(asyncio.DatagramProtocol):
             elif isinstance(event, events.StreamDataReceived):
                 if event.data and event.stream_id not in self.acks:
                     self.acks[event.stream_id] = event.data[0]
+                    if len(self.acks) >= self.expected:
+                        self.all_answered.set()
                 self.received += len(event.data)
             elif isinstance(event, events.ConnectionTerminated):
                 if not self.handshake.done():
@@ -174,6 +178,7 @@ class HostileClient(asyncio.DatagramProtocol):
     async def flood(self, streams: int, token: str, first: bytes = b"") -> None:
         """Open ``streams`` tunnels to ``token``'s destination, sending ``first`` on each."""
         payload = encode_token(token) + first
+        self.expected += streams
         for i in range(streams):
             sid = self.conn.get_next_available_stream_id()
             self.conn.send_stream_data(sid, payload)
@@ -184,6 +189,7 @@ class HostileClient(asyncio.DatagramProtocol):
 
     async def gap(self, streams: int) -> None:
         """Open ``streams`` streams, each one byte far inside its window, then a bad token."""
+        self.expected += streams
         for i in range(streams):
             sid = self.conn.get_next_available_stream_id()
             stream = self.conn._get_or_create_stream_for_send(sid)
@@ -215,9 +221,10 @@ async def _main(args: argparse.Namespace) -> None:
         await client.flood(args.streams, args.token, args.first.encode())
     else:
         await client.gap(args.streams)
-    deadline = time.monotonic() + args.open_within
-    while len(client.acks) < args.streams and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    try:
+        await asyncio.wait_for(client.all_answered.wait(), args.open_within)
+    except TimeoutError:
+        pass  # report how many the server answered
     print(f"opened {len(client.acks)}", flush=True)
     reader = asyncio.StreamReader()
     await client.loop.connect_read_pipe(

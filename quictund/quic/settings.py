@@ -22,3 +22,4 @@ class EngineSettings:
     connection_window: int = 16 * 1024 * 1024
     max_streams: int = 16384
     engine: EngineName = "aioquic"
+    send_budget: int = 16 * 1024 * 1024  # per connection, enforced by the session
