@@ -13,10 +13,13 @@ Each attack is one QUIC connection carrying many streams (issue 13, point 1):
 The peer ACKs packets and answers PINGs (aioquic does that), so the server cannot tell it
 from a slow client.  Run it as its own process, so its CPU is not the test's event loop::
 
-    python -m tests.hostile 127.0.0.1:7500 --mode flood --streams 300 --token tcp:127.0.0.1:9
+    python -m tests.hostile 127.0.0.1:7500 --flood 300 --token tcp:127.0.0.1:9 [--gap 300]
 
-It prints ``opened N`` once every stream has been handed to the server (or as many as the
-server's credit allowed within ``--open-within`` seconds), then holds the connection until its
+Both attacks can share one connection.  ``--source 127.13.0.1`` binds another loopback
+address, so that several hostile connections do not share one source's rate limits.
+
+It prints ``opened N`` once the server answered every stream (or as many as it answered within
+``--open-within`` seconds: its credit may allow fewer), then holds the connection until its
 stdin closes, then sends CONNECTION_CLOSE (``--vanish``: it just exits, like a dead host).
 """
 
@@ -103,7 +106,14 @@ class _GapSender(QuicStreamSender):
 class HostileClient(asyncio.DatagramProtocol):
     """One hostile QUIC connection driven over a connected UDP socket (loopback only)."""
 
-    def __init__(self, server: tuple[str, int], *, streams: int, window: int = 4096) -> None:
+    def __init__(
+        self,
+        server: tuple[str, int],
+        *,
+        streams: int,
+        window: int = 4096,
+        source: str | None = None,
+    ) -> None:
         # Initial credit only: ``window`` per stream (room for the ack byte and a little more,
         # a reader that read a few bytes and stopped), and that much per stream in all.
         config = QuicConfiguration(
@@ -116,6 +126,7 @@ class HostileClient(asyncio.DatagramProtocol):
         )
         config.server_name = "localhost"
         self.server = server
+        self.source = source
         self.conn = _StingyConnection(configuration=config)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.DatagramTransport | None = None
@@ -128,7 +139,11 @@ class HostileClient(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
-        await self.loop.create_datagram_endpoint(lambda: self, remote_addr=self.server)
+        await self.loop.create_datagram_endpoint(
+            lambda: self,
+            local_addr=(self.source, 0) if self.source else None,
+            remote_addr=self.server,
+        )
         self.conn.connect(self.server, now=time.monotonic())
         self.transmit()
         await asyncio.wait_for(self.handshake, 10)
@@ -211,25 +226,29 @@ class HostileClient(asyncio.DatagramProtocol):
 
 async def _main(args: argparse.Namespace) -> None:
     host, _, port = args.server.rpartition(":")
-    if not host.startswith("127.") and host not in ("::1", "[::1]"):
+    if (
+        not host.startswith("127.")
+        and host not in ("::1", "[::1]")
+        or (args.source and not args.source.startswith("127."))
+    ):
         sys.exit("hostile: loopback servers only")
     client = HostileClient(
-        (host.strip("[]"), int(port)), streams=args.streams, window=args.window
+        (host.strip("[]"), int(port)),
+        streams=args.flood + args.gap,
+        window=args.window,
+        source=args.source,
     )
     await client.start()
-    if args.mode == "flood":
-        await client.flood(args.streams, args.token, args.first.encode())
-    else:
-        await client.gap(args.streams)
+    await asyncio.gather(
+        client.flood(args.flood, args.token, args.first.encode()), client.gap(args.gap)
+    )
     try:
         await asyncio.wait_for(client.all_answered.wait(), args.open_within)
     except TimeoutError:
         pass  # report how many the server answered
     print(f"opened {len(client.acks)}", flush=True)
     reader = asyncio.StreamReader()
-    await client.loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
-    )
+    await client.loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     stdin_closed = client.loop.create_task(reader.read())
     closed = client.loop.create_task(client.closed.wait())
     await asyncio.wait({stdin_closed, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -242,16 +261,17 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("server", help="HOST:PORT of a quictund server on loopback")
-    p.add_argument("--mode", choices=("flood", "gap"), required=True)
-    p.add_argument("--streams", type=int, default=300)
+    p.add_argument("--flood", type=int, default=0, help="streams to a flooding destination")
+    p.add_argument("--gap", type=int, default=0, help="streams with a gap and a bad token")
     p.add_argument("--token", default="", help="flood: the destination every stream names")
+    p.add_argument("--source", default=None, help="local address to send from (127.x.y.z)")
     p.add_argument("--first", default="", help="flood: bytes sent after each token")
     p.add_argument("--window", type=int, default=4096, help="initial credit per stream")
     p.add_argument("--open-within", type=float, default=30.0)
     p.add_argument("--vanish", action="store_true", help="exit without CONNECTION_CLOSE")
     args = p.parse_args()
-    if args.mode == "flood" and not args.token:
-        p.error("--mode flood needs --token")
+    if args.flood and not args.token:
+        p.error("--flood needs --token")
     asyncio.run(_main(args))
 
 
