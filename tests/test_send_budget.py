@@ -88,34 +88,61 @@ def test_an_idle_stream_still_moves_while_stuck_ones_hold_the_budget() -> None:
     assert budget.total <= 4 * MiB + 40 * MIN_READ
 
 
-def test_waiters_are_woken_oldest_first_as_room_allows() -> None:
+def wait_with(budget: SendBudget[int], engine: Engine, sid: int, count: int) -> None:
+    """``sid`` queued ``count`` bytes and stopped reading (because of the budget or its share)."""
+    engine.queue(sid, count)
+    budget.sent(sid, count)
+    budget.wait(sid, sid)
+
+
+def test_waiters_are_woken_oldest_first() -> None:
     engine = Engine()
-    each = 300 * 1024  # above a stream's low-water mark
-    budget: SendBudget[int] = SendBudget(8 * each, lambda s: engine.unsent.get(s, 0))
-    for sid in range(8):
-        engine.queue(sid, each)
-        assert budget.sent(sid, each) == (sid == 7)
-        budget.wait(sid, sid)
-    for sid in (5, 6, 7):
-        engine.drain(sid, 100 * 1024)  # below their low-water mark; room for one full read
+    budget: SendBudget[int] = SendBudget(16 * MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(4):
+        wait_with(budget, engine, sid, STREAM_HIGH)
+        engine.drain(sid)
     budget.refresh()
-    assert budget.ready() == [5]
-    engine.drain(2)  # nothing queued: room for one more full read
-    budget.refresh()
-    assert budget.ready() == [2, 6]  # 7 has bytes queued and no room: it keeps its place
-    budget.wait(6, 6)  # 6 had to wait again: to the back
+    assert budget.ready() == [0, 1, 2, 3]
+    wait_with(budget, engine, 1, STREAM_HIGH)  # 1 had to wait again before 0
+    wait_with(budget, engine, 0, STREAM_HIGH)
     engine.drain(0)
     engine.drain(1)
     budget.refresh()
-    assert budget.ready() == [0, 1, 7, 6]
+    assert budget.ready() == [1, 0]
 
 
-def test_forget_returns_the_stream_share() -> None:
+def test_room_limits_how_many_waiters_with_bytes_queued_wake() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(4):
+        wait_with(budget, engine, sid, MiB // 4)  # the connection is full
+    for sid in (0, 1, 2):
+        engine.drain(sid, 210 * 1024)  # each below its low-water mark; room for 2 reads
+    budget.refresh()
+    assert budget.ready() == [0, 1]  # oldest first; 2 keeps its place
+    engine.drain(3)  # nothing queued: 3 wakes in any case, and there is room for 2 again
+    budget.refresh()
+    assert budget.ready() == [2, 3]
+
+
+def test_shares_shrink_as_more_tunnels_hold_bytes() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(16 * MiB, lambda s: engine.unsent.get(s, 0))
+    assert budget.share == STREAM_HIGH
+    for sid in range(300):
+        read_until_told_to_wait(budget, engine, sid)
+    assert budget.share == 16 * MiB // 301
+    assert max(engine.unsent.values()) <= STREAM_HIGH
+
+
+def test_forget_returns_the_room() -> None:
     engine = Engine()
     budget: SendBudget[int] = SendBudget(STREAM_HIGH, lambda s: engine.unsent.get(s, 0))
-    read_until_told_to_wait(budget, engine, 0)
-    assert budget.allowance(1) == MIN_READ
-    budget.forget(0)
-    engine.unsent.pop(0)
+    while budget.total < budget.budget:
+        read_until_told_to_wait(budget, engine, len(engine.unsent))
+    assert budget.allowance(999) == MIN_READ
+    for sid in list(engine.unsent):
+        budget.forget(sid)
+    engine.unsent.clear()
     assert budget.total == 0 and budget.waiting == 0
-    assert budget.allowance(1) == READ_CHUNK
+    assert budget.allowance(999) == READ_CHUNK

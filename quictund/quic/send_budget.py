@@ -5,8 +5,13 @@ still holds unsent, and asks it how much a tunnel may read and whom to wake.
 
 Rules (issue 13: a peer that never grants credit must not make the server read without bound):
 
-1. **Per tunnel**: a tunnel stops reading its socket once it has ``STREAM_HIGH`` (1 MiB) queued
-   and not yet sent, and may read again below ``STREAM_LOW`` (256 KiB).
+1. **Per tunnel**: a tunnel stops reading its socket once it has its *share* queued and not yet
+   sent, and may read again below a quarter of it.  The share is the budget divided among the
+   tunnels that have something queued (plus one), between ``MIN_SHARE`` (16 KiB) and
+   ``STREAM_HIGH`` (1 MiB): one bulk tunnel keeps a 1 MiB backlog (resuming below 256 KiB), while
+   300 tunnels that never drain hold ~54 KiB each, and leave room for the others.  (An engine's
+   per-stream buffer keeps the size of its largest backlog; shares keep the sum of those near
+   the budget too.)
 2. **Per connection**: all tunnels of the connection together hold at most ``budget`` bytes
    queued (``connection-send-budget``), plus at most ``MIN_READ`` per tunnel.  Reads are *sized*
    (the splice is an ``asyncio.BufferedProtocol``): a read never takes more than the tunnel's
@@ -29,7 +34,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 STREAM_HIGH = 1024 * 1024
-STREAM_LOW = 256 * 1024
+STREAM_LOW = STREAM_HIGH // 4
+MIN_SHARE = 16 * 1024
 READ_CHUNK = 256 * 1024  # the largest read (asyncio's and uvloop's own read size)
 MIN_READ = 4 * 1024  # the smallest read: what a tunnel may take when the connection is full
 DEFAULT_BUDGET = 16 * 1024 * 1024
@@ -51,9 +57,14 @@ class SendBudget(Generic[H]):
 
     # ---- what tunnels do -----------------------------------------------------------------
 
+    @property
+    def share(self) -> int:
+        """What one tunnel may have queued now (rule 1)."""
+        return max(MIN_SHARE, min(STREAM_HIGH, self.budget // (len(self._queued) + 1)))
+
     def allowance(self, stream_id: int) -> int:
         """How many bytes ``stream_id``'s next socket read may take (at least ``MIN_READ``)."""
-        own = STREAM_HIGH - self._queued.get(stream_id, 0)
+        own = self.share - self._queued.get(stream_id, 0)
         return max(MIN_READ, min(READ_CHUNK, own, self.budget - self.total))
 
     def sent(self, stream_id: int, count: int) -> bool:
@@ -62,7 +73,7 @@ class SendBudget(Generic[H]):
         if count:
             self._queued[stream_id] = queued
             self.total += count
-        return queued >= STREAM_HIGH or self.total >= self.budget
+        return queued >= self.share or self.total >= self.budget
 
     def wait(self, stream_id: int, handler: H) -> None:
         """``handler`` stopped reading; it is woken by ``ready`` (at the back of the queue)."""
@@ -100,10 +111,11 @@ class SendBudget(Generic[H]):
     def ready(self) -> list[H]:
         """Waiting handlers to wake now, oldest first (rule 3); they leave the queue."""
         room = self.budget - self.total
+        low = self.share // 4
         woken: list[tuple[int, H]] = []
         for sid, handler in self._waiting.items():
             queued = self._queued.get(sid, 0)
-            if queued > STREAM_LOW:
+            if queued > low:
                 continue
             if room >= READ_CHUNK:
                 room -= READ_CHUNK
