@@ -48,6 +48,7 @@ WRITE_HIGH_WATER = 256 * 1024
 _EARLY_READ = 64 * 1024  # what an unattached splice reads (it pauses at once)
 _LINGER_RST = struct.pack("ii", 1, 0)
 _READ_BUFFER = memoryview(bytearray(256 * 1024))  # shared: see the module docstring
+_EARLY_BUFFER = _READ_BUFFER[:_EARLY_READ]
 
 
 class Splice(asyncio.BufferedProtocol):
@@ -98,8 +99,9 @@ class Splice(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         session = self.session
         if not self._attached or session is None or self._finished:
-            return _READ_BUFFER[:_EARLY_READ]
-        return _READ_BUFFER[: session.read_allowance(self.stream_id)]
+            return _EARLY_BUFFER
+        size = session.read_allowance(self.stream_id)
+        return _READ_BUFFER if size >= len(_READ_BUFFER) else _READ_BUFFER[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(_READ_BUFFER[:nbytes]))
