@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from quictund import memory
 from quictund.addresses import format_host_port
 from quictund.config import ServerSettings
 from quictund.endpoint import EndpointBase
@@ -28,6 +29,9 @@ from quictund.tunnels import TunnelRecord, TunnelTable
 from quictund.wire import ErrorCode
 
 logger = logging.getLogger(__name__)
+
+# A connection that opened this many streams may have pinned a lot: collect and trim after it.
+RECLAIM_AFTER_STREAMS = 64
 
 
 class ServerEndpoint(EndpointBase):
@@ -187,11 +191,14 @@ class ServerEndpoint(EndpointBase):
     def session_closed(self, session: QuicSession, reason: str) -> None:
         if self._proto is not None:
             self._proto.session_closed(session)
+        if session.streams_seen >= RECLAIM_AFTER_STREAMS:
+            memory.reclaim_soon()  # what the connection pinned goes back to the system
         logger.info(
-            "[%s] QUIC connection from %s closed: %s",
+            "[%s] QUIC connection from %s closed: %s (%d streams)",
             self.settings.name,
             format_host_port(*session.peer),
             reason,
+            session.streams_seen,
         )
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

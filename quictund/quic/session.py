@@ -100,6 +100,7 @@ class QuicSession:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._identity: Identity | None = None
+        self.streams_seen = 0  # streams opened on this connection, by either side
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.bytes_in = 0
@@ -125,6 +126,7 @@ class QuicSession:
     def open_stream(self, handler: StreamHandler) -> int:
         sid = self.conn.open_stream()
         self._handlers[sid] = handler
+        self.streams_seen += 1
         return sid
 
     def register(self, stream_id: int, handler: StreamHandler) -> None:
@@ -381,6 +383,7 @@ class QuicSession:
         if self.conn.is_client or stream_id % 4 != 0 or self.conn.is_released(stream_id):
             self.conn.release(stream_id)
             return None
+        self.streams_seen += 1
         handler = self._owner.stream_opened(self, stream_id)
         if handler is None:
             self.conn.release(stream_id)
