@@ -80,6 +80,12 @@ class SendBudget(Generic[H]):
         self._waiting.pop(stream_id, None)
         self._waiting[stream_id] = handler
 
+    def clear(self) -> None:
+        """The connection is gone: drop every count and every waiting handler."""
+        self._queued.clear()
+        self._waiting.clear()
+        self.total = 0
+
     def forget(self, stream_id: int) -> None:
         self.total -= self._queued.pop(stream_id, 0)
         self._waiting.pop(stream_id, None)

@@ -145,11 +145,6 @@ class QuicSession:
         """How many bytes the tunnel on ``stream_id`` may read from its socket next."""
         return self._budget.allowance(stream_id)
 
-    @property
-    def queued_bytes(self) -> int:
-        """What this connection's tunnels have queued in the engine and not yet sent."""
-        return self._budget.total
-
     def wait_send_ready(self, stream_id: int, handler: StreamHandler) -> None:
         """Call ``handler.on_send_ready()`` once the stream and the connection have room."""
         self._budget.wait(stream_id, handler)
@@ -229,6 +224,7 @@ class QuicSession:
             self.handshake_done.exception()  # mark retrieved; the connector reads close_reason
         handlers = list(self._handlers.values())
         self._handlers.clear()
+        self._budget.clear()
         for handler in handlers:
             self._guard(handler.on_session_lost, reason)
         self._owner.session_closed(self, reason)
