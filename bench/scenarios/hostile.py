@@ -52,7 +52,7 @@ def run(ctx: BenchContext) -> list[Row]:
 
 
 class _Sampler(threading.Thread):
-    """Samples a process's RSS every 0.2 s; remembers the peak."""
+    """Samples a process's RSS every 0.1 s; remembers the peak."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -62,7 +62,7 @@ class _Sampler(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(0.2):
+        while not self.done.wait(0.1):
             try:
                 self.last = rss_kib(self.pid)
             except (OSError, ValueError):
@@ -155,7 +155,7 @@ def _opened(procs: list[Any], sampler: _Sampler, base: int, within: float) -> li
         if sampler.last - base > SAFETY_KIB:
             break
         outs = [p.stdout for i, p in enumerate(procs) if i not in opened]
-        ready, _, _ = select.select(outs, [], [], 0.5)
+        ready, _, _ = select.select(outs, [], [], 0.1)
         for i, p in enumerate(procs):
             if p.stdout in ready:
                 line = p.stdout.readline().decode().split()
@@ -177,10 +177,19 @@ def _measure(ctx: BenchContext, name: str, path: Any, wire: str, token: str) -> 
     during = _latency(ctx, path.address, count * 4)  # runs across the ramp and the hold
     attackers = _attack(ctx, wire, token, streams)
     opened = _opened(attackers, sampler, base, 120)
-    time.sleep(5)  # hold: let what can pile up pile up
+    hold_until = time.monotonic() + 5  # hold: let what can pile up pile up
+    while time.monotonic() < hold_until and sampler.last - base <= SAFETY_KIB:
+        time.sleep(0.1)
+    killed = sampler.last - base > SAFETY_KIB
+    if killed:
+        ctx.log(f"  server grew past {SAFETY_KIB // MiB} MiB: attack stopped")
+        for proc in attackers:
+            proc.kill()  # at once; the server drops the connections at its idle timeout
     p99_attack = _p99(during, 300)
     peak = sampler.peak
     _leave(ctx, attackers)
+    if killed:
+        time.sleep(35)  # idle-timeout (30 s) and the reclaim after it
     after = _settled_rss(server, 30)
     sampler.done.set()
     ctx.log(f"  opened {opened}; RSS {base} -> peak {peak} -> after {after} KiB; "
