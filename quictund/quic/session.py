@@ -134,6 +134,12 @@ class QuicSession:
 
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
         """Queue ``data``; True when the tunnel must stop reading (``wait_send_ready``)."""
+        if self.conn.is_closed:
+            # The engine closed before its ConnectionTerminated reached us (qh3 raises on a
+            # send then): drop the data and let this turn's event pass end the tunnels.
+            self._events_pending = True
+            self.transmit_soon()
+            return True
         self.conn.send_stream_data(stream_id, data, end_stream)
         self.transmit_soon()
         return self._budget.sent(stream_id, len(data))
