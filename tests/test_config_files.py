@@ -374,8 +374,10 @@ BROKEN: dict[str, tuple[dict[str, str], list[str | re.Pattern[str]]]] = {
     "send-budget-below-one-tunnel": (
         {"s.toml": '[[server]]\nname = "s"\nallow = ["*"]\nconnection-send-budget = 65536\n'},
         [
-            "s.toml: server[0].connection-send-budget: Input should be greater than or equal "
-            "to 1048576 (got 65536)"
+            (
+                "s.toml: server[0].connection-send-budget: Input should be greater than or "
+                "equal to 1048576 (got 65536)"
+            )
         ],
     ),
     "log-level-bogus": (
