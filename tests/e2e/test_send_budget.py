@@ -163,7 +163,7 @@ async def test_apps_that_flood_a_stalled_destination_hold_the_client_budget(
         f'token-source = "{stalled.address}"\n'
     )
     client = await Run.start("--config", str(conf))
-    apps: list[asyncio.BaseTransport] = []
+    apps: list[asyncio.Transport] = []
     try:
         await client.wait_log("ready:")
         base = rss_kib(client.proc.pid)
@@ -182,7 +182,7 @@ async def test_apps_that_flood_a_stalled_destination_hold_the_client_budget(
             f"client RSS {base // 1024} -> {after // 1024} MiB with {TUNNELS} flooding apps"
         )
     finally:
-        for transport in apps:
-            transport.abort()
+        for app in apps:
+            app.abort()
         assert await client.stop() == 0
         stalled.close()
