@@ -132,16 +132,19 @@ def _leave(ctx: BenchContext, attackers: list[Any]) -> None:
         ctx.procs.stop(proc)
 
 
-def _settled_rss(pid: int, within: float) -> int:
-    """The process's RSS once it stopped falling for 2 s (or after ``within`` seconds)."""
-    deadline = time.monotonic() + within
-    low = rss_kib(pid)
-    since = time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - since < 2:
+def _settled_rss(pid: int, within: float, at_least: float = 10.0) -> int:
+    """The process's RSS once it stopped falling for 3 s, after at least ``at_least`` seconds
+    (closing thousands of tunnels takes the server a few seconds per connection) and at most
+    ``within``."""
+    start = time.monotonic()
+    low, since = rss_kib(pid), start
+    while time.monotonic() - start < within:
         time.sleep(0.25)
         now = rss_kib(pid)
         if now < low * 0.99:
             low, since = now, time.monotonic()
+        elif time.monotonic() - since >= 3 and time.monotonic() - start >= at_least:
+            break
     return rss_kib(pid)
 
 
@@ -190,7 +193,7 @@ def _measure(ctx: BenchContext, name: str, path: Any, wire: str, token: str) -> 
     _leave(ctx, attackers)
     if killed:
         time.sleep(35)  # idle-timeout (30 s) and the reclaim after it
-    after = _settled_rss(server, 30)
+    after = _settled_rss(server, 60)
     sampler.done.set()
     ctx.log(f"  opened {opened}; RSS {base} -> peak {peak} -> after {after} KiB; "
             f"echo p99 {unloaded} -> {p99_attack} µs")  # fmt: skip
