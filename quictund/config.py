@@ -41,6 +41,9 @@ class QuicKnobs(_Model):
     connection_window: Annotated[
         int, Field(alias="connection-window", ge=256 * KiB, le=1024 * MiB)
     ] = 16 * MiB
+    connection_receive_budget: Annotated[
+        int, Field(alias="connection-receive-budget", ge=1 * MiB, le=4096 * MiB)
+    ] = 32 * MiB
     max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
     # What one connection's tunnels may queue unsent in total (quic/send_budget.py); at least
     # one tunnel's own 1 MiB mark, so a lone bulk tunnel is never slowed by it.
@@ -69,6 +72,7 @@ class QuicKnobs(_Model):
             congestion_control=self.congestion_control,
             stream_window=self.stream_window,
             connection_window=self.connection_window,
+            receive_budget=self.connection_receive_budget,
             max_streams=self.max_tunnels,
             engine=self.quic_engine,
             send_budget=self.connection_send_budget,

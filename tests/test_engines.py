@@ -35,6 +35,9 @@ def small(eng: str, **kw: int) -> EngineSettings:
     base = EngineSettings(
         stream_window=64 * KIB, connection_window=1024 * KIB, max_streams=2000, engine=eng  # type: ignore[arg-type]
     )
+    # a fixed window per stream and a budget of one connection window: the credit rules alone
+    kw.setdefault("receive_budget", kw.get("connection_window", base.connection_window))
+    kw.setdefault("initial_stream_window", kw.get("stream_window", base.stream_window))
     return replace(base, **kw)
 
 

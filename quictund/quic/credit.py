@@ -57,3 +57,99 @@ def raised_limit(target: int, advertised: int, window: int) -> int | None:
     if target - advertised >= window // 4:
         return target
     return None
+
+
+# ---- per-connection receive budget (issue 13) -------------------------------------------------
+
+INITIAL_STREAM_WINDOW = 32 * 1024
+"""Every stream's first window (the transport parameter), before it shows it consumes."""
+
+
+def initial_stream_window(stream_window: int, initial: int | None = None) -> int:
+    return min(INITIAL_STREAM_WINDOW if initial is None else initial, stream_window)
+
+
+def connection_limit(*, used: int, retired: int, window: int, budget: int) -> int:
+    """The MAX_DATA a receiver may announce: ``window`` in flight, ``budget`` in memory.
+
+    ``used`` is the peer's total (highest offsets, so a gap costs what it spans), ``retired``
+    the bytes that left quictund's memory (consumed by a tunnel, or discarded with a released
+    stream).  ``used - retired`` is what the connection holds: undrained tunnel data plus
+    reassembly buffers with their gaps.  Bytes parked on a stalled stream do not eat the
+    in-flight window (other tunnels keep flowing) until together with it they reach the budget.
+    """
+    return min(used + window, retired + budget)
+
+
+class StreamWindows:
+    """Per-stream receive windows that grow while a tunnel consumes and shrink when it stalls.
+
+    A stream starts at ``initial`` (the transport parameter).  When its tunnel has drained a
+    whole window since the window last changed, the window doubles, up to ``maximum``; when
+    half a window sits undrained (the tunnel's socket is full), it halves, down to ``initial``.
+    A window grows only while the credit all streams may still use (``limit - consumed``: what
+    each could park if its tunnel stalled now) stays within ``pool``.  Credit once granted
+    cannot be taken back (RFC 9000 section 4.1), so this is what bounds the bytes stalled
+    tunnels park together, and what leaves the rest of the connection's budget to the others.
+    A tunnel that consumes always gets at least ``initial`` back, so none is ever frozen.  And
+    no window grows past half the pool shared by the streams still draining (those holding no
+    undrained bytes): while 500 tunnels fill their sockets at once each may take a 500th,
+    so when most of them then stall, half the pool is still there for the one that did not.
+    Pure: the engine adapter feeds it consumed/held counts and announces the limits it returns.
+    """
+
+    __slots__ = ("_held", "_open", "_since", "_window", "initial", "maximum", "open_total", "pool")
+
+    def __init__(self, *, initial: int, maximum: int, pool: int, held: dict[int, int]) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.pool = pool
+        self._held = held  # the ledger's undrained bytes per stream (read only)
+        self._window: dict[int, int] = {}
+        self._since: dict[int, int] = {}  # consumed when the window last changed
+        self._open: dict[int, int] = {}  # limit - consumed at the last update
+        self.open_total = 0
+
+    def window(self, stream_id: int) -> int:
+        return self._window.get(stream_id, self.initial)
+
+    def limit(self, stream_id: int, *, consumed: int, advertised: int) -> int:
+        """The stream's new limit (never below ``advertised``) after its tunnel consumed."""
+        window = self._tune(stream_id, consumed, max(0, advertised - consumed))
+        target = consumed + window
+        limit = advertised
+        if target - advertised >= max(window // 4, 1) or advertised <= consumed:
+            limit = max(advertised, target)
+        self._note(stream_id, limit - consumed)
+        return limit
+
+    def forget(self, stream_id: int) -> None:
+        self._note(stream_id, 0)
+        del self._open[stream_id]
+        self._window.pop(stream_id, None)
+        self._since.pop(stream_id, None)
+
+    def _tune(self, stream_id: int, consumed: int, still_open: int) -> int:
+        window = self._window.get(stream_id, self.initial)
+        since = self._since.get(stream_id, 0)
+        if self._held.get(stream_id, 0) >= window // 2 and window > self.initial:
+            window = max(self.initial, window // 2)
+            self._since[stream_id] = consumed
+        elif consumed - since >= window and window < self.maximum:
+            wanted = min(self.maximum, 2 * window, max(window, self._fair_share()))
+            others = self.open_total - self._open.get(stream_id, 0)
+            if wanted > window and others + max(wanted, still_open) <= self.pool:
+                window = wanted
+                self._since[stream_id] = consumed
+        self._window[stream_id] = window
+        return window
+
+    def _fair_share(self) -> int:
+        """Half the pool over the streams still draining (O(streams), only when growing)."""
+        held = self._held
+        draining = sum(1 for sid in self._open if not held.get(sid))
+        return self.pool // (2 * max(1, draining))
+
+    def _note(self, stream_id: int, still_open: int) -> None:
+        self.open_total += still_open - self._open.get(stream_id, 0)
+        self._open[stream_id] = still_open

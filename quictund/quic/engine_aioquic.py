@@ -5,13 +5,16 @@ header parser in ``engine.py`` uses only aioquic's public wire functions).
 
 What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
 
-* **Receive credit follows consumption.**  aioquic doubles MAX_STREAM_DATA / MAX_DATA whenever
-  the peer's highest offset passes half the limit, i.e. it grants credit for bytes nobody has
-  read.  Here a stream's limit is ``consumed + stream_window`` and the connection's is
-  ``received - held + connection_window``, where *held* counts bytes handed to a tunnel but not
-  yet drained into its TCP/UNIX socket.  A slow reader therefore costs at most one stream window
-  (plus the socket's write buffer), and out-of-window offsets are a FLOW_CONTROL_ERROR instead
-  of a huge sparse allocation.
+* **Receive credit follows consumption, within a per-connection budget** (issue 13).  aioquic
+  doubles MAX_STREAM_DATA / MAX_DATA whenever the peer's highest offset passes half the limit,
+  i.e. it grants credit for bytes nobody has read, and keeps a zero-filled buffer up to a
+  stream's highest offset until the peer sends FIN or RESET_STREAM.  Here a stream's limit is
+  ``consumed + its window`` (``credit.StreamWindows``: 32 KiB first, grown while its tunnel
+  consumes), MAX_DATA is ``credit.connection_limit`` (a window in flight, the budget in
+  memory, gaps counted as what they span), and ``release`` drops a stream's buffers at once
+  and credits only bytes that arrived until aioquic discarded it.  *Held* counts bytes handed
+  to a tunnel but not yet drained into its TCP/UNIX socket.  Out-of-window offsets are a
+  FLOW_CONTROL_ERROR instead of a huge sparse allocation.
 * **Send backlog is observable** (``unsent``), so a tunnel can pause reading its socket.
 * **The peer may open ``max_streams`` bidirectional streams at once** (aioquic hard-codes 128).
 * **Idle streams cost nothing per packet.**  aioquic walks every stream of the connection for
@@ -23,9 +26,9 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   data (quictund/quic/pacing.py) that paces only controllers publishing a ``pacing_rate``:
   ``bbr`` (quictund/quic/bbr.py, for lossy links); cubic and reno stay unpaced, their
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
-* **mTLS**: a client certificate is required and verified in the handshake
-  (``_ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a server may
-  be pinned (``_PinnedServerContext``).  No session tickets are ever issued.
+* **mTLS** (``engine_aioquic_tls.py``): a client certificate is required and verified in the
+  handshake (``ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a
+  server may be pinned (``PinnedServerContext``).  No session tickets are ever issued.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -45,12 +47,19 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
-from quictund.quic.credit import ReceiveLedger, raised_limit
-from quictund.quic.peer_checks import PeerRejected, check_client_certificate, check_server_pin
+from quictund.quic.credit import (
+    ReceiveLedger,
+    StreamWindows,
+    connection_limit,
+    initial_stream_window,
+    raised_limit,
+)
+from quictund.quic.engine_aioquic_tls import ClientAuthContext, PinnedServerContext
 from quictund.quic.settings import ALPN, EngineSettings
 
 # What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
@@ -80,7 +89,10 @@ def make_configuration(
         max_datagram_size=settings.max_datagram_size,
         congestion_control_algorithm=settings.congestion_control,
         max_data=settings.connection_window,
-        max_stream_data=settings.stream_window,
+        # Each stream starts small and grows while its tunnel consumes (StreamWindows).
+        max_stream_data=initial_stream_window(
+            settings.stream_window, settings.initial_stream_window
+        ),
         server_name=server_name,
     )
     if is_client:
@@ -120,16 +132,24 @@ class AioquicConnection(QuicConnection):
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins
-        self._stream_window = settings.stream_window
         self._connection_window = settings.connection_window
+        self._budget = max(settings.receive_budget, settings.connection_window)
         self._ledger = ReceiveLedger()
-        # Connection credit: bytes of the peer's total that may be granted again.  Live
-        # streams add what the tunnel consumed; released streams add everything they received
-        # (their highest offset, tracked in _released_hw until aioquic discards them).  So
-        # received - credit_base = (held + not yet delivered) on live streams <= the window,
-        # however many streams a peer fills with gaps.
+        self._windows = StreamWindows(
+            initial=initial_stream_window(settings.stream_window, settings.initial_stream_window),
+            maximum=settings.stream_window,
+            pool=self._budget - self._budget // 4,
+            held=self._ledger.held,
+        )
+        # Connection credit: bytes that left quictund's memory ("retired").  Live streams add
+        # what their tunnel consumed; a released stream adds what it had really received (its
+        # buffers are dropped at once), and the rest of its extent -- gaps, late frames -- only
+        # once aioquic discarded the stream (_unsettled holds what was credited so far).  So
+        # used - credit_base is what this connection holds, gaps included, and MAX_DATA keeps
+        # it within the budget (credit.connection_limit).
         self._credit_base = 0
-        self._released_hw: dict[int, int] = {}
+        self._released: dict[int, None] = {}  # insertion-ordered set, bounded
+        self._unsettled: dict[int, int] = {}
         self._credit_dirty: set[int] = set()
         # aioquic hard-codes 128 peer-opened streams of each kind; tunnels need thousands.
         # Both ``value`` and ``sent`` so the transport parameters announce it up front.
@@ -154,12 +174,12 @@ class AioquicConnection(QuicConnection):
 
     def next_event(self) -> events.QuicEvent | None:
         event = super().next_event()
-        if isinstance(event, (events.StreamDataReceived, events.StreamReset)):
-            sid = event.stream_id
-            if sid in self._released_hw:
-                self._settle(sid)
-            elif isinstance(event, events.StreamDataReceived) and event.data:
-                self._ledger.delivered(sid, len(event.data))
+        if (
+            isinstance(event, events.StreamDataReceived)
+            and event.data
+            and event.stream_id not in self._released
+        ):
+            self._ledger.delivered(event.stream_id, len(event.data))
         return event
 
     def consume(self, stream_id: int, count: int) -> None:
@@ -171,31 +191,48 @@ class AioquicConnection(QuicConnection):
         self._credit_dirty.add(stream_id)
 
     def release(self, stream_id: int) -> None:
-        """Stop tracking ``stream_id``: what it received no longer counts against the connection."""
-        if stream_id in self._released_hw:
+        """Stop tracking ``stream_id``: drop its receive buffers, ignore what still comes.
+
+        Its receiving half is marked finished, so aioquic buffers nothing more for it and
+        discards the stream once our sending half is done too -- whether or not the peer
+        ever answers our STOP_SENDING with a RESET_STREAM.
+        """
+        if stream_id in self._released:
             return
+        self._released[stream_id] = None
+        if len(self._released) > 65536:
+            del self._released[next(iter(self._released))]
         held, consumed = self._ledger.forget(stream_id)
         self._credit_dirty.discard(stream_id)
+        self._windows.forget(stream_id)
         stream = self._streams.get(stream_id)
-        # A stream aioquic already discarded had delivered everything it received.
-        highest = stream.receiver.highest_offset if stream is not None else consumed + held
-        self._credit_base += highest - consumed
-        self._released_hw[stream_id] = highest
-        if len(self._released_hw) > 4096:
-            # Streams aioquic discarded can never receive again: forget them.
-            self._released_hw = {
-                sid: hw for sid, hw in self._released_hw.items() if sid in self._streams
-            }
+        if stream is None:  # aioquic discarded it: everything it received was delivered
+            self._credit_base += held
+            return
+        receiver = stream.receiver
+        received = receiver._buffer_start + sum(len(r) for r in receiver._ranges)
+        self._credit_base += received - consumed
+        self._unsettled[stream_id] = received
+        if not receiver.is_finished:
+            receiver._buffer = bytearray()
+            receiver._ranges = RangeSet()
+            receiver._buffer_start = receiver.highest_offset
+            receiver.is_finished = True
+        self._activate(stream_id)
 
-    def _settle(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is not None:
-            highest = stream.receiver.highest_offset
-            self._credit_base += highest - self._released_hw[stream_id]
-            self._released_hw[stream_id] = highest
+    def _settle(self, stream: QuicStream) -> None:
+        """aioquic discarded ``stream``: credit the rest of a released stream's extent."""
+        credited = self._unsettled.pop(stream.stream_id, None)  # type: ignore[arg-type]
+        if credited is not None:
+            self._credit_base += stream.receiver.highest_offset - credited
 
     def is_released(self, stream_id: int) -> bool:
-        return stream_id in self._released_hw
+        return stream_id in self._released
+
+    @property
+    def receive_buffered(self) -> int:
+        """Bytes held in the streams' receive buffers (gaps included), for tests and stats."""
+        return sum(len(s.receiver._buffer) for s in self._streams.values())
 
     @property
     def is_client(self) -> bool:
@@ -302,23 +339,30 @@ class AioquicConnection(QuicConnection):
         super()._initialize(peer_cid)
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             # aioquic requests a client certificate only through this private flag, accepts
-            # an empty one, and never verifies the chain: _ClientAuthContext closes both gaps
+            # an empty one, and never verifies the chain: ClientAuthContext closes both gaps
             # so a bad client fails *inside* the handshake with a TLS alert.
-            self.tls.__class__ = _ClientAuthContext
+            self.tls.__class__ = ClientAuthContext
             self.tls._request_client_certificate = True
             self.tls._client_cafile = self._client_cafile  # type: ignore[attr-defined]
             self.tls._pins = self._client_pins  # type: ignore[attr-defined]
         elif self._is_client and self._server_pins:
             # Pinning replaces CA verification (make_configuration turned it off): the
             # server's public key must be one of the pins, checked in the handshake.
-            self.tls.__class__ = _PinnedServerContext
+            self.tls.__class__ = PinnedServerContext
             self.tls._pins = self._server_pins  # type: ignore[attr-defined]
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
-        raised = raised_limit(
-            self._credit_base + self._connection_window, max_data.value, self._connection_window
+        target = connection_limit(
+            used=max_data.used,
+            retired=self._credit_base,
+            window=self._connection_window,
+            budget=self._budget,
         )
+        # Batch by a quarter of the window the peer would really get: when parked bytes leave
+        # only 3 MiB in flight, waiting for a 4 MiB gain would never raise the limit again.
+        window = min(self._connection_window, target - max_data.used)
+        raised = raised_limit(target, max_data.value, max(window, 4096))
         if raised is not None:
             max_data.value = raised
         for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
@@ -341,13 +385,11 @@ class AioquicConnection(QuicConnection):
         if sid in self._credit_dirty:
             self._credit_dirty.discard(sid)
             if stream.max_stream_data_local and not stream.receiver.is_finished:
-                raised = raised_limit(
-                    self._ledger.consumed.get(sid, 0) + self._stream_window,
-                    stream.max_stream_data_local,
-                    self._stream_window,
+                stream.max_stream_data_local = self._windows.limit(
+                    sid,
+                    consumed=self._ledger.consumed.get(sid, 0),
+                    advertised=stream.max_stream_data_local,
                 )
-                if raised is not None:
-                    stream.max_stream_data_local = raised
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -386,6 +428,7 @@ class AioquicConnection(QuicConnection):
                     for stream in batch:
                         if stream.stream_id not in self._streams:  # aioquic discarded it
                             every.pop(stream.stream_id, None)  # type: ignore[arg-type]
+                            self._settle(stream)
                     for stream in self._streams_queue:
                         moved = stream.sender.highest_offset != before[stream.stream_id]
                         (sent if moved else waited).append(stream)
@@ -415,9 +458,18 @@ class AioquicConnection(QuicConnection):
     def _stays_queued(self, stream: QuicStream) -> bool:
         """False (and unmark) for a stream with nothing to send, resend, ack or announce."""
         sender, receiver = stream.sender, stream.receiver
+        # A stream waiting for the peer's MAX_STREAM_DATA (a stalled reader over there) has
+        # nothing to send either: _handle_max_stream_data_frame re-queues it.  Without this,
+        # 500 such streams cost every packet a walk over them all.
+        waits_for_credit = (
+            sender.highest_offset >= stream.max_stream_data_remote
+            and sender._buffer_start >= sender.highest_offset  # everything sent was acked
+        )
         idle = (
-            sender.buffer_is_empty
-            and sender._buffer_start == sender._buffer_stop  # everything sent was acked
+            (
+                waits_for_credit
+                or (sender.buffer_is_empty and sender._buffer_start == sender._buffer_stop)
+            )
             and sender._buffer_fin is None
             and sender._reset_error_code is None
             and not sender.reset_pending
@@ -441,52 +493,6 @@ def _slice_end(queue: list[QuicStream], pos: int) -> int:
         pending += sender._buffer_stop - sender.highest_offset
         end += 1
     return end
-
-
-class _ClientAuthContext(tls.Context):
-    """Server TLS context that requires a client certificate: pinned key or CA-verified chain."""
-
-    _client_cafile: str | None
-    _pins: frozenset[str]
-
-    def _server_handle_certificate(self, input_buf: Buffer) -> None:
-        start = input_buf.tell()
-        certificate = tls.pull_certificate(input_buf)
-        if not certificate.certificates:
-            raise _alert(PeerRejected(40, "client certificate required"))
-        input_buf.seek(start)
-        super()._server_handle_certificate(input_buf)
-
-    def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
-        super()._server_handle_certificate_verify(input_buf)  # checks the signature
-        try:
-            check_client_certificate(
-                self._peer_certificate,
-                self._peer_certificate_chain,
-                cafile=self._client_cafile,
-                pins=self._pins,
-            )
-        except PeerRejected as exc:
-            raise _alert(exc) from None
-
-
-class _PinnedServerContext(tls.Context):
-    """Client TLS context that accepts the server only by its pinned public key."""
-
-    _pins: frozenset[str]
-
-    def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
-        super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
-        try:
-            check_server_pin(self._peer_certificate, self._pins)
-        except PeerRejected as exc:
-            raise _alert(exc) from None
-
-
-def _alert(exc: PeerRejected) -> tls.Alert:
-    alert = tls.Alert(exc.reason)
-    alert.description = tls.AlertDescription(exc.alert)
-    return alert
 
 
 def _peek_stream_id(buf: Buffer) -> int:

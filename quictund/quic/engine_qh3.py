@@ -23,41 +23,39 @@ tests/test_engines.py, run against both engines):
   (qh3 closes this itself).
 * **Pacer**: the core's token bucket holds one congestion window and refills by elapsed time,
   so a late (1 ms) timer is never a collapse (qh3 closes this itself).
-* **mTLS**: qh3's TLS server cannot ask for a client certificate at all.
-  ``_ClientAuthContext`` sends a CertificateRequest, reads the client's Certificate and
+* **Gaps and refused streams** (issue 13): the core never credits a gap (credit follows bytes
+  that left it) and frees a stream after our STOP_SENDING/RESET_STREAM, so a connection's
+  receive memory stays within its windows (tests/test_receive_memory.py).  Not closed:
+  stalled tunnels still hold up the others (the head-of-line gate above); see
+  docs/design.md, "The qh3 engine", for why a parked buffer cannot fix it.
+* **mTLS** (``engine_qh3_tls.py``): qh3's TLS server cannot ask for a client certificate at all.
+  ``ClientAuthContext`` sends a CertificateRequest, reads the client's Certificate and
   CertificateVerify, and applies the checks shared with aioquic (``peer_checks.py``) before
   accepting its Finished.  No session tickets are issued (no ticket handler is ever set).
-  On the client, ``_ServerCheckContext`` pins the server's key or verifies its chain with the
+  On the client, ``ServerCheckContext`` pins the server's key or verifies its chain with the
   same OpenSSL-based check as aioquic (qh3's webpki verifier refuses a self-signed server
   certificate given as its own CA, which is how quictund distributes its generated one).
-* Events are handed out as aioquic's event classes, so the session handles both engines alike.
+* Events are handed out as aioquic's event classes (``engine_qh3_events.py``), so the session
+  handles both engines alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ssl
-import types
 from typing import Any
 
 from aioquic.quic import events
 from cryptography import x509
 from qh3 import tls as qtls
 from qh3._hazmat import Buffer as QBuffer
-from qh3._hazmat import Certificate as QCertificate
-from qh3._hazmat import QuicConnectionCore, SignatureError, verify_with_public_key
-from qh3.quic import events as qevents
+from qh3._hazmat import QuicConnectionCore
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
 from quictund.quic.credit import ReceiveLedger
-from quictund.quic.peer_checks import (
-    PeerRejected,
-    check_client_certificate,
-    check_server_certificate,
-    check_server_pin,
-)
+from quictund.quic.engine_qh3_events import FROM_QH3, OneEvent
+from quictund.quic.engine_qh3_tls import ClientAuthContext, ServerCheckContext
 from quictund.quic.settings import ALPN, EngineSettings
 
 __all__ = ["Qh3Connection", "QuicConfiguration", "make_configuration"]
@@ -207,7 +205,7 @@ class Qh3Connection(QuicConnection):
         if not self._events:
             return None
         event = self._events.popleft()
-        convert = _FROM_QH3.get(type(event))
+        convert = FROM_QH3.get(type(event))
         return event if convert is None else convert(event)
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
@@ -303,11 +301,11 @@ class Qh3Connection(QuicConnection):
         """Let qh3's own ``_drain_core`` handle one event (TLS, CIDs, close...)."""
         real = self._core
         assert real is not None
-        self._core = _OneEvent(real, native)  # type: ignore[assignment]
+        self._core = OneEvent(real, native)  # type: ignore[assignment]
         try:
             super()._drain_core()
         finally:
-            if isinstance(self._core, _OneEvent):
+            if isinstance(self._core, OneEvent):
                 self._core = real
 
     def _maybe_ungate(self) -> None:
@@ -368,55 +366,16 @@ class Qh3Connection(QuicConnection):
         context = bridge.tls
         _announce_stream_limits(context, self._max_streams)
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
-            context.__class__ = _ClientAuthContext
-            assert isinstance(context, _ClientAuthContext)
+            context.__class__ = ClientAuthContext
+            assert isinstance(context, ClientAuthContext)
             context._qt_init(self._client_cafile, self._client_pins)
         elif self._is_client and (self._server_pins or context._verify_mode != ssl.CERT_NONE):
-            # qh3 then checks the signature only; _ServerCheckContext pins or verifies.
-            context.__class__ = _ServerCheckContext
-            assert isinstance(context, _ServerCheckContext)
+            # qh3 then checks the signature only; ServerCheckContext pins or verifies.
+            context.__class__ = ServerCheckContext
+            assert isinstance(context, ServerCheckContext)
             context._pins = self._server_pins
             context._verify_mode = ssl.CERT_NONE
         return bridge
-
-
-class _OneEvent:
-    """Stands in for the core while qh3 handles one event we already took from it."""
-
-    def __init__(self, core: QuicConnectionCore, native: tuple[Any, ...]) -> None:
-        self._core = core
-        self._native: tuple[Any, ...] | None = native
-
-    def next_event(self) -> tuple[Any, ...] | None:
-        native, self._native = self._native, None
-        return native
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._core, name)
-
-
-def _as_aioquic(cls: type[events.QuicEvent]) -> Any:
-    def convert(event: Any) -> events.QuicEvent:
-        return cls(**{f.name: getattr(event, f.name) for f in dataclasses.fields(event)})
-
-    return convert
-
-
-_FROM_QH3: dict[type, Any] = {
-    getattr(qevents, cls.__name__): _as_aioquic(cls)
-    for cls in (
-        events.ConnectionIdIssued,
-        events.ConnectionIdRetired,
-        events.ConnectionTerminated,
-        events.DatagramFrameReceived,
-        events.HandshakeCompleted,
-        events.PingAcknowledged,
-        events.ProtocolNegotiated,
-        events.StreamDataReceived,
-        events.StreamReset,
-        events.StopSendingReceived,
-    )
-}
 
 
 def _announce_stream_limits(context: qtls.Context, max_streams: int) -> None:
@@ -432,172 +391,3 @@ def _announce_stream_limits(context: qtls.Context, max_streams: int) -> None:
             data = buf.data
         rewritten.append((ext_type, data))
     context.handshake_extensions = rewritten
-
-
-# ---- TLS: client certificates on the server, key pinning on the client ---------------------
-
-_SIG_ALGS = [
-    qtls.SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
-    qtls.SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
-    qtls.SignatureAlgorithm.ECDSA_SECP521R1_SHA512,
-    qtls.SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
-    qtls.SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
-    qtls.SignatureAlgorithm.RSA_PSS_RSAE_SHA512,
-    qtls.SignatureAlgorithm.ED25519,
-]
-_IDLE, _EXPECT_CERTIFICATE, _EXPECT_VERIFY = 0, 1, 2
-
-
-def _push_certificate_request_and_certificate(buf: QBuffer, certificate: Any) -> None:
-    """Our server flight: a CertificateRequest right before the server's Certificate."""
-    buf.push_uint8(qtls.HandshakeType.CERTIFICATE_REQUEST)
-    with qtls.push_block(buf, 3):
-        qtls.push_opaque(buf, 1, b"")
-        with qtls.push_block(buf, 2), qtls.push_extension(
-            buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS
-        ):
-            qtls.push_list(buf, 2, buf.push_uint16, _SIG_ALGS)
-    qtls.push_certificate(buf, certificate)
-
-
-class _RecordingKeySchedule(qtls.KeySchedule):
-    """Remembers the transcript before its last update (to undo qh3's guess of our Finished)."""
-
-    before_last: Any = None
-
-    def update_hash(self, data: bytes) -> None:
-        self.before_last = self.hash.copy()
-        super().update_hash(data)
-
-
-def _with_globals(fn: Any, **names: Any) -> Any:
-    scope = dict(fn.__globals__, **names)
-    return types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
-
-
-_server_hello_with_request = _with_globals(
-    qtls.Context._server_handle_hello,
-    push_certificate=_push_certificate_request_and_certificate,
-    KeySchedule=_RecordingKeySchedule,
-)
-
-
-class _ClientAuthContext(qtls.Context):
-    """Server TLS context that asks for, and verifies, a client certificate in the handshake."""
-
-    def _qt_init(self, cafile: str | None, pins: frozenset[str]) -> None:
-        self._qt_cafile = cafile
-        self._qt_pins = pins
-        self._qt_expect = _IDLE
-
-    def _server_handle_hello(self, input_buf: Any, initial_buf: Any, *bufs: Any) -> None:
-        _server_hello_with_request(self, input_buf, initial_buf, *bufs)
-        if not self._alps_negotiated:
-            # qh3 pre-computed the client's Finished without a client certificate in the
-            # transcript: drop that guess, the real one is checked in _server_handle_finished.
-            schedule = self.key_schedule
-            assert isinstance(schedule, _RecordingKeySchedule)
-            schedule.hash = schedule.before_last
-            self._expected_verify_data = None
-        self._qt_expect = _EXPECT_CERTIFICATE
-
-    def handle_message(self, input_data: bytes, output_buf: Any, epoch: int = -1) -> None:
-        if self._qt_expect == _IDLE:
-            super().handle_message(input_data, output_buf, epoch)
-            return
-        self._receive_buffer += input_data
-        while self._qt_expect != _IDLE and len(self._receive_buffer) >= 4:
-            length = 4 + int.from_bytes(self._receive_buffer[1:4], byteorder="big")
-            if len(self._receive_buffer) < length:
-                return
-            message = bytes(self._receive_buffer[:length])
-            self._receive_buffer = self._receive_buffer[length:]
-            if epoch >= 0 and epoch != qtls.Epoch.HANDSHAKE:
-                raise qtls.AlertUnexpectedMessage
-            if self._qt_expect == _EXPECT_CERTIFICATE:
-                self._qt_certificate(message)
-            else:
-                self._qt_certificate_verify(message)
-        if self._qt_expect == _IDLE:
-            super().handle_message(b"", output_buf, epoch)
-
-    def _qt_certificate(self, message: bytes) -> None:
-        if message[0] != qtls.HandshakeType.CERTIFICATE:
-            raise _alert(PeerRejected(40, "client certificate required"))
-        certificate = qtls.pull_certificate(QBuffer(data=message))
-        self._schedule().update_hash(message)
-        if not certificate.certificates:
-            raise _alert(PeerRejected(40, "client certificate required"))
-        ders = [entry[0] for entry in certificate.certificates]
-        self._peer_certificate = QCertificate(ders[0])
-        self._peer_certificate_chain = [QCertificate(d) for d in ders[1:]]
-        self._qt_ders = ders
-        self._qt_expect = _EXPECT_VERIFY
-
-    def _qt_certificate_verify(self, message: bytes) -> None:
-        if message[0] != qtls.HandshakeType.CERTIFICATE_VERIFY:
-            raise qtls.AlertUnexpectedMessage
-        verify = qtls.pull_certificate_verify(QBuffer(data=message))
-        if verify.algorithm not in _SIG_ALGS:
-            raise qtls.AlertIllegalParameter("CertificateVerify uses an algorithm not offered")
-        assert self._peer_certificate is not None
-        try:
-            verify_with_public_key(
-                self._peer_certificate.public_key(),
-                verify.algorithm,
-                self._schedule().certificate_verify_data(b"TLS 1.3, client CertificateVerify"),
-                verify.signature,
-            )
-        except SignatureError as exc:
-            raise qtls.AlertDecryptError(str(exc)) from None
-        certs = [x509.load_der_x509_certificate(der) for der in self._qt_ders]
-        try:
-            check_client_certificate(
-                certs[0], certs[1:], cafile=self._qt_cafile, pins=self._qt_pins
-            )
-        except PeerRejected as exc:
-            raise _alert(exc) from None
-        self._schedule().update_hash(message)
-        self._qt_expect = _IDLE
-
-    def _server_handle_finished(self, input_buf: Any, output_buf: Any) -> None:
-        guessed = self._expected_verify_data is not None or self._alps_negotiated
-        if not guessed:
-            assert self._dec_key is not None
-            self._expected_verify_data = self._schedule().finished_verify_data(self._dec_key)
-        super()._server_handle_finished(input_buf, output_buf)
-        if not guessed:
-            self._schedule().update_hash(input_buf.data)
-
-    def _schedule(self) -> qtls.KeySchedule:
-        assert self.key_schedule is not None
-        return self.key_schedule
-
-
-class _ServerCheckContext(qtls.Context):
-    """Client TLS context: the server by its pinned key, or by a chain verified as aioquic does."""
-
-    _pins: frozenset[str]
-
-    def _client_handle_certificate_verify(self, input_buf: Any) -> None:
-        super()._client_handle_certificate_verify(input_buf)  # signature (chain check is off)
-        assert self._peer_certificate is not None
-        cert, *chain = (
-            x509.load_der_x509_certificate(c.public_bytes())
-            for c in [self._peer_certificate, *self._peer_certificate_chain]
-        )
-        try:
-            if self._pins:
-                check_server_pin(cert, self._pins)
-            else:
-                check_server_certificate(
-                    cert, chain, server_name=self._server_name, cafile=self._cafile
-                )
-        except PeerRejected as exc:
-            raise _alert(exc) from None
-
-
-def _alert(exc: PeerRejected) -> qtls.Alert:
-    alert = qtls.Alert(exc.reason)
-    alert.description = qtls.AlertDescription(exc.alert)
-    return alert

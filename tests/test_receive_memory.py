@@ -1,0 +1,135 @@
+"""Receive memory per connection is bounded whatever a peer sends (issue 13), on both engines.
+
+Hostile peers are raw aioquic clients (tests/hostile_streams.py) against the server engine in
+an in-memory pair with the real default windows: a STREAM byte far inside each stream's window
+(a gap), bad tokens, never FIN or RESET_STREAM; and stalled tunnels that must not freeze an
+honest one on the same connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from quictund.quic.engine import EngineSettings, events
+from tests.engine_pair import ENGINES, KIB, Certs, Pair, make_certs, make_pair
+from tests.hostile_streams import HostileClient, aioquic_buffered, gap_attack, send_at
+
+pytestmark = pytest.mark.parametrize("eng", ENGINES)
+
+MIB = 1024 * KIB
+DEFAULTS = EngineSettings()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("recvmem-certs"))
+
+
+def _hostile(certs: Certs, eng: str) -> Pair:
+    return make_pair(
+        certs, EngineSettings(engine=eng, max_streams=20000), client_class=HostileClient  # type: ignore[arg-type]
+    )
+
+
+def test_gap_and_bad_token_on_thousands_of_streams_pins_nothing(certs: Certs, eng: str) -> None:
+    """Issue 13's attack: before, aioquic kept ~2 MiB per stream (4 GiB for 2000 streams)."""
+    pair = _hostile(certs, eng)
+    attacked = gap_attack(pair, 2000)
+    server = pair.server
+    assert not pair.client_got(events.ConnectionTerminated)
+    # Every refused stream was freed, though the peer never reset one.
+    assert server.stats()["streams"] <= 12
+    if eng == "aioquic":
+        assert len(attacked) == 2000  # credit comes back once the streams are gone...
+        assert aioquic_buffered(server) <= 12 * DEFAULTS.stream_window  # ...not their memory
+        assert server.receive_buffered == aioquic_buffered(server)
+    else:
+        # qh3 never returns credit for a gap: the attack stops after a few streams.
+        assert len(attacked) * DEFAULTS.stream_window <= DEFAULTS.receive_budget
+
+
+def test_gaps_on_live_streams_stay_within_the_budget(certs: Certs, eng: str) -> None:
+    """The same gaps on streams nobody refuses: what the peer could reach is the budget."""
+    pair = _hostile(certs, eng)
+    client = pair.client
+    offset = client._remote_max_stream_data_bidi_remote - 1
+    sids = []
+    for _ in range(3000):
+        sids.append(sid := client.get_next_available_stream_id())
+        send_at(client, sid, offset, b"x")
+    for _ in range(300):
+        pair.step()
+    assert not pair.client_got(events.ConnectionTerminated)
+    reached = sum(client._streams[s].sender.highest_offset for s in sids)
+    assert 0 < reached <= DEFAULTS.receive_budget
+    if eng == "aioquic":
+        assert aioquic_buffered(pair.server) <= DEFAULTS.receive_budget
+
+
+def test_released_stream_credits_only_bytes_that_arrived(certs: Certs, eng: str) -> None:
+    """A refused stream's gap earns no connection credit while the stream can still receive."""
+    pair = _hostile(certs, eng)
+    client = pair.client
+    offset = client._remote_max_stream_data_bidi_remote - 1
+    sid = client.get_next_available_stream_id()
+    send_at(client, sid, offset, b"x")
+    for _ in range(20):
+        pair.step()
+    granted = client._remote_max_data  # MAX_DATA as the peer sees it
+    pair.server.stop_stream(sid, 0x102)
+    pair.server.release(sid)  # our sending half never finishes: the stream stays
+    for _ in range(20):
+        pair.step()
+    assert client._remote_max_data < granted + offset // 2  # before: + the whole gap
+    if eng == "aioquic":
+        assert aioquic_buffered(pair.server) == 0  # its buffer went at once
+        assert pair.server.receive_buffered == 0
+
+
+# (stalled streams, bytes each, bytes each stalled tunnel reads before it stops): the tunnels
+# that read first grow their windows (as an app whose socket buffers fill before it stalls).
+STALLS = [(7, 6 * MIB, 4 * MIB), (50, 2 * MIB, 1 * MIB), (500, 512 * KIB, 256 * KIB)]
+BULK = 8 * MIB
+
+
+def _honest_rounds(pair: Pair) -> int:
+    """Simulated milliseconds an honest tunnel needs for BULK on ``pair``."""
+    honest = pair.client.open_stream()
+    pair.client.send_stream_data(honest, b"h" * BULK)
+    rounds = pair.rounds
+    pair.run_until(lambda: pair.received[honest] == BULK, max_rounds=3000)
+    return pair.rounds - rounds
+
+
+@pytest.mark.parametrize(("stalled", "each", "read_first"), STALLS)
+def test_stalled_tunnels_do_not_freeze_an_honest_one(
+    certs: Certs, eng: str, stalled: int, each: int, read_first: int
+) -> None:
+    """Issue 13 section 2: before, 7 stalled readers froze every other tunnel."""
+    if eng == "qh3":
+        pytest.xfail("qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')")
+    settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
+    unloaded = make_pair(certs, settings)
+    unloaded.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
+    alone = _honest_rounds(unloaded)
+
+    pair = make_pair(certs, settings)
+    stuck = set()
+    for _ in range(stalled):
+        stuck.add(sid := pair.client.open_stream())
+        pair.client.send_stream_data(sid, b"s" * each)
+
+    def tunnels(p: Pair, sid: int, data: bytes) -> None:
+        if sid not in stuck or p.consumed[sid] < read_first:
+            p.consume(sid, len(data))
+
+    pair.on_server_data = tunnels
+    for _ in range(400):  # let the stalled tunnels fill whatever they were granted
+        pair.step()
+    assert pair.server.held_bytes >= stalled * 32 * KIB  # they did stall, holding data
+    took = _honest_rounds(pair)
+    assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
+    held = pair.server.held_bytes
+    assert held + pair.server.receive_buffered <= DEFAULTS.receive_budget
