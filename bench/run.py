@@ -31,7 +31,7 @@ import targets
 from context import BENCH, REPO, BenchContext, Procs, Row
 from paths import ALL_BASE, quictun_go_bins
 
-ORDER = ["throughput", "latency", "redis", "idle", "lossy"]
+ORDER = ["throughput", "latency", "redis", "idle", "hostile", "lossy"]
 PATH_NOTES = {
     "direct": "no tunnel",
     "stunnel": "stunnel4 client+server, TLS 1.3 AES-128-GCM",

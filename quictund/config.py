@@ -53,6 +53,11 @@ class QuicKnobs(_Model):
         int, Field(alias="connection-receive-budget", ge=1 * MiB, le=4096 * MiB)
     ] = 32 * MiB
     max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
+    # What one connection's tunnels may queue unsent in total (quic/send_budget.py); at least
+    # one tunnel's own 1 MiB mark, so a lone bulk tunnel is never slowed by it.
+    connection_send_budget: Annotated[
+        int, Field(alias="connection-send-budget", ge=1 * MiB, le=1024 * MiB)
+    ] = 16 * MiB
     socket_buffer: Annotated[int, Field(alias="socket-buffer", ge=64 * KiB, le=256 * MiB)] = 4 * MiB
     quic_engine: Annotated[EngineName, Field(alias="quic-engine")] = "aioquic"
     # UDP flows (quictund/udpflow): a flow that carried nothing for this long is closed.
@@ -80,6 +85,7 @@ class QuicKnobs(_Model):
             receive_budget=self.connection_receive_budget,
             max_streams=self.max_tunnels,
             engine=self.quic_engine,
+            send_budget=self.connection_send_budget,
         )
 
 

@@ -43,7 +43,7 @@ class StreamListener:
 
 async def listen(
     address: StreamAddress,
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], asyncio.BaseProtocol],
     *,
     unix_mode: int = 0o660,
     unix_group: str | None = None,

@@ -12,8 +12,12 @@ State (each flag only ever goes False -> True):
 
 Backpressure:
 
-* socket -> stream: after each read, if the stream's unsent backlog exceeds ``send_high``,
-  stop reading until the session reports it drained (``on_send_ready``).
+* socket -> stream: the splice is a ``BufferedProtocol`` so that each read is *sized*: never more
+  than the session's ``read_allowance`` (the stream's room below 1 MiB unsent, and its
+  connection's room in ``connection-send-budget``, see ``quic/send_budget.py``).  When a send
+  leaves no room, stop reading until the session wakes us (``on_send_ready``), oldest first.
+  Reads go into one buffer shared by every splice of the process (a read is filled and handed
+  over in one callback pair), so 10,000 tunnels do not cost 10,000 read buffers.
 * stream -> socket: bytes written while the socket's buffer is above its high-water mark are
   *held*; the engine grants the peer more credit only for bytes that drained
   (``session.consume``), so a slow reader costs one stream window, not the whole transfer.
@@ -40,12 +44,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SEND_HIGH_WATER = 1024 * 1024
 WRITE_HIGH_WATER = 256 * 1024
+_EARLY_READ = 64 * 1024  # what an unattached splice reads (it pauses at once)
 _LINGER_RST = struct.pack("ii", 1, 0)
+_READ_BUFFER = memoryview(bytearray(256 * 1024))  # shared: see the module docstring
+_EARLY_BUFFER = _READ_BUFFER[:_EARLY_READ]
 
 
-class Splice(asyncio.Protocol):
+class Splice(asyncio.BufferedProtocol):
     def __init__(
         self,
         record: TunnelRecord,
@@ -67,6 +73,7 @@ class Splice(asyncio.Protocol):
         self._fin_to_stream = False
         self._fin_to_app = False
         self._write_paused = False
+        self._read_paused = False  # by us, waiting for the session's on_send_ready
         self._held = 0
         self._finished = False
         self._early: list[bytes] = []
@@ -89,6 +96,16 @@ class Splice(asyncio.Protocol):
         if self._on_connected is not None:
             self._on_connected(self)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        session = self.session
+        if not self._attached or session is None or self._finished:
+            return _EARLY_BUFFER
+        size = session.read_allowance(self.stream_id)
+        return _READ_BUFFER if size >= len(_READ_BUFFER) else _READ_BUFFER[:size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         if not self._attached:
             # uvloop may start reading right after connection_made despite pause_reading();
@@ -101,10 +118,12 @@ class Splice(asyncio.Protocol):
         if session is None or self._finished:
             return
         self._count_from_app(data)
-        if not self._send(session, data, end_stream=False):
+        stop = self._send(session, data, end_stream=False)
+        if stop is None:
             return
-        if session.unsent(self.stream_id) > SEND_HIGH_WATER:
+        if stop and not self._read_paused:
             assert self.transport is not None
+            self._read_paused = True
             self.transport.pause_reading()
             session.wait_send_ready(self.stream_id, self)
 
@@ -114,7 +133,7 @@ class Splice(asyncio.Protocol):
             return True
         if self.session is not None and not self._finished:
             self._fin_to_stream = True
-            if self._send(self.session, b"", end_stream=True):
+            if self._send(self.session, b"", end_stream=True) is not None:
                 self._maybe_close()
         return True  # keep the socket open for the other direction
 
@@ -195,6 +214,7 @@ class Splice(asyncio.Protocol):
         self._abort_app(f"peer stopped reading ({_code_name(error_code)})")
 
     def on_send_ready(self) -> None:
+        self._read_paused = False
         if not self._finished and self.transport is not None:
             self.transport.resume_reading()
 
@@ -223,7 +243,7 @@ class Splice(asyncio.Protocol):
             self.data_received(chunk)
         if self._early_eof:
             self.eof_received()
-        elif self.transport is not None and not self._finished:
+        elif self.transport is not None and not self._finished and not self._read_paused:
             self.transport.resume_reading()
 
     def abort(self, reason: str, error_code: int = ErrorCode.INTERNAL) -> None:
@@ -262,12 +282,13 @@ class Splice(asyncio.Protocol):
             if not record.classifier.done:
                 record.classifier.feed_client(data)
 
-    def _send(self, session: QuicSession, data: bytes, *, end_stream: bool) -> bool:
-        """Hand app bytes to the stream; False if the tunnel ended meanwhile.  An exception
+    def _send(self, session: QuicSession, data: bytes, *, end_stream: bool) -> bool | None:
+        """Hand app bytes to the stream: None if the tunnel ended meanwhile, else whether it
+        must stop reading (the connection's send budget, ``session.send``).  An exception
         must not escape a protocol callback: the loop would close the app connection
         cleanly (a FIN, which looks like a complete transfer), so it resets the tunnel."""
         try:
-            session.send(self.stream_id, data, end_stream)
+            stop = session.send(self.stream_id, data, end_stream)
         except Exception as exc:
             logger.debug("QUIC stream %d refused app data: %s", self.stream_id, exc)
             try:
@@ -275,8 +296,8 @@ class Splice(asyncio.Protocol):
             except Exception:  # the engine that refused the data may refuse the reset too
                 logger.debug("QUIC stream %d: reset refused as well", self.stream_id)
             self._abort_app(f"QUIC stream refused data: {exc}")
-            return False
-        return not self._finished
+            return None
+        return None if self._finished else stop
 
     def _maybe_close(self) -> None:
         if self._fin_to_stream and self._fin_to_app and self.transport is not None:

@@ -18,11 +18,13 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from typing import TypeVar
 
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 async def connect_unix(
-    loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], path: str
-) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], _P], path: str
+) -> tuple[asyncio.BaseTransport, _P]:
     """``loop.create_unix_connection`` to ``path`` (already resolved and checked) or OSError."""
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

@@ -94,3 +94,24 @@ def test_lossy_rows_carry_one_metric_per_loss_and_the_targets(
         ("quictund-bbr", "new tunnel: first echoed byte, link RTTs"): True,
         ("quictund-cubic", "new tunnel: first echoed byte, link RTTs"): False,
     }
+
+
+def test_hostile_rows_state_issue_13_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hostile scenario's targets come out met or not from its numbers (no daemon)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "scenarios"))
+    import hostile
+
+    def targets(peak_mib: int, after_mib: int, attacked_us: float) -> dict[str, bool]:
+        rows = hostile._rows(
+            "quictund", 60 * 1024, peak_mib * 1024, after_mib * 1024, 100.0, attacked_us,
+            [2000] * 4, 1000,
+        )  # fmt: skip
+        return {r.metric: r.extra["target"]["met"] for r in rows if "target" in r.extra}
+
+    assert targets(60 + 4 * 64, 66, 200.0) == {
+        "server RSS growth per hostile connection": True,
+        "server RSS after they left, % of baseline": True,
+        "honest echo 1 B p99, under attack": True,
+    }
+    assert not any(targets(60 + 4 * 65, 67, 201.0).values())

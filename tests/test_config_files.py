@@ -376,6 +376,15 @@ BROKEN: dict[str, tuple[dict[str, str], list[str | re.Pattern[str]]]] = {
         },
         ["c.toml: client[0].idle-timeout: Input should be greater than 0 (got -1)"],
     ),
+    "send-budget-below-one-tunnel": (
+        {"s.toml": '[[server]]\nname = "s"\nallow = ["*"]\nconnection-send-budget = 65536\n'},
+        [
+            (
+                "s.toml: server[0].connection-send-budget: Input should be greater than or "
+                "equal to 1048576 (got 65536)"
+            )
+        ],
+    ),
     "log-level-bogus": (
         {"l.toml": '[log]\nlevel = "bogus"\n'},
         ["l.toml: log.level: Input should be 'debug', 'info', 'warning' or 'error' (got 'bogus')"],
@@ -721,6 +730,7 @@ KNOBS: list[tuple[str, object]] = [
     ("stream-window", 64 * 1024),
     ("connection-window", 1024 * MiB),
     ("max-tunnels", 1),
+    ("connection-send-budget", 1 * MiB),
     ("socket-buffer", 256 * MiB),
     ("name", 'odd "name" with \\ and ü'),
     ("name", ""),

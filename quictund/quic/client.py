@@ -277,6 +277,7 @@ class Connector:
             peer=peer,
             keepalive_s=self._keepalive_s,
             dead_after_s=self._dead_after_s,
+            send_budget=self._settings.send_budget,
         )
         self._sockets[session] = path
         holder.append(session)

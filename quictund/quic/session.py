@@ -9,7 +9,11 @@ Responsibilities, and the rules that keep them cheap:
 * Keep **one timer** for the engine, re-armed only when its deadline changes.
 * Dispatch engine events to one ``StreamHandler`` per stream id.  Handlers are plain objects
   whose callbacks never await; an exception in one is logged and resets only that stream.
-* Resume senders whose backlog fell below the low-water mark after each transmit.
+* **Bound what tunnels queue** (``quic/send_budget.py``): each tunnel's reads are sized to its
+  room and to the connection's ``connection-send-budget``; tunnels that must wait are woken
+  oldest first once data went out.  Re-reading every queued stream's backlog costs one engine
+  call per stream, so with many streams it runs at most every few milliseconds, and while
+  little was sent (a peer that grants no credit), at most every 100 ms.
 * **Keep-alive and liveness**: PING when nothing was heard for ``keepalive_s``; declare the
   peer dead after ``dead_after_s`` of silence.  aioquic neither pings nor notices stateless
   resets, so without this a restarted server is only noticed at the idle timeout.
@@ -25,6 +29,7 @@ from typing import Protocol
 
 from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, events
+from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.wire import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -49,9 +54,14 @@ class SessionOwner(Protocol):
     def session_closed(self, session: QuicSession, reason: str) -> None: ...
 
 
-class QuicSession:
-    SEND_LOW_WATER = 256 * 1024
+# Re-read queued streams' backlogs right away while there are this few (cheap), else on a timer.
+_REFRESH_NOW = 16
+_REFRESH_S = 0.002
+_REFRESH_PER_STREAM_S = 2e-6
+_REFRESH_IDLE_S = 0.1  # at most this often while less than MIN_READ went out
 
+
+class QuicSession:
     def __init__(
         self,
         conn: EngineConnection,
@@ -62,6 +72,7 @@ class QuicSession:
         keepalive_s: float,
         dead_after_s: float,
         on_cid: Callable[[bytes, bool], None] | None = None,
+        send_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.conn = conn
         self.peer = peer
@@ -70,7 +81,10 @@ class QuicSession:
         self._on_cid = on_cid
         self._loop = asyncio.get_running_loop()
         self._handlers: dict[int, StreamHandler] = {}
-        self._blocked: dict[int, StreamHandler] = {}
+        self._budget: SendBudget[StreamHandler] = SendBudget(send_budget, conn.unsent)
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._sent_since_refresh = 0
+        self._refreshed_at = 0.0
         self._to_flush: list[Flushable] = []
         self._transmit_scheduled = False
         self._events_pending = False
@@ -86,6 +100,7 @@ class QuicSession:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._identity: Identity | None = None
+        self.streams_seen = 0  # streams opened on this connection, by either side
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.bytes_in = 0
@@ -115,16 +130,18 @@ class QuicSession:
     def open_stream(self, handler: StreamHandler) -> int:
         sid = self.conn.open_stream()
         self._handlers[sid] = handler
+        self.streams_seen += 1
         return sid
 
     def register(self, stream_id: int, handler: StreamHandler) -> None:
         self._handlers[stream_id] = handler
 
-    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue ``data``; if the engine refuses because the connection is over, end the session
-        here, so every tunnel sees a lost connection (a reset), never a clean end."""
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
+        """Queue ``data``; True when the tunnel must stop reading (``wait_send_ready``).  If
+        the engine refuses because the connection is over, end the session here, so every
+        tunnel sees a lost connection (a reset), never a clean end."""
         if self.closed.is_set():
-            return
+            return True
         try:
             self.conn.send_stream_data(stream_id, data, end_stream)
         except Exception:
@@ -134,16 +151,21 @@ class QuicSession:
             if not self.closed.is_set() and self.conn.is_closed:
                 self._terminate("closed by peer or engine")
             if self.closed.is_set():
-                return
+                return True
             raise
         self.transmit_soon()
+        return self._budget.sent(stream_id, len(data))
 
     def unsent(self, stream_id: int) -> int:
         return self.conn.unsent(stream_id)
 
+    def read_allowance(self, stream_id: int) -> int:
+        """How many bytes the tunnel on ``stream_id`` may read from its socket next."""
+        return self._budget.allowance(stream_id)
+
     def wait_send_ready(self, stream_id: int, handler: StreamHandler) -> None:
-        """Call ``handler.on_send_ready()`` once the stream's backlog drains below low water."""
-        self._blocked[stream_id] = handler
+        """Call ``handler.on_send_ready()`` once the stream and the connection have room."""
+        self._budget.wait(stream_id, handler)
 
     def flush_soon(self, handler: Flushable) -> None:
         """Call ``handler.flush()`` once, before this loop turn's transmit."""
@@ -177,7 +199,10 @@ class QuicSession:
     def forget(self, stream_id: int) -> None:
         """The tunnel on ``stream_id`` is over: drop its handler and its credit accounting."""
         self._handlers.pop(stream_id, None)
-        self._blocked.pop(stream_id, None)
+        if self._budget.tracked or self._budget.waiting:
+            self._budget.forget(stream_id)
+            self._sent_since_refresh += MIN_READ  # room freed: worth a refresh
+            self._refresh_soon()
         self.conn.release(stream_id)
         if self.conn.events_ready:
             self._events_pending = True
@@ -219,7 +244,7 @@ class QuicSession:
             return
         self.close_reason = reason
         self.closed.set()
-        for handle in (self._timer, self._keepalive):
+        for handle in (self._timer, self._keepalive, self._refresh_timer):
             if handle is not None:
                 handle.cancel()
         if not self.handshake_done.done():
@@ -227,7 +252,7 @@ class QuicSession:
             self.handshake_done.exception()  # mark retrieved; the connector reads close_reason
         handlers = list(self._handlers.values())
         self._handlers.clear()
-        self._blocked.clear()
+        self._budget.clear()
         for handler in handlers:
             self._guard(handler.on_session_lost, reason)
         self._owner.session_closed(self, reason)
@@ -261,21 +286,43 @@ class QuicSession:
             return
         if datagrams:
             self._send(datagrams)  # one batch: GSO sends (quic/udp.py)
-            self.bytes_out += sum(len(data) for data, _ in datagrams)
+            size = sum(len(data) for data, _ in datagrams)
+            self.bytes_out += size
             self.datagrams_out += len(datagrams)
+            if self._budget.tracked:
+                self._sent_since_refresh += size
+                self._refresh_soon()
         self._arm_timer()
-        if self._blocked:
-            self._wake_senders()
 
-    def _wake_senders(self) -> None:
-        ready = [
-            (sid, h)
-            for sid, h in self._blocked.items()
-            if self.conn.unsent(sid) <= self.SEND_LOW_WATER
-        ]
-        for sid, handler in ready:
-            del self._blocked[sid]
-            self._guard(handler.on_send_ready)
+    def _refresh_soon(self) -> None:
+        """Re-read the backlogs and wake tunnels: now if cheap, else once the timer fires."""
+        budget = self._budget
+        count = budget.tracked + budget.waiting
+        if count <= _REFRESH_NOW:
+            self._refresh()
+        elif self._refresh_timer is None:
+            delay = _REFRESH_S + count * _REFRESH_PER_STREAM_S
+            self._refresh_timer = self._loop.call_later(delay, self._on_refresh_timer)
+
+    def _on_refresh_timer(self) -> None:
+        self._refresh_timer = None
+        if self.closed.is_set():
+            return
+        idle_left = self._refreshed_at + _REFRESH_IDLE_S - time.monotonic()
+        if self._sent_since_refresh < MIN_READ and idle_left > 0:
+            # Hardly anything went out (ACKs, PINGs): the counts cannot have moved much.
+            self._refresh_timer = self._loop.call_later(idle_left, self._on_refresh_timer)
+            return
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._sent_since_refresh = 0
+        self._refreshed_at = time.monotonic()
+        budget = self._budget
+        budget.refresh()
+        if budget.waiting:
+            for handler in budget.ready():
+                self._guard(handler.on_send_ready)
 
     def _arm_timer(self) -> None:
         at = self.conn.get_timer()
@@ -367,6 +414,7 @@ class QuicSession:
         if self.conn.is_client or stream_id % 4 != 0 or self.conn.is_released(stream_id):
             self.conn.release(stream_id)
             return None
+        self.streams_seen += 1
         handler = self._owner.stream_opened(self, stream_id)
         if handler is None:
             self.conn.release(stream_id)

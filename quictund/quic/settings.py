@@ -39,3 +39,4 @@ class EngineSettings:
     max_streams: int = 16384
     engine: EngineName = "aioquic"
     quic_lb: CidCodec | None = None  # server: QUIC-LB routable connection ids (aioquic only)
+    send_budget: int = 16 * 1024 * 1024  # per connection, enforced by the session

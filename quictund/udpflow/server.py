@@ -25,7 +25,7 @@ from quictund.udpflow.flow import UNREACHABLE, FlowCounters, IdleTimer, mux_for,
 from quictund.wire import Ack, ErrorCode
 
 if TYPE_CHECKING:
-    from quictund.server_endpoint import ServerHandshake
+    from quictund.server_handshake import ServerHandshake
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,133 @@
+"""What one QUIC connection's tunnels have queued in the engine, and which of them may read.
+
+Sans-IO (no clock, no asyncio): ``QuicSession`` feeds it what tunnels send and what the engine
+still holds unsent, and asks it how much a tunnel may read and whom to wake.
+
+Rules (issue 13: a peer that never grants credit must not make the server read without bound):
+
+1. **Per tunnel**: a tunnel stops reading its socket once it has its *share* queued and not yet
+   sent, and may read again below a quarter of it.  The share is the budget divided among the
+   tunnels that have something queued (plus one), between ``MIN_SHARE`` (16 KiB) and
+   ``STREAM_HIGH`` (1 MiB): one bulk tunnel keeps a 1 MiB backlog (resuming below 256 KiB), while
+   300 tunnels that never drain hold ~54 KiB each, and leave room for the others.  (An engine's
+   per-stream buffer keeps the size of its largest backlog; shares keep the sum of those near
+   the budget too.)
+2. **Per connection**: all tunnels of the connection together hold at most ``budget`` bytes
+   queued (``connection-send-budget``), plus at most ``MIN_READ`` per tunnel.  Reads are *sized*
+   (the splice is an ``asyncio.BufferedProtocol``): a read never takes more than the tunnel's
+   own room and the connection's room, so nothing overshoots by a socket read (256 KiB).
+   When the connection has no room, the next read of each tunnel is ``MIN_READ`` bytes and then
+   the tunnel waits; there is no pass over every tunnel.
+3. **Fairly**: waiting tunnels are woken oldest first, as many as the connection has room for a
+   full read each; a tunnel that has to wait again goes to the back.  A waiting tunnel with
+   nothing queued of its own is woken even when tunnels that never drain (a peer that grants no
+   credit) hold the whole budget: it gets one ``MIN_READ`` read per drain, never starves, and
+   holds at most ``MIN_READ`` of the overdraft (rule 2).
+
+Counts are exact when a tunnel sends and refreshed from the engine (``refresh``) after data went
+out; between refreshes they overestimate, which only makes tunnels wait a little longer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+STREAM_HIGH = 1024 * 1024
+STREAM_LOW = STREAM_HIGH // 4
+MIN_SHARE = 16 * 1024
+READ_CHUNK = 256 * 1024  # the largest read (asyncio's and uvloop's own read size)
+MIN_READ = 4 * 1024  # the smallest read: what a tunnel may take when the connection is full
+DEFAULT_BUDGET = 16 * 1024 * 1024
+
+H = TypeVar("H")
+
+
+class SendBudget(Generic[H]):
+    """Per-connection accounting of unsent bytes; ``H`` is whatever gets woken (a handler)."""
+
+    def __init__(self, budget: int, unsent: Callable[[int], int]) -> None:
+        if budget < STREAM_HIGH:
+            raise ValueError(f"a connection send budget below {STREAM_HIGH} bytes")
+        self.budget = budget
+        self._unsent = unsent
+        self._queued: dict[int, int] = {}  # stream id -> unsent bytes (non-zero entries only)
+        self.total = 0
+        self._waiting: dict[int, H] = {}  # insertion order is the wake order
+
+    # ---- what tunnels do -----------------------------------------------------------------
+
+    @property
+    def share(self) -> int:
+        """What one tunnel may have queued now (rule 1)."""
+        return max(MIN_SHARE, min(STREAM_HIGH, self.budget // (len(self._queued) + 1)))
+
+    def allowance(self, stream_id: int) -> int:
+        """How many bytes ``stream_id``'s next socket read may take (at least ``MIN_READ``)."""
+        own = self.share - self._queued.get(stream_id, 0)
+        return max(MIN_READ, min(READ_CHUNK, own, self.budget - self.total))
+
+    def sent(self, stream_id: int, count: int) -> bool:
+        """``count`` bytes were queued on ``stream_id``; True if the tunnel must now wait."""
+        queued = self._queued.get(stream_id, 0) + count
+        if count:
+            self._queued[stream_id] = queued
+            self.total += count
+        return queued >= self.share or self.total >= self.budget
+
+    def wait(self, stream_id: int, handler: H) -> None:
+        """``handler`` stopped reading; it is woken by ``ready`` (at the back of the queue)."""
+        self._waiting.pop(stream_id, None)
+        self._waiting[stream_id] = handler
+
+    def clear(self) -> None:
+        """The connection is gone: drop every count and every waiting handler."""
+        self._queued.clear()
+        self._waiting.clear()
+        self.total = 0
+
+    def forget(self, stream_id: int) -> None:
+        self.total -= self._queued.pop(stream_id, 0)
+        self._waiting.pop(stream_id, None)
+
+    # ---- what the session does after sending -----------------------------------------------
+
+    @property
+    def tracked(self) -> int:
+        """Streams with bytes queued: what ``refresh`` costs."""
+        return len(self._queued)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def refresh(self) -> None:
+        """Re-read every tracked stream's unsent count from the engine."""
+        unsent = self._unsent
+        total = 0
+        for sid in list(self._queued):
+            now = unsent(sid)
+            if now:
+                self._queued[sid] = now
+                total += now
+            else:
+                del self._queued[sid]
+        self.total = total
+
+    def ready(self) -> list[H]:
+        """Waiting handlers to wake now, oldest first (rule 3); they leave the queue."""
+        room = self.budget - self.total
+        low = self.share // 4
+        woken: list[tuple[int, H]] = []
+        for sid, handler in self._waiting.items():
+            queued = self._queued.get(sid, 0)
+            if queued > low:
+                continue
+            if room >= READ_CHUNK:
+                room -= READ_CHUNK
+            elif queued:
+                continue
+            woken.append((sid, handler))
+        for sid, _ in woken:
+            del self._waiting[sid]
+        return [handler for _, handler in woken]

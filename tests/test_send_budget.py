@@ -1,0 +1,148 @@
+"""The per-connection send budget's rules (quictund/quic/send_budget.py), sans-IO.
+
+A fake engine backlog (a dict) stands in for ``unsent``: streams whose peer grants no credit
+keep everything they queued; draining streams lose what the test says was sent.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quictund.quic.send_budget import (
+    MIN_READ,
+    READ_CHUNK,
+    STREAM_HIGH,
+    STREAM_LOW,
+    SendBudget,
+)
+
+MiB = 1024 * 1024
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.unsent: dict[int, int] = {}
+
+    def queue(self, sid: int, n: int) -> None:
+        self.unsent[sid] = self.unsent.get(sid, 0) + n
+
+    def drain(self, sid: int, n: int | None = None) -> None:
+        self.unsent[sid] = 0 if n is None else max(0, self.unsent.get(sid, 0) - n)
+
+
+def read_until_told_to_wait(budget: SendBudget[int], engine: Engine, sid: int) -> int:
+    """A socket with endless data: read what the budget allows until it says wait."""
+    total = 0
+    while True:
+        n = budget.allowance(sid)
+        engine.queue(sid, n)
+        total += n
+        if budget.sent(sid, n):
+            budget.wait(sid, sid)
+            return total
+
+
+def test_a_stream_stops_at_its_own_high_water_mark() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(16 * MiB, lambda s: engine.unsent.get(s, 0))
+    assert read_until_told_to_wait(budget, engine, 0) == STREAM_HIGH  # no read overshoots
+    engine.drain(0, STREAM_HIGH - STREAM_LOW - 1)
+    budget.refresh()
+    assert budget.ready() == []  # still above its low-water mark
+    engine.drain(0, 1)
+    budget.refresh()
+    assert budget.ready() == [0]
+
+
+@given(tunnels=st.integers(1, 600), budget_mib=st.integers(1, 32))
+def test_stuck_streams_hold_at_most_the_budget_plus_one_small_read_each(
+    tunnels: int, budget_mib: int
+) -> None:
+    """Every tunnel reads an endless flood; the peer never takes a byte."""
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(budget_mib * MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(tunnels):
+        read_until_told_to_wait(budget, engine, sid)
+    for _ in range(3):  # woken again and again: nothing drained, so nobody reads
+        budget.refresh()
+        assert budget.ready() == []
+    held = sum(engine.unsent.values())
+    assert held == budget.total
+    assert held <= budget_mib * MiB + tunnels * MIN_READ
+
+
+def test_an_idle_stream_still_moves_while_stuck_ones_hold_the_budget() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(4 * MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(1, 40):  # stuck: they fill the budget and never drain
+        read_until_told_to_wait(budget, engine, sid)
+    assert budget.allowance(0) == MIN_READ  # the honest one gets a small read...
+    moved = 0
+    for _ in range(20):
+        moved += read_until_told_to_wait(budget, engine, 0)
+        engine.drain(0)  # ...which the peer takes
+        budget.refresh()
+        assert budget.ready() == [0]  # so it is woken: it never starves
+    assert moved == 20 * MIN_READ
+    assert budget.total <= 4 * MiB + 40 * MIN_READ
+
+
+def wait_with(budget: SendBudget[int], engine: Engine, sid: int, count: int) -> None:
+    """``sid`` queued ``count`` bytes and stopped reading (because of the budget or its share)."""
+    engine.queue(sid, count)
+    budget.sent(sid, count)
+    budget.wait(sid, sid)
+
+
+def test_waiters_are_woken_oldest_first() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(16 * MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(4):
+        wait_with(budget, engine, sid, STREAM_HIGH)
+        engine.drain(sid)
+    budget.refresh()
+    assert budget.ready() == [0, 1, 2, 3]
+    wait_with(budget, engine, 1, STREAM_HIGH)  # 1 had to wait again before 0
+    wait_with(budget, engine, 0, STREAM_HIGH)
+    engine.drain(0)
+    engine.drain(1)
+    budget.refresh()
+    assert budget.ready() == [1, 0]
+
+
+def test_room_limits_how_many_waiters_with_bytes_queued_wake() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(4):
+        wait_with(budget, engine, sid, MiB // 4)  # the connection is full
+    for sid in (0, 1, 2):
+        engine.drain(sid, 210 * 1024)  # each below its low-water mark; room for 2 reads
+    budget.refresh()
+    assert budget.ready() == [0, 1]  # oldest first; 2 keeps its place
+    engine.drain(3)  # nothing queued: 3 wakes in any case, and there is room for 2 again
+    budget.refresh()
+    assert budget.ready() == [2, 3]
+
+
+def test_shares_shrink_as_more_tunnels_hold_bytes() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(16 * MiB, lambda s: engine.unsent.get(s, 0))
+    assert budget.share == STREAM_HIGH
+    for sid in range(300):
+        read_until_told_to_wait(budget, engine, sid)
+    assert budget.share == 16 * MiB // 301
+    assert max(engine.unsent.values()) <= STREAM_HIGH
+
+
+def test_forget_returns_the_room() -> None:
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(STREAM_HIGH, lambda s: engine.unsent.get(s, 0))
+    while budget.total < budget.budget:
+        read_until_told_to_wait(budget, engine, len(engine.unsent))
+    assert budget.allowance(999) == MIN_READ
+    for sid in list(engine.unsent):
+        budget.forget(sid)
+    engine.unsent.clear()
+    assert budget.total == 0 and budget.waiting == 0
+    assert budget.allowance(999) == READ_CHUNK
