@@ -21,6 +21,7 @@ Sans-IO and engine-independent: the owner calls
   estimation);
 * ``on_acked(now, size, state)`` / ``on_lost(size)`` for each acknowledged / lost packet, then
   ``on_ack_done(now, bytes_in_flight)`` once per ACK frame, which updates the model;
+  ``on_spurious(size)`` when a packet it called lost is acknowledged after all (reordering);
 * ``on_rtt(now, rtt)`` for each RTT sample, ``on_app_limited(bytes_in_flight)`` when it had
   nothing to send while the window was open;
 
@@ -203,6 +204,12 @@ class Bbr:
         self._round_lost += size
         self._round_lost_packets += 1
         self._lost_in_cycle = True
+
+    def on_spurious(self, size: int) -> None:
+        """A packet counted by :meth:`on_lost` was acknowledged after all (reordering): take it
+        back out of the loss guard's count, so reordering never caps the rate."""
+        self._round_lost = max(self._round_lost - size, 0)
+        self._round_lost_packets = max(self._round_lost_packets - 1, 0)
 
     def on_rtt(self, now: float, rtt: float) -> None:
         rtt = max(rtt, MIN_RTT_SAMPLE_S)

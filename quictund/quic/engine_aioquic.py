@@ -51,6 +51,7 @@ from aioquic.quic.stream import QuicStream
 
 from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
+from quictund.quic.aioquic_recovery import install as install_reordering
 from quictund.quic.credit import ReceiveLedger, raised_limit
 from quictund.quic.engine_aioquic_cids import install as install_quic_lb
 from quictund.quic.peer_checks import (
@@ -149,6 +150,7 @@ class AioquicConnection(QuicConnection):
         self._local_max_streams_uni.value = 0
         self._local_max_streams_uni.sent = 0
         self.packets_lost = 0
+        install_reordering(self._loss)  # reordering-tolerant loss detection
         count_losses = self._loss._on_packets_lost
 
         def on_packets_lost(**kwargs: Any) -> None:
