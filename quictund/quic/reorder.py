@@ -11,8 +11,10 @@ packet number we declared lost means that very packet arrived.  This module, fed
 packets declared lost and the ACK ranges that arrive, counts such packets and adapts, as TCP
 RACK does (RFC 8985 §6.2; RFC 9002 §6.1.1/6.1.2 allow larger thresholds):
 
-* **packet threshold**: raised to the reordering distance seen (how many packets above it were
-  already acknowledged when the packet was declared lost), + 1, up to ``MAX_PACKET_THRESHOLD``;
+* **packet threshold**: raised to twice the reordering distance seen (how many packets above
+  it were already acknowledged when it was declared lost), up to ``MAX_PACKET_THRESHOLD``: the
+  distance grows with the sending rate, and a threshold of just the distance seen was crossed
+  again at each rate increase (every round of BBR's startup);
 * **time threshold**: ``max(srtt, latest_rtt)`` plus a reordering window of ``mult`` quarters
   of min RTT (at most one srtt), ``mult`` growing by one per round that saw a spurious loss
   (RACK's ``reo_wnd_mult``); before any reordering, RFC 9002's 9/8 RTT;
@@ -91,7 +93,7 @@ class ReorderWindow:
         return rtt + max(rtt / 8, min(self.mult * min_rtt / 4, srtt))
 
     def _widen(self, distance: int) -> None:
-        self.packet_threshold = max(self.packet_threshold, min(distance + 1, MAX_PACKET_THRESHOLD))
+        self.packet_threshold = max(self.packet_threshold, min(2 * distance, MAX_PACKET_THRESHOLD))
         if not self._grew_this_round:  # RACK: at most one step per round
             self.mult = min(self.mult + 1, MAX_MULT)
             self._grew_this_round = True
