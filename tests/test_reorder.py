@@ -105,3 +105,21 @@ def test_bbr_takes_a_spurious_loss_back() -> None:
     for _ in range(5):
         bbr.on_spurious(1200)
     assert (bbr._round_lost, bbr._round_lost_packets) == (0, 0)
+
+
+def test_tolerated_reordering_keeps_the_window() -> None:
+    """Once the window works, reordering shows up as late ACKs, not spurious losses; those
+    keep it from decaying (else it resets every 16 rounds and pays spurious losses again)."""
+    win = ReorderWindow()
+    win.on_reordered()  # before any spurious loss: RFC 9002 values stay, nothing to keep
+    assert (win.packet_threshold, win.mult) == (3, 0)
+    win.on_ack([range(0, 1)], now=0.0, srtt=RTT)
+    win.on_lost(5, largest_acked=100, size=1000)
+    win.on_ack([range(5, 6)], now=0.001, srtt=RTT)
+    now = 0.001
+    for _ in range(3 * PERSIST_ROUNDS):
+        now += ROUND
+        win.on_reordered()
+        win.on_ack([range(200, 201)], now=now, srtt=RTT)
+    assert (win.packet_threshold, win.mult) == (190, 1)
+    assert not win.was_lost(5)

@@ -30,6 +30,7 @@ from quictund.quic.aioquic_cc import BbrCongestionControl
 from quictund.quic.reorder import Lost, ReorderWindow
 
 _UNDO_SKIP = frozenset({"bytes_in_flight"})
+MAX_HOLES = 32  # outstanding packets below the largest acked looked at per ACK
 
 
 class ReorderingRecovery(QuicPacketRecovery):
@@ -58,9 +59,17 @@ class ReorderingRecovery(QuicPacketRecovery):
         found = win.on_ack(ack_rangeset, now, self._rtt_smoothed)
         if found:
             self._on_spurious(found)
+        # the outstanding packets below the largest acknowledged: few (the holes), oldest first
+        holes: list[int] = []
+        for pn in space.sent_packets:
+            if pn >= space.largest_acked_packet or len(holes) >= MAX_HOLES:
+                break
+            holes.append(pn)
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
+        if any(pn not in space.sent_packets and not win.was_lost(pn) for pn in holes):
+            win.on_reordered()  # a hole was filled late, and not declared lost: tolerated
 
     def _detect_loss(self, *, now: float, space: QuicPacketSpace) -> None:
         """RFC 9002 §6.1 with the packet and time thresholds of this space's window."""

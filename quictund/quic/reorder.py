@@ -18,8 +18,12 @@ RACK does (RFC 8985 §6.2; RFC 9002 §6.1.1/6.1.2 allow larger thresholds):
 * **time threshold**: ``max(srtt, latest_rtt)`` plus a reordering window of ``mult`` quarters
   of min RTT (at most one srtt), ``mult`` growing by one per round that saw a spurious loss
   (RACK's ``reo_wnd_mult``); before any reordering, RFC 9002's 9/8 RTT;
-* **decay**: after ``PERSIST_ROUNDS`` rounds (of one srtt) without a spurious loss both go back
-  to RFC 9002's values, so a path that stopped reordering gets fast loss detection back.
+* **decay**: after ``PERSIST_ROUNDS`` rounds (of one srtt) that saw neither a spurious loss
+  nor reordering the window tolerated (:meth:`on_reordered`: a packet below the largest
+  acknowledged one acknowledged late, RACK's ``reordering_seen``) both go back to RFC 9002's
+  values, so a path that stopped reordering gets fast loss detection back.  Counting only
+  spurious losses would undo a working window every 16 rounds and pay a burst of spurious
+  losses to rebuild it.
 
 The caller tells its congestion controller about each spurious loss so it can undo the
 reduction (see quictund/quic/aioquic_recovery.py).  Memory: at most ``max_tracked`` lost
@@ -60,6 +64,7 @@ class ReorderWindow:
         self._persist = 0
         self._round_start: float | None = None
         self._grew_this_round = False
+        self._reordered_this_round = False
 
     def on_lost(self, packet_number: int, largest_acked: int, size: int) -> None:
         """A packet was declared lost (a congestion event, not a PTO's early retransmit)."""
@@ -85,6 +90,16 @@ class ReorderWindow:
             self._widen(max(lost.distance for lost in found))
         return found
 
+    def on_reordered(self) -> None:
+        """A packet arrived behind later ones and the window kept it from being declared
+        lost: the reordering goes on, so keep the window (no growth)."""
+        if self.mult or self.packet_threshold > K_PACKET_THRESHOLD:
+            self._persist = PERSIST_ROUNDS
+            self._reordered_this_round = True
+
+    def was_lost(self, packet_number: int) -> bool:
+        return packet_number in self._lost
+
     def loss_delay(self, srtt: float, latest_rtt: float, min_rtt: float) -> float:
         """How long after its sending a packet with later ones acknowledged is lost."""
         rtt = max(srtt, latest_rtt)
@@ -106,8 +121,8 @@ class ReorderWindow:
         if srtt <= 0 or now - self._round_start < srtt:
             return
         self._round_start = now
-        clean = not self._grew_this_round
-        self._grew_this_round = False
+        clean = not (self._grew_this_round or self._reordered_this_round)
+        self._grew_this_round = self._reordered_this_round = False
         if clean and self._persist > 0:
             self._persist -= 1
             if self._persist == 0:
