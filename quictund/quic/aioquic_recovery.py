@@ -31,6 +31,15 @@ from quictund.quic.reorder import Lost, ReorderWindow
 
 _UNDO_SKIP = frozenset({"bytes_in_flight"})
 MAX_HOLES = 32  # outstanding packets below the largest acked looked at per ACK
+# An ACK whose new largest packet leaves this many older ones outstanding acknowledges a packet
+# that jumped ahead of them: its RTT is shorter than the path's (25 ms on a 50 ms path when
+# packets overtake by 25 ms) and would halve min_rtt, hence BBR's BDP and window.  Random
+# loss leaves fewer holes: they are declared lost 3 packets later.
+JUMPED_HOLES = 16
+
+
+def _no_rtt(*, now: float, rtt: float) -> None:
+    return None
 
 
 class ReorderingRecovery(QuicPacketRecovery):
@@ -59,16 +68,30 @@ class ReorderingRecovery(QuicPacketRecovery):
         found = win.on_ack(ack_rangeset, now, self._rtt_smoothed)
         if found:
             self._on_spurious(found)
-        # the outstanding packets below the largest acknowledged: few (the holes), oldest first
+        # the outstanding packets below this ACK's largest: few (the holes), oldest first
+        largest = ack_rangeset.bounds().stop - 1
         holes: list[int] = []
         for pn in space.sent_packets:
-            if pn >= space.largest_acked_packet or len(holes) >= MAX_HOLES:
+            if pn >= largest or len(holes) >= MAX_HOLES:
                 break
             holes.append(pn)
-        super().on_ack_received(
-            ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
-        )
-        if any(pn not in space.sent_packets and not win.was_lost(pn) for pn in holes):
+        unacked = sum(1 for pn in holes if pn not in ack_rangeset)
+        jumped = unacked >= JUMPED_HOLES and largest > space.largest_acked_packet
+        if jumped:  # not a path RTT sample: keep it out of min_rtt, srtt and BBR's model
+            saved = (self._rtt_latest, self._rtt_min, self._rtt_smoothed, self._rtt_variance)
+            self._cc.on_rtt_measurement = _no_rtt  # type: ignore[method-assign]
+        try:
+            super().on_ack_received(
+                ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
+            )
+        finally:
+            if jumped:
+                del self._cc.on_rtt_measurement
+                self._rtt_latest, self._rtt_min, self._rtt_smoothed, self._rtt_variance = saved
+        below = space.largest_acked_packet
+        if any(
+            pn < below and pn not in space.sent_packets and not win.was_lost(pn) for pn in holes
+        ):
             win.on_reordered()  # a hole was filled late, and not declared lost: tolerated
 
     def _detect_loss(self, *, now: float, space: QuicPacketSpace) -> None:
