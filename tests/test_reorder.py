@@ -123,3 +123,17 @@ def test_tolerated_reordering_keeps_the_window() -> None:
         win.on_ack([range(200, 201)], now=now, srtt=RTT)
     assert (win.packet_threshold, win.mult) == (190, 1)
     assert not win.was_lost(5)
+
+
+def test_bbr_min_rtt_ignores_a_lone_short_sample() -> None:
+    """One packet that jumped 25 ms ahead on a 50 ms path must not halve BBR's min_rtt."""
+    bbr = Bbr(max_datagram_size=1200)
+    now = 0.0
+    for rtt in (0.050, 0.051, 0.025, 0.050, 0.052, 0.026, 0.051):
+        now += 0.01
+        bbr.on_rtt(now, rtt)
+    assert bbr.min_rtt == 0.050
+    for rtt in (0.040, 0.040):  # a real drop shows in consecutive samples
+        now += 0.01
+        bbr.on_rtt(now, rtt)
+    assert bbr.min_rtt == 0.040

@@ -132,6 +132,7 @@ class Bbr:
         # model
         self._bw = MaxFilter(BW_WINDOW_ROUNDS)
         self.min_rtt = math.inf
+        self._prev_rtt: float | None = None
         self._min_rtt_stamp = 0.0
         self.round_count = 0
         self._next_round_delivered = 0
@@ -217,6 +218,10 @@ class Bbr:
             # as Linux: start pacing at the startup gain over the initial window and RTT, so
             # an app-limited flow (tiny delivery-rate samples) is never paced below that
             self.pacing_rate = STARTUP_GAIN * self.cwnd / rtt
+        # min_rtt takes the larger of two consecutive samples: one packet (or ACK) that
+        # overtook the others on a reordering path reads 25 ms on a 50 ms path, and as min_rtt
+        # it would halve the BDP and the window for 10 s; a real RTT drop shows in both
+        rtt, self._prev_rtt = max(rtt, self._prev_rtt or rtt), rtt
         expired = now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         if rtt <= self.min_rtt or expired:
             self.min_rtt = rtt
