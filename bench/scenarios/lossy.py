@@ -307,8 +307,8 @@ def suite_rows(rows: list[Row]) -> list[Row]:
     are path x metric), plus rows that carry issue 7's targets (bench/targets.py lists them):
     goodput at 1 % and 5 % loss >= 10x TCP cubic and >= 0.8x Linux TCP BBR, and a new
     tunnel's first echoed byte within 1.1 link RTTs."""
-    out = [{**r, "metric": f"{LABELS[r['metric']]}, {r['extra']['condition']}"} for r in rows]
-    get = {(r["path"], r["metric"], r["extra"]["condition"]): r for r in rows}
+    out = [{**r, "metric": f"{LABELS[r['metric']]}, {_cond(r)}"} for r in rows]
+    get = {(r["path"], r["metric"], _cond(r)): r for r in rows}
     for path in dict.fromkeys(r["path"] for r in rows):
         if not path.startswith("quictund"):
             continue
@@ -358,10 +358,16 @@ def suite_rows(rows: list[Row]) -> list[Row]:
     return out
 
 
+def _cond(row: Row) -> str:
+    """A row's link condition (rows from before the reordering cases carry only a loss)."""
+    extra = row["extra"]
+    return str(extra.get("condition") or condition(extra["loss_pct"], (0.0, 0.0)))
+
+
 def _reorder_targets(path: str, rows: list[Row], get: dict[Any, Row]) -> list[Row]:
     """Issue 15: under reordering, goodput >= 0.9x the better of Linux TCP cubic and BBR."""
     out = []
-    for cond in dict.fromkeys(r["extra"]["condition"] for r in rows if r["extra"]["reorder"][0]):
+    for cond in dict.fromkeys(_cond(r) for r in rows if r["extra"].get("reorder", (0,))[0]):
         mine, cubic, bbr = (get.get((p, "goodput_mbit", cond)) for p in (path, *TCP))
         if not (mine and cubic and bbr and max(cubic["value"], bbr["value"]) > 0):
             continue
@@ -378,9 +384,9 @@ TCP = ("tcp-cubic", "tcp-bbr")
 
 
 def table(rows: list[Row]) -> str:
-    losses = list(dict.fromkeys(r["extra"]["condition"] for r in rows))
+    losses = list(dict.fromkeys(_cond(r) for r in rows))
     paths = list(dict.fromkeys(r["path"] for r in rows))
-    get = {(r["path"], r["metric"], r["extra"]["condition"]): r["value"] for r in rows}
+    get = {(r["path"], r["metric"], _cond(r)): r["value"] for r in rows}
     out = []
     for metric, label in (
         ("goodput_mbit", "goodput Mbit/s"),
