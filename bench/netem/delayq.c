@@ -5,7 +5,14 @@
  * packet's id and arrival time in a FIFO (a constant delay keeps release order = arrival order,
  * so a ring buffer is the whole timer wheel) and issues NF_ACCEPT once the delay has passed.
  *
- *   delayq --queue 0 --delay-ms 25 [--maxlen 100000]
+ *   delayq --queue 0 --delay-ms 25 [--maxlen 100000] [--reorder-pct 1 --reorder-ms -25]
+ *
+ * Reordering: with --reorder-pct P a random P % of packets get --delay-ms + --reorder-ms
+ * instead (a negative value makes them jump ahead of the packets queued before them, a
+ * positive one holds them back behind later ones; the sum is clamped at 0).  Each class keeps
+ * its own FIFO (constant delay per class), and release takes whichever head is due first.
+ * Verdicts then go out one by one: a batch verdict accepts every id up to the given one, which
+ * would release the other class's held packets early.
  *
  * Only packet metadata is copied to user space (NFQNL_COPY_META), and verdicts go out in
  * batches (nfq_set_verdict_batch accepts every id up to the given one), so ~10k packets/s cost
@@ -37,10 +44,16 @@ struct held {
     uint64_t due_ns;
 };
 
-static struct held *ring;
-static size_t ring_cap, ring_head, ring_len;
-static uint64_t delay_ns;
-static uint64_t overflow, accepted;
+struct fifo {
+    struct held *ring;
+    size_t cap, head, len;
+    uint64_t delay_ns;
+};
+
+static struct fifo q[2]; /* 0: every packet; 1: the reordered fraction */
+static uint32_t reorder_ppm; /* packets per million that go to q[1] */
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint64_t overflow, accepted, reordered;
 static volatile sig_atomic_t stop;
 
 static uint64_t now_ns(void)
@@ -59,25 +72,50 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_d
     if (ph == NULL)
         return 0;
     uint32_t id = ntohl(ph->packet_id);
-    if (ring_len == ring_cap) {
+    struct fifo *f = &q[0];
+    if (reorder_ppm) {
+        rng ^= rng << 13; /* xorshift64: fast, and deterministic run to run */
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if (rng % 1000000u < reorder_ppm) {
+            f = &q[1];
+            reordered++;
+        }
+    }
+    if (f->len == f->cap) {
         /* more held than we can track: drop it, like a full router buffer */
         overflow++;
         return nfq_set_verdict(qh, id, NF_DROP, 0, NULL);
     }
-    struct held *h = &ring[(ring_head + ring_len) % ring_cap];
+    struct held *h = &f->ring[(f->head + f->len) % f->cap];
     h->id = id;
-    h->due_ns = now_ns() + delay_ns;
-    ring_len++;
+    h->due_ns = now_ns() + f->delay_ns;
+    f->len++;
     return 0;
 }
 
-/* Accept every held packet that is due (all of them when `all`); batch verdicts by id. */
+/* Accept every held packet that is due (all of them when `all`).  Without reordering, batch
+ * verdicts by id; with it, one verdict per packet, earliest due first. */
 static void release(struct nfq_q_handle *qh, uint64_t now, int all)
 {
     uint32_t last = 0;
     int have = 0;
-    while (ring_len > 0 && (all || ring[ring_head].due_ns <= now)) {
-        uint32_t id = ring[ring_head].id;
+    for (;;) {
+        struct fifo *f = NULL;
+        for (int i = 0; i < 2; i++)
+            if (q[i].len > 0 && (all || q[i].ring[q[i].head].due_ns <= now) &&
+                (f == NULL || q[i].ring[q[i].head].due_ns < f->ring[f->head].due_ns))
+                f = &q[i];
+        if (f == NULL)
+            break;
+        uint32_t id = f->ring[f->head].id;
+        f->head = (f->head + 1) % f->cap;
+        f->len--;
+        accepted++;
+        if (reorder_ppm) {
+            nfq_set_verdict(qh, id, NF_ACCEPT, 0, NULL);
+            continue;
+        }
         if (have && id < last) {
             /* ids wrapped around: flush what we have before continuing */
             nfq_set_verdict_batch(qh, last, NF_ACCEPT);
@@ -85,12 +123,19 @@ static void release(struct nfq_q_handle *qh, uint64_t now, int all)
         }
         last = id;
         have = 1;
-        ring_head = (ring_head + 1) % ring_cap;
-        ring_len--;
-        accepted++;
     }
     if (have)
         nfq_set_verdict_batch(qh, last, NF_ACCEPT);
+}
+
+/* The earliest due time held, or 0 when nothing is. */
+static uint64_t next_due(void)
+{
+    uint64_t due = 0;
+    for (int i = 0; i < 2; i++)
+        if (q[i].len > 0 && (due == 0 || q[i].ring[q[i].head].due_ns < due))
+            due = q[i].ring[q[i].head].due_ns;
+    return due;
 }
 
 static void on_signal(int sig)
@@ -104,6 +149,7 @@ int main(int argc, char **argv)
     int queue = 0;
     double delay_ms = 25.0;
     size_t maxlen = 100000;
+    double reorder_pct = 0.0, reorder_ms = 0.0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--queue") && i + 1 < argc)
             queue = atoi(argv[++i]);
@@ -111,17 +157,29 @@ int main(int argc, char **argv)
             delay_ms = atof(argv[++i]);
         else if (!strcmp(argv[i], "--maxlen") && i + 1 < argc)
             maxlen = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--reorder-pct") && i + 1 < argc)
+            reorder_pct = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--reorder-ms") && i + 1 < argc)
+            reorder_ms = atof(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s --queue N --delay-ms D [--maxlen N]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s --queue N --delay-ms D [--maxlen N] [--reorder-pct P "
+                    "--reorder-ms D]\n",
+                    argv[0]);
             return 2;
         }
     }
-    delay_ns = (uint64_t)(delay_ms * 1e6);
-    ring_cap = maxlen;
-    ring = calloc(ring_cap, sizeof *ring);
-    if (ring == NULL) {
-        perror("calloc");
-        return 1;
+    double other_ms = delay_ms + reorder_ms;
+    q[0].delay_ns = (uint64_t)(delay_ms * 1e6);
+    q[1].delay_ns = (uint64_t)((other_ms > 0 ? other_ms : 0) * 1e6);
+    reorder_ppm = (uint32_t)(reorder_pct * 10000.0 + 0.5);
+    for (int i = 0; i < 2; i++) {
+        q[i].cap = maxlen;
+        q[i].ring = calloc(q[i].cap, sizeof *q[i].ring);
+        if (q[i].ring == NULL) {
+            perror("calloc");
+            return 1;
+        }
     }
 
     struct nfq_handle *h = nfq_open();
@@ -156,15 +214,17 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
-    fprintf(stderr, "delayq: queue %d, delay %.3f ms, maxlen %zu\n", queue, delay_ms, maxlen);
+    fprintf(stderr, "delayq: queue %d, delay %.3f ms, maxlen %zu, %.3f %% at %.3f ms\n", queue,
+            delay_ms, maxlen, reorder_pct, other_ms > 0 ? other_ms : 0);
     fflush(stderr);
     char buf[65536] __attribute__((aligned));
     while (!stop) {
         uint64_t now = now_ns();
         release(qh, now, 0);
         struct timespec ts, *tsp = NULL;
-        if (ring_len > 0) {
-            uint64_t wait = ring[ring_head].due_ns - now;
+        uint64_t due = next_due();
+        if (due != 0) {
+            uint64_t wait = due > now ? due - now : 0;
             ts.tv_sec = (time_t)(wait / 1000000000ull);
             ts.tv_nsec = (long)(wait % 1000000000ull);
             tsp = &ts;
@@ -192,10 +252,12 @@ int main(int argc, char **argv)
         }
     }
     release(qh, now_ns(), 1);
-    fprintf(stderr, "delayq: exit, %llu accepted, %llu dropped on overflow\n",
-            (unsigned long long)accepted, (unsigned long long)overflow);
+    fprintf(stderr, "delayq: exit, %llu accepted (%llu reordered), %llu dropped on overflow\n",
+            (unsigned long long)accepted, (unsigned long long)reordered,
+            (unsigned long long)overflow);
     nfq_destroy_queue(qh);
     nfq_close(h);
-    free(ring);
+    free(q[0].ring);
+    free(q[1].ring);
     return 0;
 }

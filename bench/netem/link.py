@@ -2,6 +2,8 @@
 
     python bench/netem/link.py up [--rate-mbit 100] [--rtt-ms 50] [--loss 1]
     python bench/netem/link.py set --loss 5        # change the loss rate of a running link
+    python bench/netem/link.py set --reorder-pct 1 --reorder-ms -25   # 1 % jump 25 ms ahead
+    python bench/netem/link.py drops               # nft drop counter: packets, bytes, mean
     python bench/netem/link.py check               # ping RTT and TCP goodput across it
     python bench/netem/link.py down                # idempotent
 
@@ -16,11 +18,20 @@ Everything that crosses ``qm`` in either direction, TCP and UDP alike, gets
   (priority -200, before anything else);
 * **delay**: iptables ``NFQUEUE`` to ``delayq`` (bench/netem/delayq.c), a process in ``qm``
   that holds each packet for RTT/2 and then accepts it;
+* **reordering** (optional): ``delayq --reorder-pct P --reorder-ms D`` gives a random P % of
+  packets RTT/2 + D instead: D = -25 makes them jump 25 ms ahead of the packets sent before
+  them, D = +20 holds them back behind 20 ms of later packets;
 * **rate**: ``tbf`` on both egress veths of ``qm`` (rate, a 1 BDP queue limit, a burst of a few
   packets).
 
-Segmentation offloads are off on every veth, so loss hits single packets, not 64 KiB GSO
-super-packets.  The delay helper's PID is kept in ``STATE_DIR`` and killed by PID on ``down``.
+Segmentation offloads are off on every veth -- tso, gso, gro and ``tx-udp-segmentation``, the
+UDP GSO offload: with it on, a UDP GSO train (up to 64 datagrams sent with one ``sendmsg``)
+crossed ``qm`` as one skb, so one random drop took out the whole train.  ``link.py drops``
+reads the drop rule's counter: its mean dropped unit is now one datagram (~1.4 KB).
+
+``QUICTUND_NETEM_PREFIX`` (default empty) prefixes the namespace names and the state directory,
+so two benches on one machine do not tear down each other's link.  The delay helper's PID is
+kept in ``STATE_DIR`` and killed by PID on ``down``.
 
 Importable: ``Link(rate_mbit, rtt_ms, loss_pct).up()``, ``.set_loss()``, ``.down()``,
 ``netns_cmd(ns, *argv)``.
@@ -41,9 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STATE_DIR = Path("/run/quictund-netem")
+PREFIX = os.environ.get("QUICTUND_NETEM_PREFIX", "")
+STATE_DIR = Path(f"/run/{PREFIX}quictund-netem")
 DELAYQ_BIN = STATE_DIR / "delayq"
-NAMESPACES = ("qa", "qm", "qb")
+NS_A, NS_M, NS_B = f"{PREFIX}qa", f"{PREFIX}qm", f"{PREFIX}qb"
+NAMESPACES = (NS_A, NS_M, NS_B)
+OFFLOADS = ("tso", "gso", "gro", "tx-udp-segmentation")
 CLIENT_IP = "10.99.1.2"
 SERVER_IP = "10.99.2.2"
 QUEUE_NUM = 7
@@ -58,6 +72,8 @@ def sh(*argv: str, check: bool = True, input_text: str | None = None) -> str:
 
 
 def netns_cmd(ns: str, *argv: str) -> list[str]:
+    """``ip netns exec`` in one of the link's namespaces, named "qa", "qm" or "qb"."""
+    ns = {"qa": NS_A, "qm": NS_M, "qb": NS_B}.get(ns, ns)
     return ["ip", "netns", "exec", ns, *argv]
 
 
@@ -100,6 +116,8 @@ class Link:
     rate_mbit: float = 100.0
     rtt_ms: float = 50.0
     loss_pct: float = 0.0
+    reorder_pct: float = 0.0
+    reorder_ms: float = 0.0
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -119,14 +137,14 @@ class Link:
             "add",
             "qa0",
             "netns",
-            "qa",
+            NS_A,
             "type",
             "veth",
             "peer",
             "name",
             "qm-a",
             "netns",
-            "qm",
+            NS_M,
         )
         sh(
             "ip",
@@ -134,14 +152,14 @@ class Link:
             "add",
             "qb0",
             "netns",
-            "qb",
+            NS_B,
             "type",
             "veth",
             "peer",
             "name",
             "qm-b",
             "netns",
-            "qm",
+            NS_M,
         )
         for name, dev, addr in (
             ("qa", "qa0", f"{CLIENT_IP}/24"),
@@ -151,7 +169,8 @@ class Link:
         ):
             ns(name, "ip", "addr", "add", addr, "dev", dev)
             ns(name, "ip", "link", "set", dev, "up")
-            ns(name, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off", check=False)
+            for offload in OFFLOADS:  # one at a time: a knob a driver lacks fails only itself
+                ns(name, "ethtool", "-K", dev, offload, "off", check=False)
         ns("qa", "ip", "route", "add", "default", "via", "10.99.1.1")
         ns("qb", "ip", "route", "add", "default", "via", "10.99.2.1")
         ns("qm", "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -181,26 +200,37 @@ class Link:
             "--queue-num",
             str(QUEUE_NUM),
         )
-        log = open(STATE_DIR / "delayq.log", "ab")  # handed to the child
-        proc = subprocess.Popen(
-            netns_cmd(
-                "qm",
-                str(delayq),
-                "--queue",
-                str(QUEUE_NUM),
-                "--delay-ms",
-                str(self.rtt_ms / 2),
-                "--maxlen",
-                "100000",
-            ),
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        (STATE_DIR / "delayq.pid").write_text(str(proc.pid))
+        self._start_delayq(delayq)
         (STATE_DIR / "link.json").write_text(json.dumps(self.__dict__))
         self._wait_ready()
         return self
+
+    def _start_delayq(self, delayq: Path) -> None:
+        log = open(STATE_DIR / "delayq.log", "ab")  # handed to the child
+        argv = [str(delayq), "--queue", str(QUEUE_NUM), "--delay-ms", str(self.rtt_ms / 2)]
+        argv += ["--maxlen", "100000"]
+        if self.reorder_pct:
+            argv += ["--reorder-pct", str(self.reorder_pct), "--reorder-ms", str(self.reorder_ms)]
+        proc = subprocess.Popen(
+            netns_cmd("qm", *argv), stdout=log, stderr=log, start_new_session=True
+        )
+        (STATE_DIR / "delayq.pid").write_text(str(proc.pid))
+
+    def set_reorder(self, pct: float, ms: float) -> None:
+        """Restart the delay helper so ``pct`` % of packets get RTT/2 + ``ms``."""
+        if (pct, ms) == (self.reorder_pct, self.reorder_ms):
+            return
+        self.reorder_pct, self.reorder_ms = pct, ms
+        _stop_delayq()
+        self._start_delayq(DELAYQ_BIN)
+        (STATE_DIR / "link.json").write_text(json.dumps(self.__dict__))
+        self._wait_ready()
+
+    def drops(self) -> tuple[int, int]:
+        """(packets, bytes) dropped by the random-loss rule since it was last set."""
+        out = ns("qm", "nft", "list", "chain", "inet", "netem", "forward")
+        m = re.search(r"counter packets (\d+) bytes (\d+) drop", out)
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
     def set_loss(self, loss_pct: float) -> None:
         self.loss_pct = loss_pct
@@ -309,8 +339,8 @@ class Link:
         return float(json.loads(out)["mbit"])
 
 
-def down() -> None:
-    """Kill our delay helper (by its PID) and delete the namespaces; fine when already down."""
+def _stop_delayq() -> None:
+    """Kill our delay helper by the PID we recorded (SIGTERM: it accepts what it holds)."""
     pid_file = STATE_DIR / "delayq.pid"
     if pid_file.exists():
         try:
@@ -323,6 +353,11 @@ def down() -> None:
         except (ProcessLookupError, ValueError):
             pass
         pid_file.unlink(missing_ok=True)
+
+
+def down() -> None:
+    """Kill our delay helper (by its PID) and delete the namespaces; fine when already down."""
+    _stop_delayq()
     (STATE_DIR / "link.json").unlink(missing_ok=True)
     existing = sh("ip", "netns", "list", check=False)
     for name in NAMESPACES:
@@ -339,18 +374,28 @@ def current() -> Link:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("command", choices=["up", "set", "down", "check"])
+    ap.add_argument("command", choices=["up", "set", "down", "check", "drops"])
     ap.add_argument("--rate-mbit", type=float, default=100.0)
     ap.add_argument("--rtt-ms", type=float, default=50.0)
     ap.add_argument("--loss", type=float, default=None, help="percent, both directions")
+    ap.add_argument("--reorder-pct", type=float, default=0.0, help="percent of packets")
+    ap.add_argument("--reorder-ms", type=float, default=0.0, help="their extra delay (< 0: early)")
     args = ap.parse_args()
     if args.command == "up":
-        link = Link(args.rate_mbit, args.rtt_ms, args.loss or 0.0).up()
+        link = Link(args.rate_mbit, args.rtt_ms, args.loss or 0.0)
+        link.reorder_pct, link.reorder_ms = args.reorder_pct, args.reorder_ms
+        link.up()
         print(f"link up: {link}")
     elif args.command == "set":
         link = current()
-        link.set_loss(args.loss or 0.0)
+        if args.loss is not None:
+            link.set_loss(args.loss)
+        link.set_reorder(args.reorder_pct, args.reorder_ms)
         print(f"link: {link}")
+    elif args.command == "drops":
+        packets, size = current().drops()
+        mean = size / packets if packets else 0.0
+        print(f"dropped {packets} packets, {size} bytes, mean unit {mean:.0f} bytes")
     elif args.command == "down":
         down()
         print("link down")

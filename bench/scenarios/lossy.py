@@ -4,7 +4,9 @@
                                     [--paths tcp-cubic,quictund-bbr,...] [--out FILE]
 
 Builds the link of bench/netem/link.py (namespaces qa | qm | qb; needs root), then for each
-loss level (0, 0.1, 1, 2, 5 %) and each path measures, side by side in one invocation:
+loss level (0, 0.1, 1, 2, 5 %), each reordering case (no loss; 1 % of packets jump 25 ms
+ahead, 1 % held back 20 ms: ``--reorder 1:-25,1:20``) and each path measures, side by side in
+one invocation:
 
 * ``goodput_mbit``: one bulk stream qa -> qb for ``--seconds`` (>= 10 s), timed at the sink
   from its first byte;
@@ -18,6 +20,9 @@ both started from TOML with ``congestion-control = <cc>``; ``quictund-qh3`` runs
 engine with its built-in controller).  Runs are interleaved (run 1 of
 every path, then run 2, ...) and each metric is reported as the median over runs.
 
+In the suite (``bench/run.py --only lossy``) the environment variable ``QUICTUND_LOSSY_ARGS``
+holds these options, e.g. ``--paths tcp-cubic,tcp-bbr,quictund-bbr --loss 1,5``.
+
 Suite contract: ``run(ctx) -> list[Row]`` with ``ctx.quick`` (bool); a Row is
 ``{scenario, path, metric, value, unit, extra}``.  Standalone it prints a table and writes JSON.
 """
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,12 +47,13 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH / "netem"))
 
 from _toml_daemons import start_config  # noqa: E402
-from link import SERVER_IP, Link, netns_cmd  # noqa: E402
+from link import NS_A, NS_B, SERVER_IP, Link, netns_cmd  # noqa: E402
 
 Row = dict[str, Any]
 SCENARIO = "lossy"
 TITLE = "Lossy links"
 LOSSES = (0.0, 0.1, 1.0, 2.0, 5.0)
+REORDERS = ((1.0, -25.0), (1.0, 20.0))  # (% of packets, extra one-way delay in ms)
 PATHS = ("tcp-cubic", "tcp-bbr", "quictund-cubic", "quictund-bbr")
 APP = str(BENCH / "netem" / "tcpapp.py")
 SINK_PORT, ECHO_PORT = 5201, 5202
@@ -98,7 +105,7 @@ class Quictund:
         # an API socket, so `quictund status --api …/client-api.sock` can show cwnd and RTT
         api = f'[api]\nsocket = "{self.workdir / "client-api.sock"}"\n'
         client.write_text(api + "\n".join(sections))
-        for config, ns in ((server, "qb"), (client, "qa")):
+        for config, ns in ((server, NS_B), (client, NS_A)):
             proc, _ = await start_config(config, ns)
             self.procs.append(proc)
 
@@ -175,9 +182,45 @@ def measure_echo(path: str, count: int, mode: str) -> dict[str, float]:
         echo.wait()
 
 
+Key = tuple[str, str, float, tuple[float, float]]  # path, metric, loss %, reorder (%, ms)
+
+
+def condition(loss: float, reorder: tuple[float, float] | list[float]) -> str:
+    """The row label of one link condition: "1 % loss" or "1 % 25 ms ahead"."""
+    pct, ms = reorder
+    if not pct:
+        return f"{loss:g} % loss"
+    return f"{pct:g} % {abs(ms):g} ms " + ("ahead" if ms < 0 else "late")
+
+
+async def _measure_one(
+    args: argparse.Namespace,
+    path: str,
+    run: int,
+    loss: float,
+    reorder: tuple[float, float],
+    samples: dict[Key, list[float]],
+) -> None:
+    def add(metric: str, value: float) -> None:
+        samples.setdefault((path, metric, loss, reorder), []).append(value)
+
+    mbit = await asyncio.to_thread(measure_bulk, path, args.seconds)
+    add("goodput_mbit", mbit)
+    rr = await asyncio.to_thread(measure_echo, path, args.requests, "rr")
+    add("rr_p50_ms", rr["p50_ms"])
+    add("rr_p99_ms", rr["p99_ms"])
+    line = f"run {run + 1} {condition(loss, reorder):>16} {path:<15} {mbit:7.1f} Mbit/s"
+    line += f"  rr p50 {rr['p50_ms']:6.1f} ms  p99 {rr['p99_ms']:7.1f} ms"
+    if loss == 0 and not reorder[0]:
+        fb = await asyncio.to_thread(measure_echo, path, 10, "connect")
+        add("first_byte_ms", fb["p50_ms"])
+        line += f"  new conn -> first byte {fb['p50_ms']:.1f} ms"
+    print(line, flush=True)
+
+
 async def measure(args: argparse.Namespace) -> list[Row]:
     link = Link(rate_mbit=100.0, rtt_ms=50.0, loss_pct=0.0).up()
-    samples: dict[tuple[str, str, float], list[float]] = {}
+    samples: dict[Key, list[float]] = {}
     tunnels = _TUNNELS
     workdir = Path(tempfile.mkdtemp(prefix="lossy-"))
     try:
@@ -189,29 +232,23 @@ async def measure(args: argparse.Namespace) -> list[Row]:
         rtt = link.ping_rtt_ms()
         print(f"# link: 100 Mbit/s, ping RTT {rtt:.1f} ms", flush=True)
         for run in range(args.runs):
-            for loss in args.loss:
+            cases = [(loss, (0.0, 0.0)) for loss in args.loss]
+            cases += [(0.0, reorder) for reorder in args.reorder]
+            for loss, reorder in cases:
                 link.set_loss(loss)
+                link.set_reorder(*reorder)
                 for path in args.paths:
-                    mbit = await asyncio.to_thread(measure_bulk, path, args.seconds)
-                    samples.setdefault((path, "goodput_mbit", loss), []).append(mbit)
-                    rr = await asyncio.to_thread(measure_echo, path, args.requests, "rr")
-                    samples.setdefault((path, "rr_p50_ms", loss), []).append(rr["p50_ms"])
-                    samples.setdefault((path, "rr_p99_ms", loss), []).append(rr["p99_ms"])
-                    line = f"run {run + 1} loss {loss:>4} % {path:<15} {mbit:7.1f} Mbit/s"
-                    line += f"  rr p50 {rr['p50_ms']:6.1f} ms  p99 {rr['p99_ms']:7.1f} ms"
-                    if loss == 0:
-                        fb = await asyncio.to_thread(measure_echo, path, 10, "connect")
-                        samples.setdefault((path, "first_byte_ms", loss), []).append(fb["p50_ms"])
-                        line += f"  new conn -> first byte {fb['p50_ms']:.1f} ms"
-                    print(line, flush=True)
+                    await _measure_one(args, path, run, loss, reorder, samples)
     finally:
         for tunnel in tunnels.values():
             await tunnel.stop()
         link.down()
     rows = []
-    for (path, metric, loss), values in samples.items():
+    for (path, metric, loss, reorder), values in samples.items():
         value = statistics.median(values)
         extra: dict[str, Any] = {"loss_pct": loss, "runs": values, "rate_mbit": 100, "rtt_ms": 50}
+        extra["reorder"] = list(reorder)
+        extra["condition"] = condition(loss, reorder)
         if metric == "first_byte_ms":
             extra["rtts"] = round(value / rtt, 2)
         unit = "Mbit/s" if metric == "goodput_mbit" else "ms"
@@ -235,6 +272,7 @@ def _args(quick: bool, argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--loss", default=None, help="comma-separated percentages")
+    ap.add_argument("--reorder", default=None, help="PCT:MS,... (MS < 0: jump ahead)")
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--out", default=str(BENCH / "results" / "lossy.json"))
     args = ap.parse_args(argv if argv is not None else [])
@@ -242,6 +280,8 @@ def _args(quick: bool, argv: list[str] | None = None) -> argparse.Namespace:
     args.seconds = args.seconds or 10.0
     args.requests = args.requests or (100 if args.quick else 150)
     args.loss = [float(x) for x in args.loss.split(",")] if args.loss else list(LOSSES)
+    cases = [c.split(":") for c in args.reorder.split(",") if c] if args.reorder else None
+    args.reorder = [(float(p), float(m)) for p, m in cases] if cases is not None else REORDERS
     args.paths = [p for p in args.paths.split(",") if p]
     return args
 
@@ -250,7 +290,8 @@ def run(ctx: Any) -> list[Row]:
     """Suite entry point: ``ctx.quick`` picks 1 run instead of 3 (10 s each)."""
     if os.geteuid() != 0:
         return []  # namespaces need root; the suite reports the scenario as skipped
-    return suite_rows(asyncio.run(measure(_args(bool(getattr(ctx, "quick", False))))))
+    argv = shlex.split(os.environ.get("QUICTUND_LOSSY_ARGS", ""))
+    return suite_rows(asyncio.run(measure(_args(bool(getattr(ctx, "quick", False)), argv))))
 
 
 LABELS = {
@@ -266,16 +307,16 @@ def suite_rows(rows: list[Row]) -> list[Row]:
     are path x metric), plus rows that carry issue 7's targets (bench/targets.py lists them):
     goodput at 1 % and 5 % loss >= 10x TCP cubic and >= 0.8x Linux TCP BBR, and a new
     tunnel's first echoed byte within 1.1 link RTTs."""
-    out = [
-        {**r, "metric": f"{LABELS[r['metric']]}, {r['extra']['loss_pct']:g} % loss"} for r in rows
-    ]
-    get = {(r["path"], r["metric"], r["extra"]["loss_pct"]): r for r in rows}
+    out = [{**r, "metric": f"{LABELS[r['metric']]}, {_cond(r)}"} for r in rows]
+    get = {(r["path"], r["metric"], _cond(r)): r for r in rows}
     for path in dict.fromkeys(r["path"] for r in rows):
         if not path.startswith("quictund"):
             continue
+        out.extend(_reorder_targets(path, rows, get))
         for loss in (1.0, 5.0):
             mine, cubic, bbr = (
-                get.get((p, "goodput_mbit", loss)) for p in (path, "tcp-cubic", "tcp-bbr")
+                get.get((p, "goodput_mbit", f"{loss:g} % loss"))
+                for p in (path, "tcp-cubic", "tcp-bbr")
             )
             if not (mine and cubic and bbr and cubic["value"] and bbr["value"]):
                 continue
@@ -298,7 +339,7 @@ def suite_rows(rows: list[Row]) -> list[Row]:
                     "extra": extra,
                 }
             )
-        first = get.get((path, "first_byte_ms", 0.0))
+        first = get.get((path, "first_byte_ms", "0 % loss"))
         if first and "rtts" in first["extra"]:
             rtts = first["extra"]["rtts"]
             target = {
@@ -317,17 +358,42 @@ def suite_rows(rows: list[Row]) -> list[Row]:
     return out
 
 
+def _cond(row: Row) -> str:
+    """A row's link condition (rows from before the reordering cases carry only a loss)."""
+    extra = row["extra"]
+    return str(extra.get("condition") or condition(extra["loss_pct"], (0.0, 0.0)))
+
+
+def _reorder_targets(path: str, rows: list[Row], get: dict[Any, Row]) -> list[Row]:
+    """Issue 15: under reordering, goodput >= 0.9x the better of Linux TCP cubic and BBR."""
+    out = []
+    for cond in dict.fromkeys(_cond(r) for r in rows if r["extra"].get("reorder", (0,))[0]):
+        mine, cubic, bbr = (get.get((p, "goodput_mbit", cond)) for p in (path, *TCP))
+        if not (mine and cubic and bbr and max(cubic["value"], bbr["value"]) > 0):
+            continue
+        best = max(cubic["value"], bbr["value"])
+        x = mine["value"] / best
+        text = f"reordering {cond}: goodput >= 0.9x the better Linux TCP (here {x:.2f}x)"
+        extra = {**mine["extra"], "target": {"text": text, "met": x >= 0.9}}
+        metric = f"goodput / better Linux TCP, {cond}"
+        out.append({**mine, "metric": metric, "value": x, "unit": "x", "extra": extra})
+    return out
+
+
+TCP = ("tcp-cubic", "tcp-bbr")
+
+
 def table(rows: list[Row]) -> str:
-    losses = sorted({r["extra"]["loss_pct"] for r in rows})
+    losses = list(dict.fromkeys(_cond(r) for r in rows))
     paths = list(dict.fromkeys(r["path"] for r in rows))
-    get = {(r["path"], r["metric"], r["extra"]["loss_pct"]): r["value"] for r in rows}
+    get = {(r["path"], r["metric"], _cond(r)): r["value"] for r in rows}
     out = []
     for metric, label in (
         ("goodput_mbit", "goodput Mbit/s"),
         ("rr_p50_ms", "rr p50 ms"),
         ("rr_p99_ms", "rr p99 ms"),
     ):
-        out.append(f"| {label} | " + " | ".join(f"{x:g} %" for x in losses) + " |")
+        out.append(f"| {label} | " + " | ".join(losses) + " |")
         out.append("|---" * (len(losses) + 1) + "|")
         for path in paths:
             cells = [get.get((path, metric, loss)) for loss in losses]

@@ -21,6 +21,7 @@ Sans-IO and engine-independent: the owner calls
   estimation);
 * ``on_acked(now, size, state)`` / ``on_lost(size)`` for each acknowledged / lost packet, then
   ``on_ack_done(now, bytes_in_flight)`` once per ACK frame, which updates the model;
+  ``on_spurious(size)`` when a packet it called lost is acknowledged after all (reordering);
 * ``on_rtt(now, rtt)`` for each RTT sample, ``on_app_limited(bytes_in_flight)`` when it had
   nothing to send while the window was open;
 
@@ -131,6 +132,7 @@ class Bbr:
         # model
         self._bw = MaxFilter(BW_WINDOW_ROUNDS)
         self.min_rtt = math.inf
+        self._prev_rtt: float | None = None
         self._min_rtt_stamp = 0.0
         self.round_count = 0
         self._next_round_delivered = 0
@@ -204,12 +206,22 @@ class Bbr:
         self._round_lost_packets += 1
         self._lost_in_cycle = True
 
+    def on_spurious(self, size: int) -> None:
+        """A packet counted by :meth:`on_lost` was acknowledged after all (reordering): take it
+        back out of the loss guard's count, so reordering never caps the rate."""
+        self._round_lost = max(self._round_lost - size, 0)
+        self._round_lost_packets = max(self._round_lost_packets - 1, 0)
+
     def on_rtt(self, now: float, rtt: float) -> None:
         rtt = max(rtt, MIN_RTT_SAMPLE_S)
         if self.pacing_rate is None:
             # as Linux: start pacing at the startup gain over the initial window and RTT, so
             # an app-limited flow (tiny delivery-rate samples) is never paced below that
             self.pacing_rate = STARTUP_GAIN * self.cwnd / rtt
+        # min_rtt takes the larger of two consecutive samples: one packet (or ACK) that
+        # overtook the others on a reordering path reads 25 ms on a 50 ms path, and as min_rtt
+        # it would halve the BDP and the window for 10 s; a real RTT drop shows in both
+        rtt, self._prev_rtt = max(rtt, self._prev_rtt or rtt), rtt
         expired = now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         if rtt <= self.min_rtt or expired:
             self.min_rtt = rtt

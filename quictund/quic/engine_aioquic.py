@@ -55,6 +55,7 @@ from aioquic.quic.stream import QuicStream
 from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.quic import engine_aioquic_paths as paths
+from quictund.quic.aioquic_recovery import install as install_reordering
 from quictund.quic.credit import (
     ReceiveLedger,
     StreamWindows,
@@ -166,6 +167,7 @@ class AioquicConnection(QuicConnection):
         self._local_max_streams_uni.value = 0
         self._local_max_streams_uni.sent = 0
         self.packets_lost = 0
+        install_reordering(self._loss)  # reordering-tolerant loss detection
         count_losses = self._loss._on_packets_lost
 
         def on_packets_lost(**kwargs: Any) -> None:
