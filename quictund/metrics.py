@@ -22,6 +22,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.before_render: list[Callable[[], None]] = []  # state to publish before a scrape
         r = self.registry
         self.opened = Counter(
             "quictund_tunnels_opened", "Tunnels established", ["listener"], registry=r
@@ -66,7 +67,8 @@ class Metrics:
                 10,
             ),
         )
-        # UDP flows (quictund/udpflow), added when a flow ends.
+        # UDP flows (quictund/udpflow): open flows are brought up to date before each scrape
+        # (``before_render``), an ending flow adds its rest.
         self.udp_datagrams = Counter(
             "quictund_udp_datagrams",
             "UDP flow datagrams carried, by direction (to or from the tunnel)",
@@ -109,6 +111,8 @@ class Metrics:
         self.registry.register(_State(active, reconnects, limits, connected))
 
     def render(self) -> tuple[bytes, str]:
+        for hook in self.before_render:
+            hook()
         return generate_latest(self.registry), CONTENT_TYPE
 
 

@@ -102,6 +102,8 @@ class TunnelTable:
         self._records: dict[str, TunnelRecord] = {}
         self._empty: asyncio.Event | None = None
         self.metrics = metrics
+        if metrics is not None:
+            metrics.before_render.append(self.publish_flows)
 
     def add(self, record: TunnelRecord) -> None:
         self._records[record.uuid] = record
@@ -150,6 +152,14 @@ class TunnelTable:
                 m.failed.labels(record.listener, failure_category(reason)).inc()
             if record.udp is not None:
                 record.udp.count(m, record.listener)
+
+    def publish_flows(self) -> None:
+        """Bring the UDP flow counters of open flows into the metrics (before a scrape)."""
+        if self.metrics is None:
+            return
+        for record in self._records.values():
+            if record.udp is not None:
+                record.udp.count(self.metrics, record.listener)
 
     def get(self, uuid: str) -> TunnelRecord | None:
         return self._records.get(uuid)

@@ -43,13 +43,24 @@ class FlowCounters:
     # The largest UDP payload the flow could carry when it opened (the path's datagram size
     # less QUIC's overhead): what an app should keep to.
     max_payload: int = 0
+    # What ``count`` already added to the metrics (it runs at every scrape and at the end).
+    published: Counter[str] = field(default_factory=Counter)
 
     def count(self, metrics: Metrics, listener: str) -> None:
-        """Add this (ended) flow to ``quictund_udp_datagrams`` / ``quictund_udp_drops``."""
-        metrics.udp_datagrams.labels(listener, "to_tunnel").inc(self.to_tunnel)
-        metrics.udp_datagrams.labels(listener, "from_tunnel").inc(self.from_tunnel)
-        for reason, n in self.drops.items():
-            metrics.udp_drops.labels(listener, reason).inc(n)
+        """Add what this flow carried and dropped since the last call to
+        ``quictund_udp_datagrams`` / ``quictund_udp_drops``: called for open flows at every
+        scrape (the counters are live) and once more when the flow ends."""
+        now = Counter({"to_tunnel": self.to_tunnel, "from_tunnel": self.from_tunnel})
+        now.update({f"drop:{reason}": n for reason, n in self.drops.items()})
+        for key, total in now.items():
+            delta = total - self.published[key]
+            if delta <= 0:
+                continue
+            self.published[key] = total
+            if key.startswith("drop:"):
+                metrics.udp_drops.labels(listener, key[5:]).inc(delta)
+            else:
+                metrics.udp_datagrams.labels(listener, key).inc(delta)
 
     def as_dict(self) -> dict[str, object]:
         return {

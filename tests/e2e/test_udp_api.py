@@ -98,6 +98,9 @@ async def test_udp_flows_with_every_token_plugin_in_the_api(
         }
         key = ("quictund_udp_datagrams_total", (("direction", "to_tunnel"), ("listener", "file")))
         assert samples[key] >= 1
+        # The "fixed" flow is still open: its datagrams are counted live, not only at its end.
+        live = (("direction", "from_tunnel"), ("listener", "fixed"))
+        assert samples[("quictund_udp_datagrams_total", live)] >= 1
 
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "quictund", "tunnels", "--api", str(api),

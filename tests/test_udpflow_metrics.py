@@ -1,0 +1,36 @@
+"""UDP flow counters reach /metrics while the flow is open, each datagram exactly once."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from quictund.metrics import Metrics
+from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.udpflow.flow import CONGESTION, FlowCounters
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = metrics.render()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_open_flows_are_counted_at_every_scrape_and_never_twice() -> None:
+    metrics = Metrics()
+    table = TunnelTable(metrics)
+    record = TunnelRecord(
+        endpoint="client", listener="dns", remote_endpoint_addr="", udp=FlowCounters()
+    )
+    table.add(record)
+    assert record.udp is not None
+    record.udp.to_tunnel = 3
+    record.udp.drops[CONGESTION] = 2
+    sent = ("quictund_udp_datagrams_total", (("direction", "to_tunnel"), ("listener", "dns")))
+    dropped = ("quictund_udp_drops_total", (("listener", "dns"), ("reason", "congestion")))
+    assert _samples(metrics)[sent] == 3 and _samples(metrics)[dropped] == 2  # live, scraped twice
+    record.udp.to_tunnel = 5
+    table.closed(record, "idle")
+    assert _samples(metrics)[sent] == 5  # the flow's end adds only what no scrape saw
