@@ -43,7 +43,6 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
     MAX_STREAM_DATA_FRAME_CAPACITY,
-    QuicConnection,
     QuicConnectionState,
 )
 from aioquic.quic.packet import QuicFrameType
@@ -64,14 +63,9 @@ from quictund.quic.credit import (
     raised_limit,
 )
 from quictund.quic.engine_aioquic_cids import install as install_quic_lb
+from quictund.quic.engine_aioquic_sched import SlicedSending
 from quictund.quic.engine_aioquic_tls import ClientAuthContext, ServerCheckContext
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
-
-# What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
-# streams, and more while together they have less than SLICE_BYTES to send -- so many streams
-# with a few bytes each still share packets.
-SEND_SLICE = 8
-SLICE_BYTES = 16 * 1024
 
 __all__ = ["AioquicConnection", "QuicConfiguration", "events", "make_configuration"]
 
@@ -110,7 +104,7 @@ def make_configuration(
     return config
 
 
-class AioquicConnection(QuicConnection):
+class AioquicConnection(SlicedSending):
     """aioquic's ``QuicConnection`` with consumption-based credit and no pacer.
 
     The tunnel layer must call ``consume(stream_id, n)`` once ``n`` delivered bytes have left
@@ -445,98 +439,7 @@ class AioquicConnection(QuicConnection):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
-    def _write_application(self, builder: QuicPacketBuilder, network_path: Any, now: float) -> None:
-        # aioquic walks ``_streams`` (for limits) and ``_streams_queue`` (for data) once per
-        # packet it builds, so a packet costs O(streams).  Show it only streams that have work
-        # (see _stays_queued), and those a slice at a time (_slice_end): the next slice only
-        # once this one has nothing left to send, so 100 busy tunnels cost what 8 do.
-        # Fairness across calls is aioquic's own rule applied to the whole queue: streams that
-        # sent new data go to the back, behind those not reached and those that had nothing.
-        every = self._streams
-        queue = self._streams_queue
-        waited: list[QuicStream] = []
-        sent: list[QuicStream] = []
-        pos = 0
-        try:
-            while True:
-                end = _slice_end(queue, pos)
-                batch = queue[pos:end]
-                pos = end
-                before = {s.stream_id: s.sender.highest_offset for s in batch}
-                self._streams = {s.stream_id: s for s in batch}  # type: ignore[misc]
-                self._streams_queue = batch
-                try:
-                    super()._write_application(builder, network_path, now)
-                finally:
-                    for stream in batch:
-                        if stream.stream_id not in self._streams:  # aioquic discarded it
-                            every.pop(stream.stream_id, None)  # type: ignore[arg-type]
-                            self._settle(stream)
-                    for stream in self._streams_queue:
-                        moved = stream.sender.highest_offset != before[stream.stream_id]
-                        (sent if moved else waited).append(stream)
-                if pos >= len(queue) or self._pacing_at is not None:
-                    break
-        finally:
-            self._streams = every
-            self._streams_queue = [
-                s for s in queue[pos:] + waited + sent if self._stays_queued(s)
-            ]
-
     # ---- private ------------------------------------------------------------------------
-
-    def _activate(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is not None and not getattr(stream, "_qt_queued", True):
-            stream._qt_queued = True  # type: ignore[attr-defined]
-            self._streams_queue.append(stream)
-
-    def _mark_new_streams(self) -> None:
-        # aioquic appends new streams to the queue; they carry no mark yet.
-        for stream in reversed(self._streams_queue):
-            if hasattr(stream, "_qt_queued"):
-                break
-            stream._qt_queued = True  # type: ignore[attr-defined]
-
-    def _stays_queued(self, stream: QuicStream) -> bool:
-        """False (and unmark) for a stream with nothing to send, resend, ack or announce."""
-        sender, receiver = stream.sender, stream.receiver
-        # A stream waiting for the peer's MAX_STREAM_DATA (a stalled reader over there) has
-        # nothing to send either: _handle_max_stream_data_frame re-queues it.  Without this,
-        # 500 such streams cost every packet a walk over them all.
-        waits_for_credit = (
-            sender.highest_offset >= stream.max_stream_data_remote
-            and sender._buffer_start >= sender.highest_offset  # everything sent was acked
-        )
-        idle = (
-            (
-                waits_for_credit
-                or (sender.buffer_is_empty and sender._buffer_start == sender._buffer_stop)
-            )
-            and sender._buffer_fin is None
-            and sender._reset_error_code is None
-            and not sender.reset_pending
-            and not stream.is_blocked
-            and receiver._stop_error_code is None
-            and not receiver.is_finished
-            and stream.max_stream_data_local_sent == stream.max_stream_data_local
-            and stream.stream_id not in self._credit_dirty
-        )
-        if idle:
-            stream._qt_queued = False  # type: ignore[attr-defined]
-        return not idle
-
-
-def _slice_end(queue: list[QuicStream], pos: int) -> int:
-    """End of the slice starting at ``pos``: SEND_SLICE streams, more while they are small."""
-    end = min(pos + SEND_SLICE, len(queue))
-    pending = sum(s.sender._buffer_stop - s.sender.highest_offset for s in queue[pos:end])
-    while end < len(queue) and pending < SLICE_BYTES:
-        sender = queue[end].sender
-        pending += sender._buffer_stop - sender.highest_offset
-        end += 1
-    return end
-
 
 def _peek_stream_id(buf: Buffer) -> int:
     """The stream id that starts a stream-related frame, without consuming it."""
