@@ -4,17 +4,13 @@ See ``hostaddrs_ns.py`` for the set-up.  Runs with QUICTUND_TEST_ENGINE's engine
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+from tests.e2e.unshared import run_unshared
 
 _missing = [tool for tool in ("unshare", "ip", "nsenter", "mount") if shutil.which(tool) is None]
 pytestmark = pytest.mark.skipif(
@@ -25,14 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def seen() -> dict[str, Any]:
-    proc = subprocess.run(
-        ["unshare", "--net", "--mount", sys.executable, "-m", "tests.e2e.hostaddrs_ns"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, timeout=100, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+    return run_unshared("tests.e2e.hostaddrs_ns")
 
 
 def test_an_address_added_after_start_is_refused(seen: dict[str, Any]) -> None:

@@ -5,19 +5,14 @@ UNIX globs allow exactly what they name.  See ``policy_table.py`` for the set-up
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e import policy_table
-
-ROOT = Path(__file__).parents[2]
+from tests.e2e.unshared import run_unshared
 
 _missing = [tool for tool in ("unshare", "ip", "mount") if shutil.which(tool) is None]
 pytestmark = pytest.mark.skipif(
@@ -28,16 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def table() -> dict[str, Any]:
-    # A plain blocking subprocess: this runs in a module-scoped fixture, outside any test's
-    # event loop, and must not depend on whatever child watcher earlier tests left behind.
-    proc = subprocess.run(
-        ["unshare", "--net", "--mount", sys.executable, "-m", "tests.e2e.policy_table"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, timeout=100, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
+    return run_unshared("tests.e2e.policy_table")
 
 
 def test_traps_see_connections_to_every_local_address(table: dict[str, Any]) -> None:

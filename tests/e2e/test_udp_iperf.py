@@ -23,6 +23,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+async def _listening(port: int, within: float = 10.0) -> None:
+    """Wait until iperf3's server accepts its TCP control connection on ``port``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
 async def _iperf(port: int) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         "iperf3", "-c", "127.0.0.1", "-p", str(port), "-u", "-b", "10M", "-l", "1200",
@@ -47,7 +63,7 @@ async def test_iperf3_udp_through_a_flow(state_dir: Path) -> None:
     listen = int(udp.address.rsplit(":", 1)[1])
     tcp = await start_client(server.address, f"tcp:{dest}", listen=f"tcp:127.0.0.1:{listen}")
     try:
-        await asyncio.sleep(0.5)  # iperf3's server binds after it starts
+        await _listening(port)  # iperf3's server binds after it starts
         direct = await _iperf(port)
         tunnel = await _iperf(listen)
         print(

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
+
+from tests.e2e.harness import Endpoint, start_client, start_server
 
 
 class UdpEcho(asyncio.DatagramProtocol):
@@ -75,3 +81,39 @@ async def udp_app(address: str) -> UdpApp:
     transport, _ = await loop.create_datagram_endpoint(lambda: app, remote_addr=(host, int(port)))
     app.transport = cast(asyncio.DatagramTransport, transport)
     return app
+
+
+@dataclass
+class OneFlow:
+    """An echo destination, a server allowed to reach it, a client with a ``udp:`` listener
+    whose token names it, and one app socket on that listener."""
+
+    echo: UdpEcho
+    server: Endpoint
+    client: Endpoint
+    app: UdpApp
+
+
+@asynccontextmanager
+async def one_flow(
+    state_dir: Path,
+    *,
+    silent: bool = False,
+    allow: str | None = None,
+    server_args: tuple[str, ...] = (),
+    client_args: tuple[str, ...] = (),
+) -> AsyncIterator[OneFlow]:
+    """Start ``OneFlow`` (``allow`` defaults to the echo itself); stop everything after."""
+    echo = await udp_echo(silent=silent)
+    dest = f"udp:127.0.0.1:{echo.port}"
+    server = await start_server(state_dir, "--allow", allow or dest, *server_args)
+    client = await start_client(server.address, dest, *client_args, listen="udp:127.0.0.1:0")
+    app = await udp_app(client.address)
+    try:
+        yield OneFlow(echo, server, client, app)
+    finally:
+        app.close()
+        await client.stop()
+        await server.stop()
+        assert echo.transport is not None
+        echo.transport.close()
