@@ -124,7 +124,7 @@ class Tunnel:
                     self.writer.write(b"x" * 4096)
                     if not await self.reader.read(1 << 16):
                         return "eof"
-            except ConnectionResetError:
+            except (ConnectionResetError, BrokenPipeError):  # a write after the RST: EPIPE
                 return "reset"
 
     async def fate(self) -> str:
