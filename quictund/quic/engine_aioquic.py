@@ -37,7 +37,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from aioquic._buffer import Buffer
+from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -153,6 +153,7 @@ class AioquicConnection(SlicedSending):
         self._released: dict[int, None] = {}  # insertion-ordered set, bounded
         self._unsettled: dict[int, int] = {}
         self._credit_dirty: set[int] = set()
+        self._limits_seen = (-1, -1)  # (used, credit base) _write_connection_limits last saw
         # aioquic hard-codes 128 peer-opened streams of each kind; tunnels need thousands.
         # Both ``value`` and ``sent`` so the transport parameters announce it up front.
         self._local_max_streams_bidi.value = settings.max_streams
@@ -326,6 +327,12 @@ class AioquicConnection(SlicedSending):
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
         self._activate(stream_id)
+        # A pending ACK rides with this data instead of leaving alone when its delay runs
+        # out: aioquic writes an ACK only once due, so each request/response round trip
+        # cost every side a separate ACK datagram (built, sent, received, processed).
+        space = self._spaces[tls.Epoch.ONE_RTT]
+        if space.ack_at is not None:
+            space.ack_at = 0.0
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         super().reset_stream(stream_id, error_code)
@@ -340,29 +347,17 @@ class AioquicConnection(SlicedSending):
         if stream.stream_id is not None:
             self._activate(stream.stream_id)
 
-    def _handle_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_stream_frame(context, frame_type, buf)
-        self._activate(sid)
-
-    def _handle_reset_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_reset_stream_frame(context, frame_type, buf)
-        self._activate(sid)
-
-    def _handle_stop_sending_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_stop_sending_frame(context, frame_type, buf)
-        self._activate(sid)
-
-    def _handle_max_stream_data_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_max_stream_data_frame(context, frame_type, buf)
-        self._activate(sid)
-
     def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
+        # Every frame that concerns a stream (STREAM, RESET_STREAM, STOP_SENDING,
+        # MAX_STREAM_DATA, STREAM_DATA_BLOCKED) fetches it here: the one place to put a stream
+        # back in the send queue, once per frame and without re-parsing the frame.
+        known = stream_id in self._streams
         stream = super()._get_or_create_stream(frame_type, stream_id)
-        self._mark_new_streams()
+        if not known:
+            self._mark_new_streams()
+        elif not getattr(stream, "_qt_queued", True):
+            stream._qt_queued = True  # type: ignore[attr-defined]
+            self._streams_queue.append(stream)
         return stream
 
     def _get_or_create_stream_for_send(self, stream_id: int) -> QuicStream:
@@ -388,21 +383,35 @@ class AioquicConnection(SlicedSending):
             self.tls._pins = self._server_pins  # type: ignore[attr-defined]
             self.tls._verify_mode = ssl.CERT_NONE  # aioquic then checks the signature only
 
-    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+    def raise_max_data(self) -> None:
+        """Set MAX_DATA to what the budget allows now (announced by the next packet)."""
         max_data = self._local_max_data
+        # Asked for every packet built: the target depends only on what was received and
+        # what left our memory, so recompute it only when one of them moved.
+        seen = (max_data.used, self._credit_base)
+        if seen == self._limits_seen:
+            return
+        self._limits_seen = seen
         target = connection_limit(
             used=max_data.used,
             retired=self._credit_base,
             window=self._connection_window,
             budget=self._budget,
         )
-        # Batch by a quarter of the window the peer would really get: when parked bytes leave
-        # only 3 MiB in flight, waiting for a 4 MiB gain would never raise the limit again.
+        # Batch by a quarter of the window the peer would really get: when parked bytes
+        # leave only 3 MiB in flight, a 4 MiB gain would never raise the limit again.
         window = min(self._connection_window, target - max_data.used)
         raised = raised_limit(target, max_data.value, max(window, 4096))
         if raised is not None:
             max_data.value = raised
-        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        self.raise_max_data()
+        max_data = self._local_max_data
+        bidi, uni = self._local_max_streams_bidi, self._local_max_streams_uni
+        if max_data.value == max_data.sent and bidi.value == bidi.sent and uni.value == uni.sent:
+            return
+        for limit in (max_data, bidi, uni):
             if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
                 continue  # batch MAX_STREAMS, as aioquic does
             if limit.value != limit.sent:
@@ -415,9 +424,8 @@ class AioquicConnection(SlicedSending):
                 buf.push_uint_var(limit.value)
                 limit.sent = limit.value
 
-    def _write_stream_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
-    ) -> None:
+    def settle_stream_credit(self, stream: QuicStream) -> None:
+        """Set the MAX_STREAM_DATA a consumed-from stream may announce (by the next packet)."""
         sid = stream.stream_id
         if sid in self._credit_dirty:
             self._credit_dirty.discard(sid)
@@ -427,6 +435,12 @@ class AioquicConnection(SlicedSending):
                     consumed=self._ledger.consumed.get(sid, 0),
                     advertised=stream.max_stream_data_local,
                 )
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        sid = stream.stream_id
+        self.settle_stream_credit(stream)
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -439,11 +453,3 @@ class AioquicConnection(SlicedSending):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
-    # ---- private ------------------------------------------------------------------------
-
-def _peek_stream_id(buf: Buffer) -> int:
-    """The stream id that starts a stream-related frame, without consuming it."""
-    pos = buf.tell()
-    stream_id = buf.pull_uint_var()
-    buf.seek(pos)
-    return int(stream_id)
