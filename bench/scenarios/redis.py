@@ -1,6 +1,6 @@
 """Many small requests: ``redis-benchmark`` (50 clients, SET and GET, no pipelining) against
-our own redis-server (loopback, no persistence) through each path; ops/s and the ratio to
-direct.  Debian packages redis-server and redis-tools.
+our own redis-server (no persistence) through each path; ops/s and the ratio to direct.
+Debian packages redis-server and redis-tools.
 """
 
 from __future__ import annotations
@@ -13,28 +13,34 @@ import subprocess
 from typing import Any
 
 from context import BenchContext, Row
-from paths import PathSpec, free_port, wait_tcp
+from paths import free_port, wait_tcp
 
 TITLE = "redis-benchmark"
 NAME = "redis"
 TESTS = ("SET", "GET")
+LINKS = ("loopback", "veth")  # bench/topology.py: runs across the veth pair too
 
 
 def run(ctx: BenchContext) -> list[Row]:
     if not (shutil.which("redis-server") and shutil.which("redis-benchmark")):
         raise SystemExit("redis is not installed (apt-get install redis-server redis-tools)")
-    port = free_port("127.0.0.1")
+    host, ns = ctx.topo.server_ip, ctx.topo.server_ns  # redis is the server side's app
+    port = free_port(host, ns)
     work = ctx.workdir("redis")
     redis = ctx.procs.spawn(
         "redis-server",
         [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "redis-server", "--port", str(port), "--bind", host, "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--dir", str(work),
             "--maxclients", "1000",
+            # on the veth pair the client side is another host: redis's protected mode would
+            # refuse it (the namespace is ours alone; on loopback this changes nothing)
+            "--protected-mode", "no",
         ],  # fmt: skip
+        ns=ns,
     )
-    wait_tcp("127.0.0.1", port, None, [redis])
-    running, rows = ctx.start_paths(NAME, PathSpec(target=("127.0.0.1", port)))
+    wait_tcp(host, port, ns, [redis])
+    running, rows = ctx.start_paths(NAME, ctx.spec((host, port)))
     requests = 20_000 if ctx.quick else 100_000
     results: dict[tuple[str, str], list[float]] = {}
     for rep in range(ctx.reps):
@@ -66,6 +72,7 @@ def _bench(ctx: BenchContext, host: str, port: int, requests: int) -> dict[str, 
             "-t", ",".join(t.lower() for t in TESTS), "--csv",
         ],  # fmt: skip
         stdout=subprocess.PIPE,
+        ns=ctx.topo.client_ns,
     )
     try:
         out, _ = proc.communicate(timeout=600)
@@ -83,5 +90,5 @@ def plot(rows: list[Row], img_dir: Any) -> list[Any]:
 
     return report.bar_chart(
         [r for r in rows if r.unit == "ops/s"], img_dir / "redis.png",
-        "redis-benchmark, 50 clients (higher is better)",
+        f"redis-benchmark, 50 clients, {report.link_of(rows)} (higher is better)",
     )  # fmt: skip
