@@ -3,6 +3,7 @@
     python bench/run.py [--quick] [--only throughput,latency] [--paths direct,quictund]
                         [--variant 'quictund-bbr=congestion-control = "bbr"']
                         [--quictund-extra 'max-datagram-size = 1452'] [--no-docs]
+                        [--link loopback,veth]
 
 Prints a table per scenario, and (unless --no-docs) writes the generated section of
 docs/performance.md, docs/bench-results.json and docs/img/bench/*.png.  Logs and configs of
@@ -129,27 +130,36 @@ def run_link(
     """Every chosen scenario on one link: loopback, or a fresh veth pair (its namespaces are
     deleted afterwards, also when a scenario fails or the run is interrupted)."""
     topo_cm = veth() if link == "veth" else contextlib.nullcontext(LOOPBACK)
-    out = []
     with topo_cm as topo:
         ctx.topo = topo
-        for name in chosen:
-            if link not in getattr(scenarios[name], "LINKS", ("loopback",)):
-                print(f"\n== {name}: skipped on {topo.title} (this scenario runs on loopback only)")
-                continue
-            print(f"\n== {name} on {topo.title}", flush=True)
-            t0 = time.monotonic()
-            with ctx.procs.scope():
-                try:
-                    # a Row, or a dict with Row's fields (a scenario that also runs alone)
-                    rows = [r if isinstance(r, Row) else Row(**r) for r in scenarios[name].run(ctx)]
-                except (Exception, SystemExit) as exc:  # one broken scenario must not end the run
-                    traceback.print_exc()
-                    rows = [Row(name, "-", "scenario", None, "", {"error": repr(exc)})]
-            for r in rows:
-                r.extra["link"] = link
-            out.append(Result(topo, name, rows))
-            print(f"-- {name} ({time.monotonic() - t0:.0f} s)\n{report.text_table(rows)}")
-    ctx.topo = LOOPBACK
+        try:
+            return _run_scenarios(ctx, scenarios, chosen)
+        finally:
+            ctx.topo = LOOPBACK
+
+
+def _run_scenarios(
+    ctx: BenchContext, scenarios: dict[str, ModuleType], chosen: list[str]
+) -> list[Result]:
+    out = []
+    topo = ctx.topo
+    for name in chosen:
+        if topo.name not in getattr(scenarios[name], "LINKS", ("loopback",)):
+            print(f"\n== {name}: skipped on {topo.title} (this scenario runs on loopback only)")
+            continue
+        print(f"\n== {name} on {topo.title}", flush=True)
+        t0 = time.monotonic()
+        with ctx.procs.scope():
+            try:
+                # a Row, or a dict with Row's fields (a scenario that also runs alone)
+                rows = [r if isinstance(r, Row) else Row(**r) for r in scenarios[name].run(ctx)]
+            except (Exception, SystemExit) as exc:  # one broken scenario must not end the run
+                traceback.print_exc()
+                rows = [Row(name, "-", "scenario", None, "", {"error": repr(exc)})]
+        for r in rows:
+            r.extra["link"] = topo.name
+        out.append(Result(topo, name, rows))
+        print(f"-- {name} ({time.monotonic() - t0:.0f} s)\n{report.text_table(rows)}")
     return out
 
 
