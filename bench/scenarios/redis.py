@@ -18,6 +18,7 @@ from paths import free_port, wait_tcp
 TITLE = "redis-benchmark"
 NAME = "redis"
 TESTS = ("SET", "GET")
+_LOG = "redis-benchmark"
 LINKS = ("loopback", "veth")  # bench/topology.py: runs across the veth pair too
 
 
@@ -54,7 +55,8 @@ def run(ctx: BenchContext) -> list[Row]:
         for name in running:
             values = results.get((name, test), [])
             if not values:
-                rows.append(Row(NAME, name, f"{test} ops/s", None, "ops/s", {"error": "no run"}))
+                why = f"redis-benchmark gave no {test} figure: {ctx.procs.log_path(_LOG)}"
+                rows.append(Row(NAME, name, f"{test} ops/s", None, "ops/s", {"error": why}))
                 continue
             ops = statistics.median(values)
             extra: dict[str, Any] = {"runs": values, "requests": requests, "clients": 50}
@@ -66,7 +68,7 @@ def run(ctx: BenchContext) -> list[Row]:
 
 def _bench(ctx: BenchContext, host: str, port: int, requests: int) -> dict[str, float]:
     proc = ctx.procs.spawn(
-        "redis-benchmark",
+        _LOG,
         [
             "redis-benchmark", "-h", host, "-p", str(port), "-c", "50", "-n", str(requests),
             "-t", ",".join(t.lower() for t in TESTS), "--csv",
