@@ -55,8 +55,8 @@ done
 
 export GO111MODULE=off GOPATH="$work/gopath:/usr/share/gocode" GOCACHE="$work/cache" GOFLAGS=
 cd "$pkg"
-go build -o "$out/quictun-server.new" ./server/cmd
-go build -o "$out/quictun-client.new" ./client/cmd
+go build -trimpath -o "$out/quictun-server.new" ./server/cmd
+go build -trimpath -o "$out/quictun-client.new" ./client/cmd
 mv "$out/quictun-server.new" "$out/quictun-server"
 mv "$out/quictun-client.new" "$out/quictun-client"
 echo "quictun-go: built $out/quictun-server and $out/quictun-client ($(go version))"
