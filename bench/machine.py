@@ -1,8 +1,6 @@
 """What the numbers were measured on: CPU, cores, kernel, Python and the versions of
 everything on the data path.  Load averages show how busy the (shared) machine was, and the
-host's TCP memory whether other programs pushed TCP into memory pressure (the limit is one
-for the whole host, every namespace included: under pressure TCP drops what it receives, and
-every TCP leg of every path, ``direct`` too, stalls on retransmission timeouts)."""
+host's TCP memory whether other programs pushed TCP into memory pressure (bench/pressure.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pressure
 from context import REPO
 
 
@@ -62,20 +61,6 @@ def describe() -> dict[str, str]:
         "OpenSSH": _first_line(["ssh", "-V"], r"OpenSSH_\S+"),
         "redis": _first_line(["redis-server", "--version"], r"v=\S+"),
         "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-        "TCP memory at start": tcp_memory()[0],
+        "TCP memory at start": pressure.describe()[0],
     }
 
-
-def tcp_memory() -> tuple[str, bool]:
-    """(the host's TCP buffer memory against its pressure threshold, as text; under pressure?)
-    from /proc/net/sockstat and net.ipv4.tcp_mem (pages of 4 KiB)."""
-    try:
-        pressure = int(Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()[1])
-        m = re.search(r"^TCP:.* mem (\d+)", Path("/proc/net/sockstat").read_text(), re.M)
-    except (OSError, ValueError, IndexError):
-        return "unknown", False
-    if m is None:
-        return "unknown", False
-    used = int(m.group(1))
-    text = f"{used * 4 // 1024} MiB of {pressure * 4 // 1024} MiB (pressure threshold)"
-    return text + (" -- UNDER PRESSURE" if used >= pressure else ""), used >= pressure

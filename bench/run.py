@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any, NamedTuple, NoReturn
 
 import machine
+import pressure
 import report
 import targets
 from context import BENCH, REPO, BenchContext, Procs, Row
@@ -111,6 +112,7 @@ class Result(NamedTuple):
     link: Topology
     scenario: str
     rows: list[Row]
+    warning: str | None = None  # the host's TCP memory was under pressure meanwhile
 
 
 def quictun_note(paths: list[str]) -> str:
@@ -149,7 +151,7 @@ def _run_scenarios(
             continue
         print(f"\n== {name} on {topo.title}", flush=True)
         t0 = time.monotonic()
-        with ctx.procs.scope():
+        with ctx.procs.scope(), pressure.TcpMemoryWatch() as watch:
             try:
                 # a Row, or a dict with Row's fields (a scenario that also runs alone)
                 rows = [r if isinstance(r, Row) else Row(**r) for r in scenarios[name].run(ctx)]
@@ -158,15 +160,17 @@ def _run_scenarios(
                 rows = [Row(name, "-", "scenario", None, "", {"error": repr(exc)})]
         for r in rows:
             r.extra["link"] = topo.name
-        out.append(Result(topo, name, rows))
+            r.extra["tcp_pressure_s"] = watch.pressure_s
+        out.append(Result(topo, name, rows, watch.warning()))
         print(f"-- {name} ({time.monotonic() - t0:.0f} s)\n{report.text_table(rows)}")
+        if watch.warning():
+            print(watch.warning())
     return out
 
 
 def warn_tcp_memory(desc: dict[str, str]) -> None:
-    """Say so when other programs held the host's TCP memory above its pressure threshold:
-    TCP then drops received packets and every TCP leg stalls on retransmission timeouts
-    (seen on the shared machine: direct 16 KiB echo p50 0.6 s), so the figures are void."""
+    """Say so when the host's TCP memory was under pressure at the start or the end (each
+    scenario also watches it while it runs: bench/pressure.py says why it matters)."""
     for key in ("TCP memory at start", "TCP memory at end"):
         if "UNDER PRESSURE" in desc.get(key, ""):
             print(f"WARNING: {key}: {desc[key]}; TCP drops packets, these figures stall")
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
     desc["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    desc["TCP memory at end"] = machine.tcp_memory()[0]
+    desc["TCP memory at end"] = pressure.describe()[0]
     desc["bench duration"] = f"{time.monotonic() - started:.0f} s"
     all_rows = [r for res in results for r in res.rows]
     notes = dict(PATH_NOTES)
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== summary")
     for res in results:
         print(f"-- {res.scenario} on {res.link.title}\n{report.text_table(res.rows)}\n")
+        if res.warning:
+            print(f"{res.warning}\n")
     for target, measured, status in checked:
         print(f"target: {target}: {measured} -> {status}")
     for err in report.errors(all_rows):
@@ -312,7 +318,7 @@ def write_docs(
 ) -> None:
     sections = []
     several = len({res.link for res in results}) > 1
-    for link, name, rows in results:
+    for link, name, rows, warning in results:
         # loopback keeps the figures' old names; another link gets its own directory
         img = docs / "img" / "bench" / ("" if link.name == "loopback" else link.name)
         mod = scenarios[name]
@@ -327,6 +333,8 @@ def write_docs(
         except Exception:  # a figure must not lose the numbers
             traceback.print_exc()
         intro = (mod.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        if warning:
+            intro += f"\n\n**{warning}**"
         title = getattr(mod, "TITLE", name)
         if several or link.name != "loopback":
             title += f", {link.title}"

@@ -77,9 +77,10 @@ def _rows(name: str, direction: str, conns: int, results: list[dict[str, Any]]) 
             },
         )
     ]  # fmt: skip
-    if conns == 1:
-        for side in sorted(good[0]["cpu_s"]):
-            per_gib = [r["cpu_s"][side] / (r["total_bytes"] / 2**30) for r in good]
+    moved = [r for r in good if r["total_bytes"] > 0]  # a stalled run has no CPU per GiB
+    if conns == 1 and moved:
+        for side in sorted(moved[0]["cpu_s"]):
+            per_gib = [r["cpu_s"][side] / (r["total_bytes"] / 2**30) for r in moved]
             what = "upload" if direction == "up" else "download"
             rows.append(
                 Row(
