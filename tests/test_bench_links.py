@@ -60,6 +60,17 @@ def test_issue_15_targets_hold_each_engine_to_its_floor(bench: None) -> None:
     }
 
 
+def test_a_bulk_run_that_moved_nothing_gives_no_cpu_per_gib(bench: None) -> None:
+    """A run stalled by the machine (TCP memory pressure) moves 0 bytes: its throughput row
+    says 0, and it must not take the scenario down with a division by zero."""
+    import scenarios.throughput as throughput
+
+    stalled = {"mbit": 0.0, "total_bytes": 0, "cpu_s": {"client": 0.1, "server": 0.1},
+               "series_mbit": [0.0], "per_conn_mbit": [0.0]}  # fmt: skip
+    rows = throughput._rows("direct", "up", 1, [stalled])
+    assert [(r.metric, r.value) for r in rows] == [("upload, 1 tunnel", 0.0)]
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 def test_quick_latency_run_across_the_veth_pair(tmp_path: Path) -> None:
     prefix = os.environ.get("QUICTUND_NETEM_PREFIX", "") + f"t{os.getpid()}-"
@@ -82,6 +93,7 @@ def test_quick_latency_run_across_the_veth_pair(tmp_path: Path) -> None:
     for path in ("direct", "quictund"):
         row = got[(path, "echo 1 B, p50")]
         assert row["value"] and row["extra"]["link"] == "veth"
+        assert row["extra"]["tcp_pressure_s"] >= 0  # the host's TCP memory was watched
     # the tunnel's server end delivered to the app on the server side's address
     server_toml = next((out / "paths").glob("quictund-*/server.toml")).read_text()
     assert 'allow = ["tcp:10.97.15.2:' in server_toml
