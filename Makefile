@@ -12,6 +12,8 @@
 #                     (~20-30 min); writes docs/performance.md, docs/bench-results.json and
 #                     docs/img/bench/*.png.  `make bench QUICK=1` (or bench-quick): a few minutes.
 #                     More options: make bench BENCH_ARGS='--only latency --paths direct,quictund'
+#                     Runs on loopback and on a 1500-byte-MTU veth pair (BENCH_LINK), tables
+#                     apart; quic-tun side by side with QUICTUN_BIN=DIR (bench/quictun-go/build.sh)
 #   make fuzz   the atheris harnesses of bench/fuzz/ (FUZZ_SECONDS each, times a weight)
 
 PYTHON ?= python3
@@ -20,6 +22,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools
+BENCH_LINK ?= loopback,veth
 
 .PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps deb e2e-systemd fuzz
 
@@ -62,7 +65,7 @@ bench-deps: $(STAMP)
 		$(BIN)/pip install --quiet -e '.[test,bench,qh3]'
 
 bench: bench-deps
-	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick) --link $(BENCH_LINK) $(BENCH_ARGS)
 
 bench-quick:
 	$(MAKE) bench QUICK=1

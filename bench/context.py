@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from topology import LOOPBACK, Topology
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 NOFILE = 200_000  # 10,000 idle tunnels need two sockets per tunnel in some daemons
@@ -213,7 +215,10 @@ class BenchContext:
 
     ``paths`` are the path names to compare, in table order (``direct``, ``stunnel``,
     ``ssh``, each quictund variant, ``quictun-go`` when ``QUICTUN_BIN`` is set);
-    ``variants`` maps each quictund variant name to its extra TOML lines.
+    ``variants`` maps each quictund variant name to its extra TOML lines.  ``topo`` says
+    where the client side and the server side run (bench/topology.py): ``spec``,
+    ``start_app`` and ``load`` place their processes by it unless told otherwise, so a
+    scenario written against them runs unchanged on loopback and on the veth pair.
     """
 
     quick: bool
@@ -226,6 +231,7 @@ class BenchContext:
     python: str = sys.executable
     scale: float = 1.0  # multiplies request counts (the smoke test uses a small one)
     sources: dict[str, Path] = field(default_factory=dict)  # variant -> its quictund tree
+    topo: Topology = LOOPBACK
     _factory: Any = None
 
     def log(self, msg: str) -> None:
@@ -260,12 +266,25 @@ class BenchContext:
                 errors.append(Row(scenario, name, "start", None, "", {"error": str(exc)}))
         return running, errors
 
+    def spec(self, target: tuple[str, int]) -> Any:
+        """A ``paths.PathSpec`` to ``target`` across ``topo``: the app connects to a port on
+        the client side's 127.0.0.1, the tunnel's server end listens on ``topo.server_ip``."""
+        from paths import PathSpec
+
+        t = self.topo
+        return PathSpec(
+            target, wire=(t.server_ip, 0), client_ns=t.client_ns, server_ns=t.server_ns
+        )
+
     def stop_path(self, running: Any) -> None:
         for proc in reversed(running.procs):
             self.procs.stop(proc)
 
-    def start_app(self, host: str = "127.0.0.1", port: int = 0, ns: str | None = None) -> App:
-        """Start bench/load.py's target app (sink 'U', source 'D', echo 'E') and wait for it."""
+    def start_app(self, host: str | None = None, port: int = 0, ns: str | None = None) -> App:
+        """Start bench/load.py's target app (sink 'U', source 'D', echo 'E') and wait for it;
+        by default on the server side of ``topo``."""
+        if host is None:
+            host, ns = self.topo.server_ip, ns or self.topo.server_ns
         proc = self.procs.spawn(
             f"app-{ns or 'root'}-{port}",
             [self.python, str(BENCH / "load.py"), "serve", "--host", host, "--port", str(port)],
@@ -281,11 +300,12 @@ class BenchContext:
     def load(
         self, args: Sequence[str], *, ns: str | None = None, timeout: float = 600.0
     ) -> dict[str, Any]:
-        """Run one bench/load.py client command and return the JSON it prints."""
+        """Run one bench/load.py client command and return the JSON it prints (in ``ns``, by
+        default on the client side of ``topo``)."""
         proc = self.procs.spawn(
             "load-client",
             [self.python, str(BENCH / "load.py"), *args],
-            ns=ns,
+            ns=ns or self.topo.client_ns,
             stdout=subprocess.PIPE,
         )
         try:

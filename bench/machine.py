@@ -1,5 +1,6 @@
 """What the numbers were measured on: CPU, cores, kernel, Python and the versions of
-everything on the data path.  Load averages show how busy the (shared) machine was."""
+everything on the data path.  Load averages show how busy the (shared) machine was, and the
+host's TCP memory whether other programs pushed TCP into memory pressure (bench/pressure.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pressure
 from context import REPO
 
 
@@ -59,4 +61,6 @@ def describe() -> dict[str, str]:
         "OpenSSH": _first_line(["ssh", "-V"], r"OpenSSH_\S+"),
         "redis": _first_line(["redis-server", "--version"], r"v=\S+"),
         "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "TCP memory at start": pressure.describe()[0],
     }
+

@@ -46,10 +46,49 @@ def _unit(metric: str, paths: list[str], cells: dict[tuple[str, str], Row]) -> s
     return next((cells[(metric, p)].unit for p in paths if (metric, p) in cells), "")
 
 
-def text_table(rows: list[Row]) -> str:
+# quic-tun is what quictund replaces: when it ran, each other tunnel gets a ratio column
+REFERENCE = "quictun-go"
+LOWER_IS_BETTER = {"µs", "ms", "s", "CPU s/GiB", "KiB", "MiB"}
+RATIO_NOTE = (
+    "`P vs quic-tun`: how many times better than quic-tun (> 1 = better; for times and CPU "
+    "seconds the inverse ratio)"
+)
+
+
+def vs_reference(unit: str, value: float | None, ref: float | None) -> float | None:
+    """How many times better ``value`` is than ``ref`` (> 1 = better, whatever the unit)."""
+    if not value or not ref:
+        return None
+    return ref / value if unit in LOWER_IS_BETTER else value / ref
+
+
+def _ratio_paths(paths: list[str]) -> list[str]:
+    if REFERENCE not in paths:
+        return []
+    return [p for p in paths if p not in (REFERENCE, "direct")]
+
+
+def _table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and body: metric, unit, one column per path, then one ``P vs quic-tun`` ratio
+    column per tunnel when quic-tun ran."""
     metrics, paths, cells = grid(rows)
-    head = ["metric", "unit", *paths]
-    body = [[m, _unit(m, paths, cells), *(fmt(cells.get((m, p))) for p in paths)] for m in metrics]
+    ratios = _ratio_paths(paths)
+    head = ["metric", "unit", *paths, *(f"{p} vs quic-tun" for p in ratios)]
+    body = []
+    for m in metrics:
+        unit = _unit(m, paths, cells)
+        line = [m, unit, *(fmt(cells.get((m, p))) for p in paths)]
+        ref = cells.get((m, REFERENCE))
+        for p in ratios:
+            mine = cells.get((m, p))
+            x = vs_reference(unit, mine and mine.value, ref and ref.value)
+            line.append("" if x is None else f"{x:.2f}x")
+        body.append(line)
+    return head, body
+
+
+def text_table(rows: list[Row]) -> str:
+    head, body = _table(rows)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     for line in body:
@@ -60,12 +99,16 @@ def text_table(rows: list[Row]) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    metrics, paths, cells = grid(rows)
-    out = ["| metric | unit | " + " | ".join(paths) + " |", "|---|---|" + "---:|" * len(paths)]
-    for m in metrics:
-        vals = " | ".join(fmt(cells.get((m, p))) for p in paths)
-        out.append(f"| {m} | {_unit(m, paths, cells)} | {vals} |")
+    head, body = _table(rows)
+    out = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    out += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(out)
+
+
+def link_of(rows: list[Row]) -> str:
+    """Which path the rows crossed, for figure titles (run.py stamps ``extra["link"]``)."""
+    link = next((r.extra.get("link") for r in rows if r.extra.get("link")), "loopback")
+    return "veth pair, MTU 1500" if link == "veth" else "loopback"
 
 
 def errors(rows: Iterable[Row]) -> list[str]:
@@ -181,9 +224,11 @@ def generated_section(
         "",
         "Paths: " + "; ".join(f"`{p}` {d}" for p, d in config["path_notes"].items()) + ".",
         "",
+        *(f"{note}.\n" for note in config.get("notes", [])),
     ]
     if targets:
-        lines += ["### Targets (issue 7)", "", "| target | measured | status |", "|---|---|---|"]
+        lines += ["### Targets (issues 7 and 15)", ""]
+        lines += ["| target | measured | status |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {s} |" for t, m, s in targets]
         lines.append("")
     for title, intro, rows, figs in sections:

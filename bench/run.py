@@ -3,6 +3,7 @@
     python bench/run.py [--quick] [--only throughput,latency] [--paths direct,quictund]
                         [--variant 'quictund-bbr=congestion-control = "bbr"']
                         [--quictund-extra 'max-datagram-size = 1452'] [--no-docs]
+                        [--link loopback,veth]
 
 Prints a table per scenario, and (unless --no-docs) writes the generated section of
 docs/performance.md, docs/bench-results.json and docs/img/bench/*.png.  Logs and configs of
@@ -13,6 +14,7 @@ stopped at the end, also on Ctrl-C or SIGTERM.  See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import shlex
 import signal
@@ -23,13 +25,15 @@ import time
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import machine
+import pressure
 import report
 import targets
 from context import BENCH, REPO, BenchContext, Procs, Row
 from paths import ALL_BASE, quictun_go_bins
+from topology import LINKS, LOOPBACK, Topology, veth
 
 ORDER = ["throughput", "latency", "redis", "idle", "hostile", "lossy"]
 PATH_NOTES = {
@@ -102,6 +106,76 @@ def variants(
     return found, engines, sources
 
 
+class Result(NamedTuple):
+    """One scenario's rows on one link, and the link's description for headings."""
+
+    link: Topology
+    scenario: str
+    rows: list[Row]
+    warning: str | None = None  # the host's TCP memory was under pressure meanwhile
+
+
+def quictun_note(paths: list[str]) -> str:
+    """Say whether quic-tun runs side by side, and if not why (in the output and the docs)."""
+    if "quictun-go" in paths:
+        return f"quic-tun (Go) side by side: {quictun_go_bins()[0]}"
+    why = "not in --paths" if quictun_go_bins()[0] else "QUICTUN_BIN is not set"
+    return (
+        f"quic-tun (Go) NOT measured: {why} (bench/quictun-go/build.sh builds it; "
+        "see bench/README.md)"
+    )
+
+
+def run_link(
+    link: str, ctx: BenchContext, scenarios: dict[str, ModuleType], chosen: list[str]
+) -> list[Result]:
+    """Every chosen scenario on one link: loopback, or a fresh veth pair (its namespaces are
+    deleted afterwards, also when a scenario fails or the run is interrupted)."""
+    topo_cm = veth() if link == "veth" else contextlib.nullcontext(LOOPBACK)
+    with topo_cm as topo:
+        ctx.topo = topo
+        try:
+            return _run_scenarios(ctx, scenarios, chosen)
+        finally:
+            ctx.topo = LOOPBACK
+
+
+def _run_scenarios(
+    ctx: BenchContext, scenarios: dict[str, ModuleType], chosen: list[str]
+) -> list[Result]:
+    out = []
+    topo = ctx.topo
+    for name in chosen:
+        if topo.name not in getattr(scenarios[name], "LINKS", ("loopback",)):
+            print(f"\n== {name}: skipped on {topo.title} (this scenario runs on loopback only)")
+            continue
+        print(f"\n== {name} on {topo.title}", flush=True)
+        t0 = time.monotonic()
+        with ctx.procs.scope(), pressure.TcpMemoryWatch() as watch:
+            try:
+                # a Row, or a dict with Row's fields (a scenario that also runs alone)
+                rows = [r if isinstance(r, Row) else Row(**r) for r in scenarios[name].run(ctx)]
+            except (Exception, SystemExit) as exc:  # one broken scenario must not end the run
+                traceback.print_exc()
+                rows = [Row(name, "-", "scenario", None, "", {"error": repr(exc)})]
+        for r in rows:
+            r.extra["link"] = topo.name
+            r.extra["tcp_pressure_s"] = watch.pressure_s
+        out.append(Result(topo, name, rows, watch.warning()))
+        print(f"-- {name} ({time.monotonic() - t0:.0f} s)\n{report.text_table(rows)}")
+        if watch.warning():
+            print(watch.warning())
+    return out
+
+
+def warn_tcp_memory(desc: dict[str, str]) -> None:
+    """Say so when the host's TCP memory was under pressure at the start or the end (each
+    scenario also watches it while it runs: bench/pressure.py says why it matters)."""
+    for key in ("TCP memory at start", "TCP memory at end"):
+        if "UNDER PRESSURE" in desc.get(key, ""):
+            print(f"WARNING: {key}: {desc[key]}; TCP drops packets, these figures stall")
+
+
 def _sigterm(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -127,6 +201,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-docs", action="store_true", help="print only; write nothing to docs/")
     ap.add_argument("--python", default=sys.executable, help="the Python that runs quictund")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts by this")
+    ap.add_argument(
+        "--link",
+        default="loopback",
+        help="comma-separated: loopback, veth (two namespaces joined by a 1500-byte-MTU veth "
+        "pair; bench/topology.py); each gets its own tables",
+    )
     return ap.parse_args(argv)
 
 
@@ -141,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; have {list(scenarios)}")
     chosen = [s for s in (only or scenarios) if s not in skip]
+    links = [x for x in args.link.split(",") if x]
+    if not links or any(x not in LINKS for x in links):
+        raise SystemExit(f"--link {args.link!r}: want a comma-separated list of {LINKS}")
     found, engines, sources = variants(args)
     paths = [*ALL_BASE, *found]
     if quictun_go_bins()[0]:
@@ -161,23 +244,15 @@ def main(argv: list[str] | None = None) -> int:
         python=args.python, scale=args.scale, sources=sources,
     )  # fmt: skip
     desc = machine.describe()
-    print(f"quictund bench: {', '.join(chosen)} over {', '.join(paths)}; logs in {out}")
-    print("  " + "; ".join(f"{k} {v}" for k, v in desc.items()))
-    results: dict[str, list[Row]] = {}
+    print(f"quictund bench: {', '.join(chosen)} over {', '.join(paths)} on {', '.join(links)}")
+    print(f"  logs in {out}; " + "; ".join(f"{k} {v}" for k, v in desc.items()))
+    print(f"  {quictun_note(paths)}")
+    warn_tcp_memory(desc)
+    results: list[Result] = []
     started = time.monotonic()
     try:
-        for name in chosen:
-            print(f"\n== {name}", flush=True)
-            t0 = time.monotonic()
-            with procs.scope():
-                try:
-                    # a Row, or a dict with Row's fields (a scenario that also runs alone)
-                    rows = [r if isinstance(r, Row) else Row(**r) for r in scenarios[name].run(ctx)]
-                except (Exception, SystemExit) as exc:  # one broken scenario must not end the run
-                    traceback.print_exc()
-                    rows = [Row(name, "-", "scenario", None, "", {"error": repr(exc)})]
-            results[name] = rows
-            print(f"-- {name} ({time.monotonic() - t0:.0f} s)\n{report.text_table(rows)}")
+        for link in links:
+            results += run_link(link, ctx, scenarios, chosen)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process we started", file=sys.stderr)
         procs.stop_all()
@@ -185,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
     desc["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    desc["TCP memory at end"] = pressure.describe()[0]
     desc["bench duration"] = f"{time.monotonic() - started:.0f} s"
-    all_rows = [r for rows in results.values() for r in rows]
+    all_rows = [r for res in results for r in res.rows]
     notes = dict(PATH_NOTES)
     for v, lines in found.items():
         src = f"; from {sources[v]}" if v in sources else ""
@@ -201,17 +277,30 @@ def main(argv: list[str] | None = None) -> int:
         "engines": engines,
         "sources": {k: str(v) for k, v in sources.items()},
         "path_notes": {p: notes.get(p, "") for p in paths},
+        "links": {r.link.name: r.link.title for r in results},
+        "notes": [
+            "Links: " + "; ".join(dict.fromkeys(r.link.title for r in results)),
+            quictun_note(paths),
+            *([report.RATIO_NOTE] if "quictun-go" in paths else []),
+        ],
     }
     # targets speak of quictund as configured by default, not of experimental variants
     standard = {p: engines[p] for p in ("quictund", "quictund-qh3") if p in paths}
-    checked = targets.check(all_rows, standard)
+    checked = targets.check([r for r in all_rows if r.extra["link"] == "loopback"], standard)
+    for link in dict.fromkeys(r.link for r in results):
+        link_rows = [r for r in all_rows if r.extra["link"] == link.name]
+        checked += targets.check_vs_quictun(link_rows, standard, link.name)
     print("\n== summary")
-    for name, rows in results.items():
-        print(f"-- {name}\n{report.text_table(rows)}\n")
+    for res in results:
+        print(f"-- {res.scenario} on {res.link.title}\n{report.text_table(res.rows)}\n")
+        if res.warning:
+            print(f"{res.warning}\n")
     for target, measured, status in checked:
         print(f"target: {target}: {measured} -> {status}")
     for err in report.errors(all_rows):
         print(f"FAILED: {err}")
+    print(quictun_note(paths))
+    warn_tcp_memory(desc)
     if not args.no_docs:
         write_docs(args.docs, desc, config, scenarios, results, checked)
     report.write_json(out / "results.json", desc, config, all_rows)
@@ -224,12 +313,14 @@ def write_docs(
     desc: dict[str, str],
     config: dict[str, Any],
     scenarios: dict[str, ModuleType],
-    results: dict[str, list[Row]],
+    results: list[Result],
     checked: list[tuple[str, str, str]],
 ) -> None:
-    img = docs / "img" / "bench"
     sections = []
-    for name, rows in results.items():
+    several = len({res.link for res in results}) > 1
+    for link, name, rows, warning in results:
+        # loopback keeps the figures' old names; another link gets its own directory
+        img = docs / "img" / "bench" / ("" if link.name == "loopback" else link.name)
         mod = scenarios[name]
         figs: list[Path] = []
         try:
@@ -242,14 +333,19 @@ def write_docs(
         except Exception:  # a figure must not lose the numbers
             traceback.print_exc()
         intro = (mod.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        sections.append((getattr(mod, "TITLE", name), intro, rows, figs))
-    all_rows = [r for rows in results.values() for r in rows]
+        if warning:
+            intro += f"\n\n**{warning}**"
+        title = getattr(mod, "TITLE", name)
+        if several or link.name != "loopback":
+            title += f", {link.title}"
+        sections.append((title, intro, rows, figs))
+    all_rows = [r for res in results for r in res.rows]
     report.write_json(docs / "bench-results.json", desc, config, all_rows)
     report.splice_doc(
         docs / "performance.md",
         report.generated_section(desc, config, sections, checked, docs),
     )
-    print(f"wrote {docs / 'performance.md'}, {docs / 'bench-results.json'}, {img}/")
+    print(f"wrote {docs / 'performance.md'}, {docs / 'bench-results.json'}, {docs / 'img'}/")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ import statistics
 from typing import Any
 
 from context import BenchContext, Row
-from paths import PathSpec
 
 TITLE = "Latency"
 NAME = "latency"
+LINKS = ("loopback", "veth")  # bench/topology.py: runs across the veth pair too
 
 
 def measurements(quick: bool, scale: float = 1.0) -> list[tuple[str, list[str]]]:
@@ -29,7 +29,7 @@ def measurements(quick: bool, scale: float = 1.0) -> list[tuple[str, list[str]]]
 
 def run(ctx: BenchContext) -> list[Row]:
     app = ctx.start_app()
-    running, rows = ctx.start_paths(NAME, PathSpec(target=(app.host, app.port)))
+    running, rows = ctx.start_paths(NAME, ctx.spec((app.host, app.port)))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(ctx.reps):
         for label, args in measurements(ctx.quick, ctx.scale):
@@ -60,5 +60,6 @@ def plot(rows: list[Row], img_dir: Any) -> list[Any]:
     import report
 
     return report.bar_chart(
-        rows, img_dir / "latency.png", "Latency on loopback (lower is better)", log=True
+        rows, img_dir / "latency.png", f"Latency, {report.link_of(rows)} (lower is better)",
+        log=True,
     )

@@ -13,10 +13,10 @@ import statistics
 from typing import Any
 
 from context import BenchContext, Row, cpu_s
-from paths import PathSpec
 
 TITLE = "Bulk throughput"
 NAME = "throughput"
+LINKS = ("loopback", "veth")  # bench/topology.py: runs across the veth pair too
 
 
 def cases(quick: bool) -> list[tuple[str, int]]:
@@ -32,7 +32,7 @@ def metric(direction: str, conns: int) -> str:
 
 def run(ctx: BenchContext) -> list[Row]:
     app = ctx.start_app()
-    running, rows = ctx.start_paths(NAME, PathSpec(target=(app.host, app.port)))
+    running, rows = ctx.start_paths(NAME, ctx.spec((app.host, app.port)))
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for rep in range(ctx.reps):
         for direction, conns in cases(ctx.quick):
@@ -77,9 +77,10 @@ def _rows(name: str, direction: str, conns: int, results: list[dict[str, Any]]) 
             },
         )
     ]  # fmt: skip
-    if conns == 1:
-        for side in sorted(good[0]["cpu_s"]):
-            per_gib = [r["cpu_s"][side] / (r["total_bytes"] / 2**30) for r in good]
+    moved = [r for r in good if r["total_bytes"] > 0]  # a stalled run has no CPU per GiB
+    if conns == 1 and moved:
+        for side in sorted(moved[0]["cpu_s"]):
+            per_gib = [r["cpu_s"][side] / (r["total_bytes"] / 2**30) for r in moved]
             what = "upload" if direction == "up" else "download"
             rows.append(
                 Row(
@@ -96,11 +97,11 @@ def plot(rows: list[Row], img_dir: Any) -> list[Any]:
 
     figs = report.bar_chart(
         [r for r in rows if r.unit == "Mbit/s"], img_dir / "throughput.png",
-        "Bulk throughput on loopback (median)", log=True,
+        f"Bulk throughput, {report.link_of(rows)} (median)", log=True,
     )  # fmt: skip
     figs += report.bar_chart(
         [r for r in rows if r.unit == "CPU s/GiB"], img_dir / "cpu-per-gib.png",
-        "CPU seconds per GiB moved, per side (lower is better)", log=True,
+        f"CPU seconds per GiB moved, per side, {report.link_of(rows)} (lower is better)", log=True,
     )  # fmt: skip
     series = {
         r.path: r.extra["series_mbit"]
@@ -109,6 +110,7 @@ def plot(rows: list[Row], img_dir: Any) -> list[Any]:
     }
     figs += report.line_chart(
         series, img_dir / "throughput-over-time.png",
-        "Upload through one tunnel, per second (median run)", "second", "Mbit/s", log=True,
+        f"Upload through one tunnel, per second, {report.link_of(rows)} (median run)",
+        "second", "Mbit/s", log=True,
     )  # fmt: skip
     return figs
