@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,39 @@ async def test_lost_connection_resets_the_app(
     finally:
         if server.proc.returncode is None:
             server.proc.send_signal(signal.SIGCONT)
+        await client.stop()
+        server.kill()
+        await server.proc.wait()
+        backend.close()
+
+
+@pytest.mark.timeout(60)
+async def test_restarted_server_resets_the_app_at_once(short_tmp: Path) -> None:
+    """The server is killed and restarted with the same state directory: it answers the
+    client's packets for the connection it lost with a stateless reset (RFC 9000 §10.3), and
+    the client resets its app connections then, not at dead-after (15 s)."""
+    server, client, backend = await _loopback_pair(app="tcp", short_tmp=short_tmp)
+    port = server.host_port[1]
+    try:
+        pump = asyncio.get_running_loop().create_task(
+            _pump(client.address, 32 << 20, 512 << 10)
+        )
+        await asyncio.sleep(1.5)
+        server.kill()
+        await server.proc.wait()
+        killed = time.monotonic()
+        server = await start_server(short_tmp, listen=f"127.0.0.1:{port}")
+        restarted = time.monotonic()
+        got, end = await asyncio.wait_for(pump, 40)
+        reset_s = time.monotonic() - restarted
+        print(f"stateless reset: app reset {reset_s:.3f} s after the restart "
+              f"({time.monotonic() - killed:.3f} s after the kill)")  # fmt: skip
+        assert isinstance(end, ConnectionResetError), f"app saw {end!r} after {got} bytes"
+        closed = await client.wait_log(lambda e: e.get("msg") == "tunnel closed")
+        assert "QUIC connection lost" in closed["reason"], closed
+        # dead-after is 15 s: a reset within 2 s can only be the stateless reset
+        assert reset_s < 2.0, f"app reset {reset_s:.1f} s after the restart: {closed}"
+    finally:
         await client.stop()
         server.kill()
         await server.proc.wait()
