@@ -14,9 +14,12 @@ Responsibilities, and the rules that keep them cheap:
   oldest first once data went out.  Re-reading every queued stream's backlog costs one engine
   call per stream, so with many streams it runs at most every few milliseconds, and while
   little was sent (a peer that grants no credit), at most every 100 ms.
-* **Keep-alive and liveness**: PING when nothing was heard for ``keepalive_s``; declare the
-  peer dead after ``dead_after_s`` of silence.  aioquic neither pings nor notices stateless
-  resets, so without this a restarted server is only noticed at the idle timeout.
+* **Keep-alive and liveness**: PING when nothing was heard for ``keepalive_s``, or when data
+  of ours is in flight and nothing was acknowledged for that long; declare the peer dead after
+  ``dead_after_s`` of silence or of a PING left unacknowledged.  Hearing the peer is not
+  enough: when only our direction fails (a firewall rejecting our datagrams, our route to it
+  gone) the peer's retransmissions keep arriving, and the connection lived on until the
+  *peer* gave up (30 s on a server).
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ class QuicSession:
         self._ping_uid = 0
         self.last_rx = time.monotonic()
         self.created_at = self.last_rx
+        self.last_ack = self.last_rx  # the peer acknowledged a PING of ours (or we started)
+        # While a PING of ours waits for its ACK: since when nothing proved the peer hears us
+        # (the last ACK of a PING, at most one keep-alive before that PING).
+        self._unproven_since: float | None = None
         self.handshake_done: asyncio.Future[None] = self._loop.create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
@@ -351,18 +358,30 @@ class QuicSession:
 
     def _on_keepalive(self) -> None:
         now = time.monotonic()
-        silent = now - self.last_rx
+        heard = now - self.last_rx
+        unanswered = 0.0 if self._unproven_since is None else now - self._unproven_since
+        silent = max(heard, unanswered)
         if silent >= self._dead_after_s:
+            what = "silent" if heard >= unanswered else "not acknowledging our PINGs"
             logger.warning(
-                "QUIC peer %s:%d silent for %.1f s; connection declared lost", *self.peer, silent
+                "QUIC peer %s:%d %s for %.1f s; connection declared lost", *self.peer, what, silent
             )
             self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
             self._transmit()
             self._terminate("peer unresponsive")
             return
-        if silent >= self._keepalive_s * 0.9:
+        due = self._keepalive_s * 0.9
+        # PING when nothing was heard, or when data of ours is in flight and nothing proved
+        # for a while that the peer gets it (one-way failure); idle connections ping as before.
+        if heard >= due or (
+            self._unproven_since is None
+            and now - self.last_ack >= due
+            and self.conn.stats()["bytes_in_flight"] > 0
+        ):
             self._ping_uid += 1
             self.conn.send_ping(self._ping_uid)
+            if self._unproven_since is None:
+                self._unproven_since = max(self.last_ack, now - self._keepalive_s)
             self.transmit_soon()
         # Check again at the next PING or exactly when the peer would be dead, whichever
         # comes first: the documented dead-after, not up to one keep-alive later.
@@ -393,6 +412,9 @@ class QuicSession:
             elif isinstance(event, events.DatagramFrameReceived):
                 if self.datagram_handler is not None:
                     self._guard(self.datagram_handler, event.data)
+            elif isinstance(event, events.PingAcknowledged):
+                self.last_ack = time.monotonic()
+                self._unproven_since = None
             elif isinstance(event, events.HandshakeCompleted):
                 self.alpn = event.alpn_protocol
                 if not self.handshake_done.done():

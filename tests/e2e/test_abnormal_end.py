@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.harness import Backend, Endpoint, connect, echo, start_client, start_server
 
-NS_C, NS_S = "reconnect-c", "reconnect-s"
+NS_C, NS_S = "roam17-c", "roam17-s"  # prefixed with the branch that made them
 C_OLD, C_NEW, S_ADDR = "10.77.0.2", "10.77.0.3", "10.77.0.1"
 
 
@@ -40,18 +40,18 @@ def two_hosts() -> Iterator[None]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         _ip("netns", "add", ns)
     try:
-        _ip("link", "add", "reconnect-c0", "netns", NS_C, "type", "veth",
-            "peer", "name", "reconnect-s0", "netns", NS_S)  # fmt: skip
-        _ip("-n", NS_C, "addr", "add", f"{C_OLD}/24", "dev", "reconnect-c0")
-        _ip("-n", NS_S, "addr", "add", f"{S_ADDR}/24", "dev", "reconnect-s0")
+        _ip("link", "add", "roam17-c0", "netns", NS_C, "type", "veth",
+            "peer", "name", "roam17-s0", "netns", NS_S)  # fmt: skip
+        _ip("-n", NS_C, "addr", "add", f"{C_OLD}/24", "dev", "roam17-c0")
+        _ip("-n", NS_S, "addr", "add", f"{S_ADDR}/24", "dev", "roam17-s0")
         # as systemd's sysctl.d does: deleting the primary address promotes the new one
         subprocess.run(
             ["ip", "netns", "exec", NS_C, "sysctl", "-qw",
              "net.ipv4.conf.all.promote_secondaries=1",
-             "net.ipv4.conf.reconnect-c0.promote_secondaries=1"],
+             "net.ipv4.conf.roam17-c0.promote_secondaries=1"],
             check=True, capture_output=True,
         )  # fmt: skip
-        for ns, dev in ((NS_C, "reconnect-c0"), (NS_S, "reconnect-s0")):
+        for ns, dev in ((NS_C, "roam17-c0"), (NS_S, "roam17-s0")):
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "link", "set", dev, "up")
         yield
@@ -92,22 +92,30 @@ async def _pump(address: str, total: int, rate: int) -> tuple[int, BaseException
 # The app, run where it can reach the client's listener (inside the client's namespace for
 # TCP): prints the bytes it got back and how its connection ended.
 APP = f"""
-import asyncio, sys
+import asyncio, sys, time
 sys.path.insert(0, {str(Path(__file__).parents[2])!r})
 from tests.e2e.test_abnormal_end import _pump
 got, end = asyncio.run(_pump(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
-print(got, repr(end))
+print(got, time.monotonic(), repr(end))
 """
 
 
 async def run_app(address: str, total: int, rate: int, prefix: tuple[str, ...]) -> tuple[int, str]:
+    got, _, end = await run_app_timed(address, total, rate, prefix)
+    return got, end
+
+
+async def run_app_timed(
+    address: str, total: int, rate: int, prefix: tuple[str, ...]
+) -> tuple[int, float, str]:
+    """As ``run_app``, plus when (``time.monotonic``, one clock for all namespaces) it ended."""
     proc = await asyncio.create_subprocess_exec(
         *prefix, sys.executable, "-c", APP, address, str(total), str(rate),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 50)
-    got, end = out.decode().strip().split(" ", 1)
-    return int(got), end
+    got, ended, end = out.decode().strip().split(" ", 2)
+    return int(got), float(ended), end
 
 
 # Apps on TCP only: a UNIX stream socket has no reset.  Closing it shows the app ECONNRESET
@@ -138,12 +146,68 @@ async def test_client_address_gone_resets_the_app(two_hosts: None, short_tmp: Pa
         )
         await asyncio.sleep(2)
         # DHCP renewing to a new address: add the new one, delete the old one.
-        _ip("-n", NS_C, "addr", "add", f"{C_NEW}/24", "dev", "reconnect-c0")
-        _ip("-n", NS_C, "addr", "del", f"{C_OLD}/24", "dev", "reconnect-c0")
+        _ip("-n", NS_C, "addr", "add", f"{C_NEW}/24", "dev", "roam17-c0")
+        _ip("-n", NS_C, "addr", "del", f"{C_OLD}/24", "dev", "roam17-c0")
         got, end = await pump
         assert got == total or end != "None", (
             f"clean EOF after {got} of {total} bytes: a lost connection looked like an end"
         )
+    finally:
+        await client.stop()
+        server.kill()
+        await server.proc.wait()
+        backend.close()
+
+
+def _break_path(way: str) -> None:
+    """The client's sends start failing: an ICMP error for every datagram (a firewall on the
+    path), or ENETUNREACH from sendmsg itself (the route to the server removed)."""
+    if way == "icmp":
+        _ip("netns", "exec", NS_S, "nft",
+            f"add table ip {NS_S}; add chain ip {NS_S} in {{ type filter hook input priority 0; }}; "
+            f"add rule ip {NS_S} in udp dport 1-65535 reject with icmp type admin-prohibited")  # fmt: skip
+    else:
+        _ip("-n", NS_C, "route", "del", "10.77.0.0/24", "dev", "roam17-c0")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("way", ["icmp", "route"])
+async def test_socket_errors_reset_the_app(
+    two_hosts: None, short_tmp: Path, way: str, loop: str
+) -> None:
+    """Every datagram the client sends fails (an ICMP error parked on the socket, or sendmsg
+    refusing): the connection is lost at dead-after, and the app sees a reset."""
+    env = {"QUICTUND_EVENT_LOOP": loop}
+    backend = await echo().unix(str(short_tmp / "echo.sock"))
+    server = await Endpoint.start(
+        "server", "--listen-on", f"{S_ADDR}:0", "--state-dir", str(short_tmp),
+        prefix=("ip", "netns", "exec", NS_S), env=env,
+    )  # fmt: skip
+    in_client = ("ip", "netns", "exec", NS_C)
+    client = await Endpoint.start(
+        "client", "--listen-on", "tcp:127.0.0.1:0", "--server-endpoint", server.address,
+        "--token-source", backend.address, prefix=in_client, env=env,
+    )  # fmt: skip
+    try:
+        total = 160 * ((512 << 10) // 10)
+        pump = asyncio.get_running_loop().create_task(
+            run_app_timed(client.address, total, 512 << 10, in_client)
+        )
+        await asyncio.sleep(2)
+        broken = time.monotonic()
+        _break_path(way)
+        got, ended, end = await pump
+        print(f"socket error ({way}, {loop}): app reset {ended - broken:.2f} s after")
+        if os.environ.get("QUICTUND_ROAM_LOGS"):
+            for ep in (client, server):
+                for e in ep.logs:
+                    print(ep.role, e.get("time"), e.get("msg"), e.get("reason", ""))
+        assert 0 < got < total and "ConnectionResetError" in end, (got, end)
+        closed = await client.wait_log(lambda e: e.get("msg") == "tunnel closed")
+        assert "QUIC connection lost" in closed["reason"], closed
+        assert ended - broken < 15 + 3, "later than dead-after (15 s)"
+        assert not [e for e in client.logs if e.get("level") in ("ERROR", "CRITICAL")]
     finally:
         await client.stop()
         server.kill()
