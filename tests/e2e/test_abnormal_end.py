@@ -163,9 +163,11 @@ def _break_path(way: str) -> None:
     """The client's sends start failing: an ICMP error for every datagram (a firewall on the
     path), or ENETUNREACH from sendmsg itself (the route to the server removed)."""
     if way == "icmp":
+        table = f"ip {NS_S}"
         _ip("netns", "exec", NS_S, "nft",
-            f"add table ip {NS_S}; add chain ip {NS_S} in {{ type filter hook input priority 0; }}; "
-            f"add rule ip {NS_S} in udp dport 1-65535 reject with icmp type admin-prohibited")  # fmt: skip
+            f"add table {table}; add chain {table} in {{ type filter hook input priority 0; }}; "
+            f"add rule {table} in udp dport 1-65535 reject with icmp type admin-prohibited",
+        )  # fmt: skip
     else:
         _ip("-n", NS_C, "route", "del", "10.77.0.0/24", "dev", "roam17-c0")
 
