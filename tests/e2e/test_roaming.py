@@ -1,6 +1,6 @@
 """Open tunnels survive a change of the client's address (issue 17 §1).
 
-Three network namespaces this test creates (names start with ``roam``): client host | NAT
+Three network namespaces this test creates (names start with ``roam17``): client host | NAT
 router | server host.  Through one client daemon, a bulk download and an interactive echo (a
 64-byte message every 50 ms, what ``ssh`` carries while a person types) run while
 
@@ -35,7 +35,7 @@ import pytest
 from tests.e2e.harness import TEST_ENGINE, Endpoint
 from tests.e2e.roam_app import Source
 
-C, R, S = "roam-c", "roam-r", "roam-s"
+C, R, S = "roam17-c", "roam17-r", "roam17-s"  # prefixed with the branch that made them
 C_OLD, C_NEW, R_IN, R_OUT, S_ADDR = "10.78.1.2", "10.78.1.3", "10.78.1.1", "10.78.2.1", "10.78.2.2"
 RTT_S = 0.001  # veths without delay (no netem in every kernel): RTT well under 1 ms
 MIB = int(os.environ.get("QUICTUND_ROAM_MIB", "64"))
@@ -51,7 +51,7 @@ def _snat(port: int) -> str:
     """Source ports from ``port`` on: a range, as a real NAT has (a new flow cannot take the
     port an old one still holds)."""
     ports = f"{port}-{port + 99}"
-    rule = 'add rule ip roam post oifname "roam-r1" meta l4proto { tcp, udp }'  # tcp: bench
+    rule = 'add rule ip roam post oifname "roam17-r1" meta l4proto { tcp, udp }'  # tcp: bench
     return f"{rule} snat to {R_OUT}:{ports}"
 
 
@@ -74,21 +74,21 @@ def roam_net() -> Iterator[None]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        subprocess.run(["ip", "link", "add", "roam-c0", "netns", C, "type", "veth",
-                        "peer", "name", "roam-r0", "netns", R], check=True)  # fmt: skip
-        subprocess.run(["ip", "link", "add", "roam-s0", "netns", S, "type", "veth",
-                        "peer", "name", "roam-r1", "netns", R], check=True)  # fmt: skip
-        for ns, dev, addr in ((C, "roam-c0", C_OLD), (R, "roam-r0", R_IN),
-                              (R, "roam-r1", R_OUT), (S, "roam-s0", S_ADDR)):  # fmt: skip
+        subprocess.run(["ip", "link", "add", "roam17-c0", "netns", C, "type", "veth",
+                        "peer", "name", "roam17-r0", "netns", R], check=True)  # fmt: skip
+        subprocess.run(["ip", "link", "add", "roam17-s0", "netns", S, "type", "veth",
+                        "peer", "name", "roam17-r1", "netns", R], check=True)  # fmt: skip
+        for ns, dev, addr in ((C, "roam17-c0", C_OLD), (R, "roam17-r0", R_IN),
+                              (R, "roam17-r1", R_OUT), (S, "roam17-s0", S_ADDR)):  # fmt: skip
             sh(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
             sh(ns, "ip", "link", "set", dev, "up")
             sh(ns, "ip", "link", "set", "lo", "up")
         sh(C, "ip", "route", "add", "default", "via", R_IN)
         # as systemd's sysctl.d does: deleting the primary address promotes the new one
         sh(C, "sysctl", "-qw", "net.ipv4.conf.all.promote_secondaries=1",
-           "net.ipv4.conf.roam-c0.promote_secondaries=1")  # fmt: skip
+           "net.ipv4.conf.roam17-c0.promote_secondaries=1")  # fmt: skip
         sh(R, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        sh(R, "nft", "add table ip roam; add chain ip roam post "
+        sh(R, "nft", "add table ip roam17; add chain ip roam17 post "
            "{ type nat hook postrouting priority srcnat; }; " + _snat(40001))  # fmt: skip
         yield
     finally:
@@ -98,11 +98,11 @@ def roam_net() -> Iterator[None]:
 
 def change(case: str) -> None:
     if case == "nat-rebind":
-        sh(R, "nft", "flush chain ip roam post; " + _snat(40101))
+        sh(R, "nft", "flush chain ip roam17 post; " + _snat(40101))
         sh(R, "conntrack", "-F")
     else:
-        sh(C, "ip", "addr", "add", f"{C_NEW}/24", "dev", "roam-c0")
-        sh(C, "ip", "addr", "del", f"{C_OLD}/24", "dev", "roam-c0")
+        sh(C, "ip", "addr", "add", f"{C_NEW}/24", "dev", "roam17-c0")
+        sh(C, "ip", "addr", "del", f"{C_OLD}/24", "dev", "roam17-c0")
         sh(C, "ip", "route", "replace", "default", "via", R_IN)  # what a DHCP client does
 
 
