@@ -13,6 +13,7 @@ bench/run.py); a measurement for docs/design.md, not a CI test.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from bench.paths import quictun_go_bins  # noqa: E402
 from tests.e2e.test_roaming import S_ADDR, C, S, change, roam_net  # noqa: E402
 
 PORT_APP, PORT_SRV, PORT_BACK = 18080, 18443, 18081  # inside private namespaces only
+WAIT_S = float(os.environ.get("ROAM_WAIT_S", "30"))  # for the app's end after the change
 
 
 def quictun(tmp: Path) -> list[subprocess.Popen[bytes]]:
@@ -121,10 +123,10 @@ async def run(kind: str, case: str) -> None:
             change(case)
         started = time.monotonic()
         try:
-            line = await asyncio.wait_for(app.stdout.readline(), 30)
+            line = await asyncio.wait_for(app.stdout.readline(), WAIT_S)
             print(kind, case, f"after {time.monotonic() - started:.1f} s:", line.decode().strip())
         except TimeoutError:
-            print(kind, case, "no end within 30 s after the change (hung)")
+            print(kind, case, f"no end within {WAIT_S:g} s after the change (hung)")
             app.kill()
         for p in procs:
             p.kill()

@@ -51,7 +51,7 @@ def _snat(port: int) -> str:
     """Source ports from ``port`` on: a range, as a real NAT has (a new flow cannot take the
     port an old one still holds)."""
     ports = f"{port}-{port + 99}"
-    rule = 'add rule ip roam post oifname "roam17-r1" meta l4proto { tcp, udp }'  # tcp: bench
+    rule = 'add rule ip roam17 post oifname "roam17-r1" meta l4proto { tcp, udp }'  # tcp: bench
     return f"{rule} snat to {R_OUT}:{ports}"
 
 
