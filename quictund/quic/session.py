@@ -33,6 +33,7 @@ from typing import Protocol
 from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, events
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
+from quictund.quic.stall import StallWatch
 from quictund.wire import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class QuicSession:
         self._keepalive_s = keepalive_s
         self._dead_after_s = dead_after_s
         self._keepalive: asyncio.TimerHandle | None = None
+        # client: PING when a stream of datagrams stops (a NAT rebinding; quic/stall.py)
+        self._stall = StallWatch() if conn.is_client and keepalive_s > 0 else None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._ping_uid = 0
         self.last_rx = time.monotonic()
         self.created_at = self.last_rx
@@ -125,6 +129,8 @@ class QuicSession:
         if self.closed.is_set():
             return
         now = time.monotonic()
+        if self._stall is not None and self._stall.received(now - self.last_rx):
+            self._stall_timer = self._loop.call_later(0, self._on_stall_check)
         self.last_rx = now
         self.datagrams_in += 1
         self.bytes_in += len(data)
@@ -251,7 +257,7 @@ class QuicSession:
             return
         self.close_reason = reason
         self.closed.set()
-        for handle in (self._timer, self._keepalive, self._refresh_timer):
+        for handle in (self._timer, self._keepalive, self._refresh_timer, self._stall_timer):
             if handle is not None:
                 handle.cancel()
         if not self.handshake_done.done():
@@ -387,6 +393,19 @@ class QuicSession:
         # comes first: the documented dead-after, not up to one keep-alive later.
         next_s = min(self._keepalive_s, self._dead_after_s - silent)
         self._keepalive = self._loop.call_later(next_s, self._on_keepalive)
+
+    def _on_stall_check(self) -> None:
+        self._stall_timer = None
+        if self._stall is None or self.closed.is_set():
+            return
+        wait = self._stall.due(time.monotonic() - self.last_rx, float(self.conn.stats()["rtt_s"]))
+        if wait is not None:
+            self._stall_timer = self._loop.call_later(wait, self._on_stall_check)
+            return
+        logger.debug("nothing from %s:%d since a stream of datagrams: PING", *self.peer)
+        self._ping_uid += 1
+        self.conn.send_ping(self._ping_uid)
+        self.transmit_soon()
 
     def _process_events(self) -> None:
         while (event := self.conn.next_event()) is not None:

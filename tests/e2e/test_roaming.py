@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import TEST_ENGINE, Endpoint
+from tests.e2e import roam_ssh
+from tests.e2e.harness import Endpoint
 from tests.e2e.roam_app import Source
 
 C, R, S = "roam17-c", "roam17-r", "roam17-s"  # prefixed with the branch that made them
@@ -41,6 +42,7 @@ RTT_S = 0.001  # veths without delay (no netem in every kernel): RTT well under 
 MIB = int(os.environ.get("QUICTUND_ROAM_MIB", "64"))
 RATE = int(os.environ.get("QUICTUND_ROAM_RATE_MIB", "16")) << 20
 ROOT = Path(__file__).parents[2]
+SSH_PORT = 2222  # sshd inside the server's private namespace
 
 
 def sh(ns: str, *args: str) -> None:
@@ -62,6 +64,8 @@ def hosts() -> Iterator[None]:
     for tool in ("nft", "conntrack"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (apt install {'nftables' if tool == 'nft' else tool})")
+    if why := roam_ssh.available():
+        pytest.skip(why)
     with roam_net():
         yield
 
@@ -106,24 +110,34 @@ def change(case: str) -> None:
         sh(C, "ip", "route", "replace", "default", "via", R_IN)  # what a DHCP client does
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("case", ["nat-rebind", "new-address"])
 async def test_tunnels_survive_roaming(hosts: None, short_tmp: Path, case: str) -> None:
     source = Source(MIB << 20, RATE)
     backend = await asyncio.start_unix_server(source.handle, str(short_tmp / "src.sock"))
+    sshd = roam_ssh.start_sshd(S, short_tmp, SSH_PORT)
+    debug = ("--log-level", "debug") if os.environ.get("QUICTUND_ROAM_DEBUG") else ()
     server = await Endpoint.start(
-        "server", "--listen-on", f"{S_ADDR}:0", "--state-dir", str(short_tmp),
+        "server", "--listen-on", f"{S_ADDR}:0", "--state-dir", str(short_tmp), *debug,
         prefix=("ip", "netns", "exec", S),
     )  # fmt: skip
-    client = await Endpoint.start(
-        "client", "--listen-on", "tcp:127.0.0.1:0", "--server-endpoint", server.address,
-        "--token-source", f"unix:{short_tmp}/src.sock", prefix=("ip", "netns", "exec", C),
-    )  # fmt: skip
+    clients = [
+        await Endpoint.start(
+            "client", "--listen-on", "tcp:127.0.0.1:0", "--server-endpoint", server.address,
+            "--token-source", token, prefix=("ip", "netns", "exec", C),
+        )  # fmt: skip
+        for token in (f"unix:{short_tmp}/src.sock", f"tcp:127.0.0.1:{SSH_PORT}")
+    ]
+    client, ssh_client = clients
+    typist = roam_ssh.Typist(C, short_tmp, *ssh_client.host_port)
     app = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", C, sys.executable, "-m", "tests.e2e.roam_app", client.address,
         stdout=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     try:
+        await typist.start()
+        done = asyncio.Event()
+        typing = asyncio.get_running_loop().create_task(typist.type_until(done))
         assert app.stdout is not None
         assert await asyncio.wait_for(app.stdout.readline(), 20) == b"started\n"
         await asyncio.sleep(1.5)
@@ -131,28 +145,31 @@ async def test_tunnels_survive_roaming(hosts: None, short_tmp: Path, case: str) 
         changed_at = time.monotonic()
         change(case)
         changed_s = time.monotonic() - changed_at
-        out = json.loads(await asyncio.wait_for(app.stdout.readline(), 100))
+        out = json.loads(await asyncio.wait_for(app.stdout.readline(), 150))
+        done.set()
+        ssh = await typing
         await app.wait()
         bulk, chat = out["bulk"], out["chat"]
-        print(f"{case}: change took {changed_s:.3f} s; {out}")
+        print(f"{case}: change took {changed_s:.3f} s; {out}; ssh {ssh}")
         assert in_flight, "the transfer was not running when the address changed"
         assert bulk["end"] == "eof" and bulk["bytes"] == source.size, bulk
         assert bulk["sha256"] == source.sent_sha256
         assert chat["end"] == "ok" and chat["corrupt"] == 0, chat
-        # qh3's server (its Rust core holds path validation) stalls after a NAT rebinding until
-        # the client's next keep-alive: bounded by dead-after only (docs/design.md, Roaming).
-        bound = 15.0 if (TEST_ENGINE == "qh3" and case == "nat-rebind") else RTT_S + 1.0
-        assert chat["max_pause_s"] < bound, (
-            f"{case}: interactive session paused {chat['max_pause_s']} s; "
-            f"{[e.get('msg') for e in client.logs[-5:]]}"
-        )
-        if case == "new-address":
-            moved = client.messages("connection moved to")
-            assert moved and C_NEW in moved[0]["msg"], client.logs[-5:]
-        assert not client.messages("QUIC connection to"), "the client reconnected"
+        assert ssh["end"] == "ok" and ssh["corrupt"] == 0 and ssh["echoed"] == ssh["keys"], ssh
+        bound = RTT_S + 1.0  # the new path works at once on veths: count from the change
+        for name, pause in (("echo", chat["max_pause_s"]), ("ssh", ssh["max_pause_s"])):
+            assert pause < bound, (
+                f"{case}: the {name} session paused {pause} s; "
+                f"{[e.get('msg') for e in client.logs[-5:]]}"
+            )
+        for ep in clients:
+            if case == "new-address":
+                moved = ep.messages("connection moved to")
+                assert moved and C_NEW in moved[0]["msg"], ep.logs[-5:]
+            assert not ep.messages("QUIC connection to"), "the client reconnected"
     finally:
         if os.environ.get("QUICTUND_ROAM_LOGS"):
-            for ep in (client, server):
+            for ep in (*clients, server):
                 for e in ep.logs:
                     msg = e.get("msg", "")
                     if "Stream" not in msg and "tunnel open" not in msg:
@@ -160,7 +177,11 @@ async def test_tunnels_survive_roaming(hosts: None, short_tmp: Path, case: str) 
         if app.returncode is None:
             app.kill()
             await app.wait()
-        await client.stop()
+        await typist.close()
+        for ep in clients:
+            await ep.stop()
         server.kill()
         await server.proc.wait()
+        sshd.kill()
+        sshd.wait()
         backend.close()
