@@ -98,8 +98,9 @@ class QuicSession:
         self._dead_after_s = dead_after_s
         self._keepalive: asyncio.TimerHandle | None = None
         # client: PING when a stream of datagrams stops (a NAT rebinding; quic/stall.py)
-        self._stall = StallWatch() if conn.is_client and keepalive_s > 0 else None
+        self._stall = StallWatch(keepalive_s) if conn.is_client and keepalive_s > 0 else None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_ping = 0  # its ACK is answered by one more PING (quic/stall.py)
         self._ping_uid = 0
         self.last_rx = time.monotonic()
         self.created_at = self.last_rx
@@ -398,14 +399,17 @@ class QuicSession:
         self._stall_timer = None
         if self._stall is None or self.closed.is_set():
             return
-        wait = self._stall.due(time.monotonic() - self.last_rx, float(self.conn.stats()["rtt_s"]))
+        silent = time.monotonic() - self.last_rx
+        ping, wait = self._stall.due(silent, float(self.conn.stats()["rtt_s"]))
         if wait is not None:
             self._stall_timer = self._loop.call_later(wait, self._on_stall_check)
-            return
-        logger.debug("nothing from %s:%d since a stream of datagrams: PING", *self.peer)
-        self._ping_uid += 1
-        self.conn.send_ping(self._ping_uid)
-        self.transmit_soon()
+        if ping:
+            logger.debug("%.2f s without a datagram from %s:%d after a stream: PING", silent,
+                         *self.peer)  # fmt: skip
+            self._ping_uid += 1
+            self._stall_ping = self._ping_uid
+            self.conn.send_ping(self._ping_uid)
+            self.transmit_soon()
 
     def _process_events(self) -> None:
         while (event := self.conn.next_event()) is not None:
@@ -434,6 +438,10 @@ class QuicSession:
             elif isinstance(event, events.PingAcknowledged):
                 self.last_ack = time.monotonic()
                 self._unproven_since = None
+                if event.uid == self._stall_ping:  # acknowledge the peer's ACK (quic/stall.py)
+                    self._stall_ping = 0
+                    self._ping_uid += 1
+                    self.conn.send_ping(self._ping_uid)
             elif isinstance(event, events.HandshakeCompleted):
                 self.alpn = event.alpn_protocol
                 if not self.handshake_done.done():

@@ -8,11 +8,14 @@ way until the client's keep-alive notices the silence (4.5 to 9.5 s; measured 7.
 in tests/e2e/test_roaming.py, 3 of 3 runs with two connections through the NAT).
 
 Rule: when datagrams were arriving back to back (a gap under ``BUSY_GAP_S``) and then nothing
-arrives for ``stall_after(rtt)``, send one PING.  Its packet creates the new mapping, the
-server sees the new address and validates it (quic/engine_aioquic_paths.py), and the transfer
-goes on.  One PING per silence: it is armed again only by datagrams arriving back to back, so
-an idle connection (whose PING ACKs arrive alone) never pings faster than its keep-alive.  A
-false alarm (a sender that paused by itself) costs one PING.
+arrives for ``stall_after(rtt)``, send a PING.  Its packet creates the new mapping, the server
+sees the new address and validates it (quic/engine_aioquic_paths.py), and the transfer goes on.
+While the stream of datagrams does not resume, PING again after twice the silence each time
+(the server may itself be waiting out a backed-off probe timer; each PING's ACK, acknowledged
+by the next PING, lets it declare the packets it sent to the old address lost), until the
+keep-alive takes over.  Armed again only by datagrams arriving back to back, so an idle
+connection (whose PING ACKs arrive alone) never pings faster than its keep-alive; a false alarm
+(a sender that paused by itself) costs a few PINGs.
 """
 
 from __future__ import annotations
@@ -27,23 +30,31 @@ def stall_after(rtt_s: float) -> float:
 
 
 class StallWatch:
-    """Arms on back-to-back datagrams; ``due`` says when to look again or to PING now."""
+    """Arms on back-to-back datagrams; ``due`` says whether to PING and when to look again."""
 
-    def __init__(self) -> None:
+    def __init__(self, give_up_s: float) -> None:
+        self.give_up_s = give_up_s  # the keep-alive: silences this long are its business
         self.armed = False
+        self._threshold: float | None = None  # after a stall: the next silence to PING at
 
     def received(self, gap_s: float) -> bool:
         """A datagram arrived ``gap_s`` after the previous one; True: start watching (the
         caller schedules ``due`` unless it is already watching)."""
-        if gap_s < BUSY_GAP_S and not self.armed:
-            self.armed = True
-            return True
-        return False
+        if gap_s >= BUSY_GAP_S:
+            return False
+        self._threshold = None  # the stream of datagrams goes on (or resumed)
+        if self.armed:
+            return False
+        self.armed = True
+        return True
 
-    def due(self, silent_s: float, rtt_s: float) -> float | None:
-        """``None``: PING now (and disarm); else check again in that many seconds."""
-        wait = stall_after(rtt_s) - silent_s
-        if wait > 0:
-            return wait
-        self.armed = False
-        return None
+    def due(self, silent_s: float, rtt_s: float) -> tuple[bool, float | None]:
+        """(PING now?, seconds until the next look, or None: stop watching)."""
+        threshold = stall_after(rtt_s) if self._threshold is None else self._threshold
+        if silent_s < threshold:
+            return False, threshold - silent_s
+        if threshold >= self.give_up_s:
+            self.armed, self._threshold = False, None
+            return False, None
+        self._threshold = 2 * threshold
+        return True, self._threshold

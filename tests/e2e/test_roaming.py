@@ -124,7 +124,7 @@ async def test_tunnels_survive_roaming(hosts: None, short_tmp: Path, case: str) 
     clients = [
         await Endpoint.start(
             "client", "--listen-on", "tcp:127.0.0.1:0", "--server-endpoint", server.address,
-            "--token-source", token, prefix=("ip", "netns", "exec", C),
+            "--token-source", token, *debug, prefix=("ip", "netns", "exec", C),
         )  # fmt: skip
         for token in (f"unix:{short_tmp}/src.sock", f"tcp:127.0.0.1:{SSH_PORT}")
     ]
