@@ -23,7 +23,7 @@ from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.quic.server import QuicServerProtocol
 from quictund.quic.session import Address, QuicSession, StreamHandler
-from quictund.quic.stateless_reset import Responder, load_key
+from quictund.quic.stateless_reset import Responder, derive_key, load_key
 from quictund.quic.udp import UdpSocket, open_udp
 from quictund.selfsigned import default_state_dir
 from quictund.server_handshake import Refused, ServerHandshake
@@ -71,7 +71,7 @@ class ServerEndpoint(EndpointBase):
         self._tg = tg
         s = self.settings
         codec = s.quic_lb_codec()  # QUIC-LB: Retry packets carry a routable id too
-        self._reset_key = reset_key(s)
+        self._reset_key = reset_key(s, self.worker)
         proto = QuicServerProtocol(
             configuration=self.configuration,
             make_connection=self._make_connection,
@@ -246,14 +246,15 @@ class ServerEndpoint(EndpointBase):
         self.tunnel_ended(splice.record, quota, reason)
 
 
-def reset_key(s: ServerSettings) -> bytes | None:
+def reset_key(s: ServerSettings, worker: int | None) -> bytes | None:
     """The stateless reset key kept in the state directory (quic/stateless_reset.py), or None
     (with a warning) when it cannot be kept: a restarted server then cannot tell its old
-    clients, who notice at dead-after instead."""
+    clients, who notice at dead-after instead.  Each of several workers derives its own key,
+    so a worker the kernel hands another worker's packets never resets that connection."""
     state = Path(s.state_dir) if s.state_dir else default_state_dir()
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return load_key(state)
+        key = load_key(state)
     except OSError as exc:
         logger.warning(
             "[%s] stateless resets off: cannot keep their key in %s (%s); clients of a "
@@ -261,3 +262,4 @@ def reset_key(s: ServerSettings) -> bytes | None:
             s.name, state, os_reason(exc),
         )  # fmt: skip
         return None
+    return key if worker is None else derive_key(key, f"worker {worker}")

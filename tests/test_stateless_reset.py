@@ -93,3 +93,9 @@ def test_client_ends_on_a_reset_from_a_server_that_lost_it(
     pair.drain()
     assert pair.client_got(events.ConnectionTerminated) and pair.client.is_closed
     assert pair.client.datagrams_to_send(now=pair.now) == []  # draining: nothing more sent
+
+
+def test_workers_derive_keys_of_their_own() -> None:
+    keys = {sr.derive_key(KEY, f"worker {i}") for i in range(4)}
+    assert len(keys) == 4 and KEY not in keys
+    assert sr.derive_key(KEY, "worker 1") == sr.derive_key(KEY, "worker 1")  # a restart keeps it

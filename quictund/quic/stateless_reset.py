@@ -10,7 +10,10 @@ Rules, all from RFC 9000:
    ``HMAC-SHA256(key, cid)[:16]`` (§10.3.2), so a process that never saw the id can compute it.
    The key (32 random octets, ``stateless-reset.key``, mode 0600) lives in the server's state
    directory and survives restarts.  Servers behind one balancer must NOT share it (nor the
-   state directory): a packet routed to the wrong server would then reset a live connection.
+   state directory): a packet routed to the wrong server would then reset a live connection,
+   and anyone who copies a client's packet from another address would get a valid reset
+   back, enough to end that connection (RFC 9000 §10.3.2).  Workers of one daemon share the
+   state directory, so each derives its own key from it (``derive_key``).
 2. **Only short-header packets with an unknown connection id are answered** (a long header
    belongs to a handshake; a known id to a live connection).
 3. **Never an amplifier, never a loop** (§10.3.3): the reset is at least one octet shorter than
@@ -50,6 +53,12 @@ BURST = 100.0
 def token(key: bytes, cid: bytes) -> bytes:
     """The stateless reset token of connection id ``cid`` under ``key``."""
     return hmac.new(key, cid, hashlib.sha256).digest()[:TOKEN_SIZE]
+
+
+def derive_key(key: bytes, scope: str) -> bytes:
+    """A key for one of several processes sharing a state directory (workers): a packet the
+    kernel routes to the wrong worker must not draw a reset valid for the right one (rule 1)."""
+    return hmac.new(key, scope.encode(), hashlib.sha256).digest()
 
 
 def is_reset(datagram: bytes, expected: bytes | None) -> bool:
