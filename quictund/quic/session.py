@@ -14,12 +14,10 @@ Responsibilities, and the rules that keep them cheap:
   oldest first once data went out.  Re-reading every queued stream's backlog costs one engine
   call per stream, so with many streams it runs at most every few milliseconds, and while
   little was sent (a peer that grants no credit), at most every 100 ms.
-* **Keep-alive and liveness**: PING when nothing was heard for ``keepalive_s``, or when data
-  of ours is in flight and nothing was acknowledged for that long; declare the peer dead after
-  ``dead_after_s`` of silence or of a PING left unacknowledged.  Hearing the peer is not
-  enough: when only our direction fails (a firewall rejecting our datagrams, our route to it
-  gone) the peer's retransmissions keep arriving, and the connection lived on until the
-  *peer* gave up (30 s on a server).
+* **Keep-alive and liveness** (rules in ``quic/liveness.py``): PING while silent or while our
+  data goes unacknowledged; the peer is dead after ``dead_after_s`` of either.  aioquic
+  neither pings nor declares a silent peer dead before its idle timeout.  A client also PINGs
+  when the datagrams it was receiving stop (``quic/stall.py``: a NAT rebinding).
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from typing import Protocol
 
 from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, events
+from quictund.quic.liveness import Liveness
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.quic.stall import StallWatch
 from quictund.wire import ErrorCode
@@ -94,20 +93,14 @@ class QuicSession:
         self._events_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._keepalive_s = keepalive_s
-        self._dead_after_s = dead_after_s
         self._keepalive: asyncio.TimerHandle | None = None
         # client: PING when a stream of datagrams stops (a NAT rebinding; quic/stall.py)
         self._stall = StallWatch(keepalive_s) if conn.is_client and keepalive_s > 0 else None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._stall_ping = 0  # its ACK is answered by one more PING (quic/stall.py)
         self._ping_uid = 0
-        self.last_rx = time.monotonic()
-        self.created_at = self.last_rx
-        self.last_ack = self.last_rx  # the peer acknowledged a PING of ours (or we started)
-        # While a PING of ours waits for its ACK: since when nothing proved the peer hears us
-        # (the last ACK of a PING, at most one keep-alive before that PING).
-        self._unproven_since: float | None = None
+        self.created_at = time.monotonic()
+        self._live = Liveness(self.created_at, keepalive_s=keepalive_s, dead_after_s=dead_after_s)
         self.handshake_done: asyncio.Future[None] = self._loop.create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
@@ -132,7 +125,7 @@ class QuicSession:
         now = time.monotonic()
         if self._stall is not None and self._stall.received(now - self.last_rx):
             self._stall_timer = self._loop.call_later(0, self._on_stall_check)
-        self.last_rx = now
+        self._live.heard(now)
         self.datagrams_in += 1
         self.bytes_in += len(data)
         self.conn.receive_datagram(data, addr, now)
@@ -363,37 +356,28 @@ class QuicSession:
             return
         self._transmit()
 
+    @property
+    def last_rx(self) -> float:
+        """When the last datagram from the peer arrived (``time.monotonic``)."""
+        return self._live.last_rx
+
     def _on_keepalive(self) -> None:
-        now = time.monotonic()
-        heard = now - self.last_rx
-        unanswered = 0.0 if self._unproven_since is None else now - self._unproven_since
-        silent = max(heard, unanswered)
-        if silent >= self._dead_after_s:
-            what = "silent" if heard >= unanswered else "not acknowledging our PINGs"
+        verdict = self._live.check(
+            time.monotonic(), in_flight=self.conn.stats()["bytes_in_flight"] > 0
+        )
+        if verdict.dead is not None:
             logger.warning(
-                "QUIC peer %s:%d %s for %.1f s; connection declared lost", *self.peer, what, silent
+                "QUIC peer %s:%d %s; connection declared lost", *self.peer, verdict.dead
             )
             self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
             self._transmit()
             self._terminate("peer unresponsive")
             return
-        due = self._keepalive_s * 0.9
-        # PING when nothing was heard, or when data of ours is in flight and nothing proved
-        # for a while that the peer gets it (one-way failure); idle connections ping as before.
-        if heard >= due or (
-            self._unproven_since is None
-            and now - self.last_ack >= due
-            and self.conn.stats()["bytes_in_flight"] > 0
-        ):
+        if verdict.ping:
             self._ping_uid += 1
             self.conn.send_ping(self._ping_uid)
-            if self._unproven_since is None:
-                self._unproven_since = max(self.last_ack, now - self._keepalive_s)
             self.transmit_soon()
-        # Check again at the next PING or exactly when the peer would be dead, whichever
-        # comes first: the documented dead-after, not up to one keep-alive later.
-        next_s = min(self._keepalive_s, self._dead_after_s - silent)
-        self._keepalive = self._loop.call_later(next_s, self._on_keepalive)
+        self._keepalive = self._loop.call_later(verdict.next_s, self._on_keepalive)
 
     def _on_stall_check(self) -> None:
         self._stall_timer = None
@@ -436,8 +420,7 @@ class QuicSession:
                 if self.datagram_handler is not None:
                     self._guard(self.datagram_handler, event.data)
             elif isinstance(event, events.PingAcknowledged):
-                self.last_ack = time.monotonic()
-                self._unproven_since = None
+                self._live.ping_acknowledged(time.monotonic())
                 if event.uid == self._stall_ping:  # acknowledge the peer's ACK (quic/stall.py)
                     self._stall_ping = 0
                     self._ping_uid += 1
