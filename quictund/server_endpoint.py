@@ -71,7 +71,6 @@ class ServerEndpoint(EndpointBase):
         self._tg = tg
         s = self.settings
         codec = s.quic_lb_codec()  # QUIC-LB: Retry packets carry a routable id too
-        self._reset_key = reset_key(s, self.worker)
         proto = QuicServerProtocol(
             configuration=self.configuration,
             make_connection=self._make_connection,
@@ -81,7 +80,6 @@ class ServerEndpoint(EndpointBase):
             handshake_timeout_s=s.handshake_timeout_s,
             on_limit=self.limit_hit,
             new_cid=None if codec is None else codec.new,
-            resets=None if self._reset_key is None else Responder(self._reset_key, cid_length=8),
         )
         try:
             udp = await open_udp(
@@ -95,6 +93,10 @@ class ServerEndpoint(EndpointBase):
         proto.transport = udp
         self._proto, self._udp = proto, udp
         self.bound = udp.sockname[:2]
+        # Stateless resets: a key of this machine, address and worker (quic/stateless_reset.py)
+        self._reset_key = reset_key(s, f"{format_host_port(*self.bound)} worker {self.worker}")
+        if self._reset_key is not None:
+            proto.resets = Responder(self._reset_key, cid_length=8)
         logger.info(
             "[%s] server endpoint listening on udp %s", s.name, format_host_port(*self.bound)
         )
@@ -246,11 +248,11 @@ class ServerEndpoint(EndpointBase):
         self.tunnel_ended(splice.record, quota, reason)
 
 
-def reset_key(s: ServerSettings, worker: int | None) -> bytes | None:
-    """The stateless reset key kept in the state directory (quic/stateless_reset.py), or None
-    (with a warning) when it cannot be kept: a restarted server then cannot tell its old
-    clients, who notice at dead-after instead.  Each of several workers derives its own key,
-    so a worker the kernel hands another worker's packets never resets that connection."""
+def reset_key(s: ServerSettings, scope: str) -> bytes | None:
+    """This endpoint's stateless reset key: the state directory's (quic/stateless_reset.py)
+    derived for this machine and ``scope`` (bound address, worker), or None with a warning
+    when it cannot be kept (a restarted server then cannot tell its old clients, who notice
+    at dead-after instead)."""
     state = Path(s.state_dir) if s.state_dir else default_state_dir()
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -262,4 +264,4 @@ def reset_key(s: ServerSettings, worker: int | None) -> bytes | None:
             s.name, state, os_reason(exc),
         )  # fmt: skip
         return None
-    return key if worker is None else derive_key(key, f"worker {worker}")
+    return derive_key(key, scope)

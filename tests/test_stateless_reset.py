@@ -95,7 +95,11 @@ def test_client_ends_on_a_reset_from_a_server_that_lost_it(
     assert pair.client.datagrams_to_send(now=pair.now) == []  # draining: nothing more sent
 
 
-def test_workers_derive_keys_of_their_own() -> None:
-    keys = {sr.derive_key(KEY, f"worker {i}") for i in range(4)}
+def test_each_endpoint_derives_a_key_of_its_own() -> None:
+    """Servers sharing a copied state directory, or workers sharing one, never share a key;
+    the same endpoint restarted gets the same one."""
+    scopes = ["10.0.0.1:7500 worker None", "10.0.0.2:7500 worker None",
+              "10.0.0.1:7500 worker 0", "10.0.0.1:7500 worker 1"]  # fmt: skip
+    keys = {sr.derive_key(KEY, scope) for scope in scopes}
     assert len(keys) == 4 and KEY not in keys
-    assert sr.derive_key(KEY, "worker 1") == sr.derive_key(KEY, "worker 1")  # a restart keeps it
+    assert sr.derive_key(KEY, scopes[0]) == sr.derive_key(KEY, scopes[0])

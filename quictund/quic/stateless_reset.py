@@ -9,11 +9,12 @@ Rules, all from RFC 9000:
 1. **Tokens come from a persisted key.**  Every connection id a server issues carries the token
    ``HMAC-SHA256(key, cid)[:16]`` (§10.3.2), so a process that never saw the id can compute it.
    The key (32 random octets, ``stateless-reset.key``, mode 0600) lives in the server's state
-   directory and survives restarts.  Servers behind one balancer must NOT share it (nor the
-   state directory): a packet routed to the wrong server would then reset a live connection,
-   and anyone who copies a client's packet from another address would get a valid reset
-   back, enough to end that connection (RFC 9000 §10.3.2).  Workers of one daemon share the
-   state directory, so each derives its own key from it (``derive_key``).
+   directory and survives restarts.  Servers must never share a key: a packet routed to the
+   wrong server would then reset a live connection, and anyone who copies a client's packet
+   from another address would get a valid reset back, enough to end that connection (RFC
+   9000 §10.3.2).  So each endpoint derives its own from the file (``derive_key``: this
+   machine, its bound address, its worker number): servers given a copy of one state
+   directory (to share a self-signed certificate) and workers sharing one still differ.
 2. **Only short-header packets with an unknown connection id are answered** (a long header
    belongs to a handshake; a known id to a live connection).
 3. **Never an amplifier, never a loop** (§10.3.3): the reset is at least one octet shorter than
@@ -36,6 +37,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -56,9 +58,16 @@ def token(key: bytes, cid: bytes) -> bytes:
 
 
 def derive_key(key: bytes, scope: str) -> bytes:
-    """A key for one of several processes sharing a state directory (workers): a packet the
-    kernel routes to the wrong worker must not draw a reset valid for the right one (rule 1)."""
-    return hmac.new(key, scope.encode(), hashlib.sha256).digest()
+    """The key one server endpoint uses: the state directory's ``key`` bound to this machine
+    (``/etc/machine-id``, else the host name) and ``scope`` (its address and worker), so that
+    servers sharing a copied state directory, or workers sharing one, never share a key
+    (rule 1); a restart of the same endpoint on the same machine gets the same one."""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    machine = machine or socket.gethostname()
+    return hmac.new(key, f"{machine}|{scope}".encode(), hashlib.sha256).digest()
 
 
 def is_reset(datagram: bytes, expected: bytes | None) -> bool:
