@@ -3,8 +3,11 @@
 A tunnel whose QUIC connection dies must never look like a clean end to the app: a clean EOF
 after part of a transfer is a silent truncation.  Each way a connection can end abnormally
 gets a test with real daemons and a paced transfer in flight: the client host's address
-vanishing (network namespaces this test creates, named after the branch), the server going
-silent (dead-after), the engine's idle timeout, and the peer closing the connection.
+vanishing and socket errors (every datagram rejected with ICMP, or the route to the server
+deleted; both event loops) in network namespaces this test creates (named after the branch),
+the server going silent (dead-after), the engine's idle timeout, the peer closing the
+connection, and a restarted server's stateless reset.  An engine error has its own module,
+tests/e2e/test_engine_error.py.
 """
 
 from __future__ import annotations
