@@ -20,7 +20,16 @@ from quictund.identity import Identity
 from quictund.quic import engine, tls_advice
 from quictund.quic.engine import EngineSettings, events
 from quictund.quic.engine_aioquic import AioquicConnection
-from tests.engine_pair import CLIENT_ADDR, ENGINES, KIB, Certs, Pair, make_certs, make_pair
+from tests.engine_pair import (
+    CLIENT_ADDR,
+    ENGINES,
+    KIB,
+    SERVER_ADDR,
+    Certs,
+    Pair,
+    make_certs,
+    make_pair,
+)
 
 pytestmark = pytest.mark.parametrize("eng", ENGINES)
 
@@ -446,3 +455,33 @@ def test_aioquic_connection_is_the_aioquic_adapter(eng: str, certs: Certs) -> No
     pair = make_pair(certs, small(eng), client_engine="aioquic")
     assert isinstance(pair.client, AioquicConnection)
     assert callable(getattr(pair.server, "consume", None))
+
+
+def test_an_answer_carries_the_ack_of_its_request(
+    certs: Certs, eng: str, request: pytest.FixtureRequest
+) -> None:
+    """Request/response (issue 15): the answer acknowledges the request, no ACK datagram alone.
+
+    Each side's ACK used to wait for its delay timer even when data left first, so every
+    round trip cost both sides a separate ACK datagram: built, sent, received, processed.
+    """
+    if eng == "qh3":
+        reason = "qh3 2.1's Rust core times its ACKs itself; the adapter cannot reach them"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    pair = make_pair(certs, small(eng))
+    pair.run_until(lambda: pair.client.stats()["bytes_in_flight"] == 0)  # handshake settled
+    sid = pair.client.open_stream()
+    for _ in range(20):
+        pair.client.send_stream_data(sid, b"ping")
+        request = pair.client.datagrams_to_send(now=pair.now)
+        assert len(request) == 1
+        pair.server.receive_datagram(request[0][0], CLIENT_ADDR, now=pair.now)
+        pair.drain()
+        pair.server.send_stream_data(sid, b"pong")
+        answer = pair.server.datagrams_to_send(now=pair.now)
+        assert len(answer) == 1
+        pair.client.receive_datagram(answer[0][0], SERVER_ADDR, now=pair.now)
+        pair.drain()
+        # the request is acknowledged by the answer itself
+        assert pair.client.stats()["bytes_in_flight"] == 0
+        pair.now += 0.0002  # a fast round trip: well inside the ACK delay

@@ -5,16 +5,12 @@ header parser in ``engine.py`` uses only aioquic's public wire functions).
 
 What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
 
-* **Receive credit follows consumption, within a per-connection budget** (issue 13).  aioquic
-  doubles MAX_STREAM_DATA / MAX_DATA whenever the peer's highest offset passes half the limit,
-  i.e. it grants credit for bytes nobody has read, and keeps a zero-filled buffer up to a
-  stream's highest offset until the peer sends FIN or RESET_STREAM.  Here a stream's limit is
-  ``consumed + its window`` (``credit.StreamWindows``: 32 KiB first, grown while its tunnel
-  consumes), MAX_DATA is ``credit.connection_limit`` (a window in flight, the budget in
-  memory, gaps counted as what they span), and ``release`` drops a stream's buffers at once
-  and credits only bytes that arrived until aioquic discarded it.  *Held* counts bytes handed
-  to a tunnel but not yet drained into its TCP/UNIX socket.  Out-of-window offsets are a
-  FLOW_CONTROL_ERROR instead of a huge sparse allocation.
+* **Receive credit follows consumption, within a per-connection budget** (issue 13;
+  ``engine_aioquic_credit.py``): credit for bytes a tunnel drained, never for bytes parked or
+  for gaps; out-of-window offsets are a FLOW_CONTROL_ERROR instead of a huge sparse
+  allocation.
+* **A pending ACK rides with the next stream data** (issue 15): aioquic writes an ACK only
+  once its delay ran out, so each answer on a request/response tunnel cost a second datagram.
 * **Send backlog is observable** (``unsent``), so a tunnel can pause reading its socket.
 * **The peer may open ``max_streams`` bidirectional streams at once** (aioquic hard-codes 128).
 * **Idle streams cost nothing per packet.**  aioquic walks every stream of the connection for
@@ -37,18 +33,12 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from aioquic._buffer import Buffer
+from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
-    CONNECTION_LIMIT_FRAME_CAPACITY,
-    MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnectionState,
 )
-from aioquic.quic.packet import QuicFrameType
-from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.rangeset import RangeSet
-from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from quictund.identity import ANONYMOUS, Identity
@@ -57,14 +47,10 @@ from quictund.quic import engine_aioquic_paths as paths
 from quictund.quic import engine_aioquic_reset as resets
 from quictund.quic.aioquic_recovery import install as install_reordering
 from quictund.quic.credit import (
-    ReceiveLedger,
-    StreamWindows,
-    connection_limit,
     initial_stream_window,
-    raised_limit,
 )
 from quictund.quic.engine_aioquic_cids import install as install_quic_lb
-from quictund.quic.engine_aioquic_sched import SlicedSending
+from quictund.quic.engine_aioquic_credit import ConsumptionCredit
 from quictund.quic.engine_aioquic_tls import ClientAuthContext, ServerCheckContext
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
 
@@ -105,7 +91,7 @@ def make_configuration(
     return config
 
 
-class AioquicConnection(SlicedSending):
+class AioquicConnection(ConsumptionCredit):
     """aioquic's ``QuicConnection`` with consumption-based credit and no pacer.
 
     The tunnel layer must call ``consume(stream_id, n)`` once ``n`` delivered bytes have left
@@ -130,6 +116,7 @@ class AioquicConnection(SlicedSending):
             # tickets only through these callbacks, so without them there is no resumption.
             raise ValueError("session tickets would bypass client certificate verification")
         super().__init__(configuration=configuration, **kwargs)
+        self._init_credit(settings)
         if settings.quic_lb is not None:  # QUIC-LB routable ids (engine_aioquic_cids.py)
             install_quic_lb(self, settings.quic_lb)
         if settings.reset_key is not None and not self._is_client:  # stateless resets
@@ -137,25 +124,6 @@ class AioquicConnection(SlicedSending):
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins
-        self._connection_window = settings.connection_window
-        self._budget = max(settings.receive_budget, settings.connection_window)
-        self._ledger = ReceiveLedger()
-        self._windows = StreamWindows(
-            initial=initial_stream_window(settings.stream_window, settings.initial_stream_window),
-            maximum=settings.stream_window,
-            pool=self._budget - self._budget // 4,
-            held=self._ledger.held,
-        )
-        # Connection credit: bytes that left quictund's memory ("retired").  Live streams add
-        # what their tunnel consumed; a released stream adds what it had really received (its
-        # buffers are dropped at once), and the rest of its extent -- gaps, late frames -- only
-        # once aioquic discarded the stream (_unsettled holds what was credited so far).  So
-        # used - credit_base is what this connection holds, gaps included, and MAX_DATA keeps
-        # it within the budget (credit.connection_limit).
-        self._credit_base = 0
-        self._released: dict[int, None] = {}  # insertion-ordered set, bounded
-        self._unsettled: dict[int, int] = {}
-        self._credit_dirty: set[int] = set()
         # aioquic hard-codes 128 peer-opened streams of each kind; tunnels need thousands.
         # Both ``value`` and ``sent`` so the transport parameters announce it up front.
         self._local_max_streams_bidi.value = settings.max_streams
@@ -178,68 +146,6 @@ class AioquicConnection(SlicedSending):
 
     # ---- public API used by the session ------------------------------------------------
 
-    def next_event(self) -> events.QuicEvent | None:
-        event = super().next_event()
-        if (
-            isinstance(event, events.StreamDataReceived)
-            and event.data
-            and event.stream_id not in self._released
-        ):
-            self._ledger.delivered(event.stream_id, len(event.data))
-        return event
-
-    def consume(self, stream_id: int, count: int) -> None:
-        """``count`` bytes of ``stream_id`` have been drained: the peer may send that many more."""
-        if not self._ledger.tracks(stream_id):
-            return
-        self._activate(stream_id)
-        self._credit_base += self._ledger.consume(stream_id, count)
-        self._credit_dirty.add(stream_id)
-
-    def release(self, stream_id: int) -> None:
-        """Stop tracking ``stream_id``: drop its receive buffers, ignore what still comes.
-
-        Its receiving half is marked finished, so aioquic buffers nothing more for it and
-        discards the stream once our sending half is done too -- whether or not the peer
-        ever answers our STOP_SENDING with a RESET_STREAM.
-        """
-        if stream_id in self._released:
-            return
-        self._released[stream_id] = None
-        if len(self._released) > 65536:
-            del self._released[next(iter(self._released))]
-        held, consumed = self._ledger.forget(stream_id)
-        self._credit_dirty.discard(stream_id)
-        self._windows.forget(stream_id)
-        stream = self._streams.get(stream_id)
-        if stream is None:  # aioquic discarded it: everything it received was delivered
-            self._credit_base += held
-            return
-        receiver = stream.receiver
-        received = receiver._buffer_start + sum(len(r) for r in receiver._ranges)
-        self._credit_base += received - consumed
-        self._unsettled[stream_id] = received
-        if not receiver.is_finished:
-            receiver._buffer = bytearray()
-            receiver._ranges = RangeSet()
-            receiver._buffer_start = receiver.highest_offset
-            receiver.is_finished = True
-        self._activate(stream_id)
-
-    def _settle(self, stream: QuicStream) -> None:
-        """aioquic discarded ``stream``: credit the rest of a released stream's extent."""
-        credited = self._unsettled.pop(stream.stream_id, None)  # type: ignore[arg-type]
-        if credited is not None:
-            self._credit_base += stream.receiver.highest_offset - credited
-
-    def is_released(self, stream_id: int) -> bool:
-        return stream_id in self._released
-
-    @property
-    def receive_buffered(self) -> int:
-        """Bytes held in the streams' receive buffers (gaps included), for tests and stats."""
-        return sum(len(s.receiver._buffer) for s in self._streams.values())
-
     @property
     def is_client(self) -> bool:
         return bool(self._is_client)
@@ -257,10 +163,6 @@ class AioquicConnection(SlicedSending):
         stream_id = self.get_next_available_stream_id()
         self._get_or_create_stream_for_send(stream_id)
         return stream_id
-
-    @property
-    def held_bytes(self) -> int:
-        return self._ledger.held_total
 
     @property
     def is_closed(self) -> bool:
@@ -331,6 +233,12 @@ class AioquicConnection(SlicedSending):
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)
         self._activate(stream_id)
+        # A pending ACK rides with this data instead of leaving alone when its delay runs
+        # out: aioquic writes an ACK only once due, so each request/response round trip
+        # cost every side a separate ACK datagram (built, sent, received, processed).
+        space = self._spaces[tls.Epoch.ONE_RTT]
+        if space.ack_at is not None:
+            space.ack_at = 0.0
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         super().reset_stream(stream_id, error_code)
@@ -345,29 +253,17 @@ class AioquicConnection(SlicedSending):
         if stream.stream_id is not None:
             self._activate(stream.stream_id)
 
-    def _handle_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_stream_frame(context, frame_type, buf)
-        self._activate(sid)
-
-    def _handle_reset_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_reset_stream_frame(context, frame_type, buf)
-        self._activate(sid)
-
-    def _handle_stop_sending_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_stop_sending_frame(context, frame_type, buf)
-        self._activate(sid)
-
-    def _handle_max_stream_data_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
-        sid = _peek_stream_id(buf)
-        super()._handle_max_stream_data_frame(context, frame_type, buf)
-        self._activate(sid)
-
     def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
+        # Every frame that concerns a stream (STREAM, RESET_STREAM, STOP_SENDING,
+        # MAX_STREAM_DATA, STREAM_DATA_BLOCKED) fetches it here: the one place to put a stream
+        # back in the send queue, once per frame and without re-parsing the frame.
+        known = stream_id in self._streams
         stream = super()._get_or_create_stream(frame_type, stream_id)
-        self._mark_new_streams()
+        if not known:
+            self._mark_new_streams()
+        elif not getattr(stream, "_qt_queued", True):
+            stream._qt_queued = True  # type: ignore[attr-defined]
+            self._streams_queue.append(stream)
         return stream
 
     def _get_or_create_stream_for_send(self, stream_id: int) -> QuicStream:
@@ -392,64 +288,3 @@ class AioquicConnection(SlicedSending):
             self.tls.__class__ = ServerCheckContext
             self.tls._pins = self._server_pins  # type: ignore[attr-defined]
             self.tls._verify_mode = ssl.CERT_NONE  # aioquic then checks the signature only
-
-    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
-        max_data = self._local_max_data
-        target = connection_limit(
-            used=max_data.used,
-            retired=self._credit_base,
-            window=self._connection_window,
-            budget=self._budget,
-        )
-        # Batch by a quarter of the window the peer would really get: when parked bytes leave
-        # only 3 MiB in flight, waiting for a 4 MiB gain would never raise the limit again.
-        window = min(self._connection_window, target - max_data.used)
-        raised = raised_limit(target, max_data.value, max(window, 4096))
-        if raised is not None:
-            max_data.value = raised
-        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
-            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
-                continue  # batch MAX_STREAMS, as aioquic does
-            if limit.value != limit.sent:
-                buf = builder.start_frame(
-                    limit.frame_type,
-                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
-                    handler=self._on_connection_limit_delivery,
-                    handler_args=(limit,),
-                )
-                buf.push_uint_var(limit.value)
-                limit.sent = limit.value
-
-    def _write_stream_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
-    ) -> None:
-        sid = stream.stream_id
-        if sid in self._credit_dirty:
-            self._credit_dirty.discard(sid)
-            if stream.max_stream_data_local and not stream.receiver.is_finished:
-                stream.max_stream_data_local = self._windows.limit(
-                    sid,
-                    consumed=self._ledger.consumed.get(sid, 0),
-                    advertised=stream.max_stream_data_local,
-                )
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(
-                QuicFrameType.MAX_STREAM_DATA,
-                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                handler=self._on_max_stream_data_delivery,
-                handler_args=(stream,),
-            )
-            assert sid is not None
-            buf.push_uint_var(sid)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
-
-    # ---- private ------------------------------------------------------------------------
-
-
-def _peek_stream_id(buf: Buffer) -> int:
-    """The stream id that starts a stream-related frame, without consuming it."""
-    pos = buf.tell()
-    stream_id = buf.pull_uint_var()
-    buf.seek(pos)
-    return int(stream_id)

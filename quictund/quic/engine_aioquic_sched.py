@@ -67,9 +67,7 @@ class SlicedSending(QuicConnection):
                     break
         finally:
             self._streams = every
-            self._streams_queue = [
-                s for s in queue[pos:] + waited + sent if self._stays_queued(s)
-            ]
+            self._streams_queue = [s for s in queue[pos:] + waited + sent if self._stays_queued(s)]
 
     def _activate(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)

@@ -18,7 +18,7 @@ async def tunnel_echo(client_address: str) -> bytes:
     try:
         writer.write(b"ping")
         return await asyncio.wait_for(reader.read(4), 15)
-    except (ConnectionResetError, BrokenPipeError):  # how the client ends an app connection it could not tunnel
+    except (ConnectionResetError, BrokenPipeError):  # how the client ends an untunnelled one
         return b""
     finally:
         writer.close()
