@@ -60,7 +60,17 @@ def two_hosts() -> Iterator[None]:
         yield
     finally:
         for ns in (NS_C, NS_S):
+            kill_inside(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def kill_inside(ns: str) -> None:
+    """End what a failed test left running in namespace ``ns`` (deleting a namespace does not
+    end its processes); all of them were started by the test in its own namespace."""
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+    for pid in out.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 async def _pump(address: str, total: int, rate: int) -> tuple[int, BaseException | None]:

@@ -37,6 +37,7 @@ import pytest
 from tests.e2e import roam_ssh
 from tests.e2e.harness import Endpoint
 from tests.e2e.roam_app import Source
+from tests.e2e.test_abnormal_end import kill_inside
 
 C, R, S = "roam17-c", "roam17-r", "roam17-s"  # prefixed with the branch that made them
 C_OLD, C_NEW, R_IN, R_OUT, S_ADDR = "10.78.1.2", "10.78.1.3", "10.78.1.1", "10.78.2.1", "10.78.2.2"
@@ -99,6 +100,7 @@ def roam_net() -> Iterator[None]:
         yield
     finally:
         for ns in (C, R, S):
+            kill_inside(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
