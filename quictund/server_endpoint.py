@@ -254,6 +254,12 @@ def reset_key(s: ServerSettings, scope: str) -> bytes | None:
     when it cannot be kept (a restarted server then cannot tell its old clients, who notice
     at dead-after instead)."""
     state = Path(s.state_dir) if s.state_dir else default_state_dir()
+    if not s.state_dir and not state.is_dir():  # cert-file given, nothing kept so far: none
+        logger.info(
+            "[%s] stateless resets off: no state directory %s to keep their key in (set "
+            "state-dir); clients of a restarted server notice at dead-after", s.name, state,
+        )  # fmt: skip
+        return None
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = load_key(state)
