@@ -84,6 +84,7 @@ class Builder:
             raise ConfigProblems(problems)
         for endpoint in built.endpoints.values():
             endpoint.reuse_port = self.worker is not None
+            endpoint.worker = None if self.worker is None else self.worker[0]
         return built
 
     def _client(self, s: ClientSettings) -> ClientEndpoint:

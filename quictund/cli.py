@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +53,17 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
         return EX_CONFIG
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop, or asyncio's own loop when ``QUICTUND_EVENT_LOOP=asyncio``: the two loops
+    report socket errors differently (docs/design.md, "Datagram I/O"), so the tests run the
+    daemon's error paths on both."""
+    if os.environ.get("QUICTUND_EVENT_LOOP") == "asyncio":
+        return asyncio.new_event_loop
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 def _serve(
     config: Config,
     *,
@@ -60,8 +72,6 @@ def _serve(
     worker: tuple[int, int] | None = None,
     worker_api: str | None = None,
 ) -> int:
-    import uvloop
-
     from quictund.daemon import Daemon
 
     _raise_fd_limit()
@@ -76,7 +86,7 @@ def _serve(
         )
         await daemon.run()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             runner.run(main())
         except KeyboardInterrupt:
@@ -173,8 +183,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _supervise(config: Config, args: argparse.Namespace, count: int) -> int:
     """Run ``count`` worker processes under one supervisor (quictund/workers.py)."""
-    import uvloop
-
     from quictund.daemon import Daemon
     from quictund.workers import Supervisor, check_workers
 
@@ -183,7 +191,7 @@ def _supervise(config: Config, args: argparse.Namespace, count: int) -> int:
     run_args = [x for f in args.config for x in ("--config", f)]
     run_args += [x for d in args.config_dir for x in ("--config-dir", d)]
     run_args += [x for d in args.drop_in_dir for x in ("--drop-in-dir", d)]
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             code = runner.run(Supervisor(config, run_args, count).run())
         except KeyboardInterrupt:
@@ -318,8 +326,6 @@ def _convert(argv: list[str]) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    import uvloop
-
     from quictund.demo import run_demo
 
     setup_logging("info", "console")
@@ -328,7 +334,7 @@ def _demo(args: argparse.Namespace) -> int:
             args.state_dir = tmp
             return _demo(args)
     state = Path(args.state_dir)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             ok = runner.run(
                 run_demo(

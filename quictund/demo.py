@@ -52,6 +52,7 @@ async def run_demo(*, client_port: int, server_port: int, state_dir: Path, once:
             "listen-on": f"127.0.0.1:{server_port}",
             "cert-file": str(cert),
             "key-file": str(key),
+            "state-dir": str(state_dir),  # its stateless reset key too: nothing left behind
             "allow": [f"tcp:127.0.0.1:{echo_port}"],
         }
     )

@@ -17,6 +17,7 @@ class EndpointBase:
     def __init__(self, quic_config: engine.QuicConfiguration) -> None:
         self.quic_config = quic_config
         self.reuse_port = False  # set by the daemon when it runs as one of several workers
+        self.worker: int | None = None  # ... and which one (its stateless reset key is its own)
         self.splices: set[Splice] = set()
         self._idle = asyncio.Event()
         self._idle.set()

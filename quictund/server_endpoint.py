@@ -6,8 +6,10 @@ per identity, the tunnel table, reload); each client-opened stream is handed to 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from quictund import memory
@@ -21,7 +23,9 @@ from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.quic.server import QuicServerProtocol
 from quictund.quic.session import Address, QuicSession, StreamHandler
+from quictund.quic.stateless_reset import Responder, derive_key, load_key
 from quictund.quic.udp import UdpSocket, open_udp
+from quictund.selfsigned import default_state_dir
 from quictund.server_handshake import Refused, ServerHandshake
 from quictund.splice import Splice
 from quictund.tokens import TokenParser
@@ -60,6 +64,7 @@ class ServerEndpoint(EndpointBase):
         self.limit_log = LimitLog()
         self._tunnel_rate = SourceBuckets(settings.source_tunnel_rate, settings.source_tunnel_burst)
         self._per_identity: dict[str, int] = {}
+        self._reset_key: bytes | None = None
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
         """Bind the UDP socket; handshakes then run as tasks of ``tg``."""
@@ -88,6 +93,10 @@ class ServerEndpoint(EndpointBase):
         proto.transport = udp
         self._proto, self._udp = proto, udp
         self.bound = udp.sockname[:2]
+        # Stateless resets: a key of this machine, address and worker (quic/stateless_reset.py)
+        self._reset_key = reset_key(s, f"{format_host_port(*self.bound)} worker {self.worker}")
+        if self._reset_key is not None:
+            proto.resets = Responder(self._reset_key, cid_length=8)
         logger.info(
             "[%s] server endpoint listening on udp %s", s.name, format_host_port(*self.bound)
         )
@@ -122,7 +131,7 @@ class ServerEndpoint(EndpointBase):
         s = self.settings
         return engine.new_connection(
             configuration=config,
-            settings=s.engine_settings(),
+            settings=dataclasses.replace(s.engine_settings(), reset_key=self._reset_key),
             client_cafile=s.ca_file if s.verify_remote_endpoint else None,
             client_pins=frozenset(s.client_fingerprints or []),
             original_destination_connection_id=odcid,
@@ -237,3 +246,28 @@ class ServerEndpoint(EndpointBase):
     def splice_finished(self, splice: Splice, reason: str, quota: str) -> None:
         self.untrack(splice)
         self.tunnel_ended(splice.record, quota, reason)
+
+
+def reset_key(s: ServerSettings, scope: str) -> bytes | None:
+    """This endpoint's stateless reset key: the state directory's (quic/stateless_reset.py)
+    derived for this machine and ``scope`` (bound address, worker), or None with a warning
+    when it cannot be kept (a restarted server then cannot tell its old clients, who notice
+    at dead-after instead)."""
+    state = Path(s.state_dir) if s.state_dir else default_state_dir()
+    if not s.state_dir and not state.is_dir():  # cert-file given, nothing kept so far: none
+        logger.info(
+            "[%s] stateless resets off: no state directory %s to keep their key in (set "
+            "state-dir); clients of a restarted server notice at dead-after", s.name, state,
+        )  # fmt: skip
+        return None
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = load_key(state)
+    except OSError as exc:
+        logger.warning(
+            "[%s] stateless resets off: cannot keep their key in %s (%s); clients of a "
+            "restarted server notice only at dead-after. Set state-dir to a writable directory",
+            s.name, state, os_reason(exc),
+        )  # fmt: skip
+        return None
+    return derive_key(key, scope)

@@ -44,6 +44,7 @@ from aioquic.quic.stream import QuicStream
 from quictund.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.quic import engine_aioquic_paths as paths
+from quictund.quic import engine_aioquic_reset as resets
 from quictund.quic.aioquic_recovery import install as install_reordering
 from quictund.quic.credit import (
     initial_stream_window,
@@ -118,6 +119,8 @@ class AioquicConnection(ConsumptionCredit):
         self._init_credit(settings)
         if settings.quic_lb is not None:  # QUIC-LB routable ids (engine_aioquic_cids.py)
             install_quic_lb(self, settings.quic_lb)
+        if settings.reset_key is not None and not self._is_client:  # stateless resets
+            resets.derive_tokens(self, settings.reset_key)
         self._client_cafile = client_cafile
         self._client_pins = client_pins
         self._server_pins = server_pins
@@ -215,6 +218,8 @@ class AioquicConnection(ConsumptionCredit):
     # ---- aioquic overrides --------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if resets.received_reset(self, data):  # the server lost this connection
+            return
         before = paths.active_path(self)
         super().receive_datagram(data, addr, now)
         paths.after_receive(self, before)  # a client moved: challenge it now (roaming)

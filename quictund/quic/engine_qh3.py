@@ -59,6 +59,7 @@ from quictund.quic.credit import ReceiveLedger
 from quictund.quic.engine_qh3_events import FROM_QH3, OneEvent
 from quictund.quic.engine_qh3_tls import ClientAuthContext, ServerCheckContext
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
+from quictund.quic.stateless_reset import token
 
 __all__ = ["Qh3Connection", "QuicConfiguration", "make_configuration"]
 
@@ -118,6 +119,7 @@ class Qh3Connection(QuicConnection):
         self._client_pins = client_pins
         self._server_pins = server_pins
         self._max_streams = settings.max_streams
+        self._reset_key = settings.reset_key
         self._stream_gate = max(1, settings.stream_window - configuration.max_stream_data)
         self._conn_gate = max(1, settings.connection_window - configuration.max_data)
         self._ledger = ReceiveLedger()
@@ -397,7 +399,12 @@ class Qh3Connection(QuicConnection):
     def _create_tls(self, remote_source_cid: bytes | None) -> Any:
         bridge = super()._create_tls(remote_source_cid)
         context = bridge.tls
-        _announce_stream_limits(context, self._max_streams)
+        reset_token = None
+        if self._reset_key is not None and not self._is_client:
+            # Only the first id's token: qh3's core draws the others itself (like QUIC-LB ids,
+            # docs/design.md), so a restarted qh3 server resets only clients that never moved.
+            reset_token = bridge.stateless_reset_token = token(self._reset_key, self.host_cid)
+        _announce_transport_parameters(context, self._max_streams, reset_token)
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             context.__class__ = ClientAuthContext
             assert isinstance(context, ClientAuthContext)
@@ -420,14 +427,19 @@ def datagram_room(conn: QuicConnection, max_datagram_size: int) -> int:
     return max(0, min(max_datagram_size - (1 + 20 + 4 + 16 + 3), peer - 3))
 
 
-def _announce_stream_limits(context: qtls.Context, max_streams: int) -> None:
-    """Rewrite our transport parameters: ``max_streams`` bidirectional, no unidirectional."""
+def _announce_transport_parameters(
+    context: qtls.Context, max_streams: int, reset_token: bytes | None
+) -> None:
+    """Rewrite our transport parameters: ``max_streams`` bidirectional, no unidirectional, and
+    a server's stateless reset token derived from its key (``reset_token``, if given)."""
     rewritten = []
     for ext_type, data in context.handshake_extensions:
         if ext_type == qtls.ExtensionType.QUIC_TRANSPORT_PARAMETERS:
             params = pull_quic_transport_parameters(QBuffer(data=data))
             params.initial_max_streams_bidi = max_streams
             params.initial_max_streams_uni = 0
+            if reset_token is not None:
+                params.stateless_reset_token = reset_token
             buf = QBuffer(capacity=len(data) + 64)
             push_quic_transport_parameters(buf, params)
             data = buf.data

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from quictund.limits import Admission, AdmissionSettings, Decision, Limit
 from quictund.quic import engine
 from quictund.quic.session import Address, QuicSession
+from quictund.quic.stateless_reset import Responder
 from quictund.quic.udp import UdpSocket
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class QuicServerProtocol:
         handshake_timeout_s: float = 10.0,
         on_limit: Callable[[Limit, str], None] | None = None,
         new_cid: Callable[[], bytes] | None = None,  # Retry's id (QUIC-LB: quic/quic_lb.py)
+        resets: Responder | None = None,  # stateless resets (quic/stateless_reset.py)
     ) -> None:
         self._configuration = configuration
         self._make_connection = make_connection
@@ -52,6 +54,7 @@ class QuicServerProtocol:
         self.handshake_timeout_s = handshake_timeout_s
         self._on_limit = on_limit
         self._new_cid = new_cid or (lambda: os.urandom(8))
+        self.resets = resets
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
         self._half_open: dict[QuicSession, asyncio.TimerHandle] = {}
@@ -101,7 +104,12 @@ class QuicServerProtocol:
         assert self.transport is not None
         config = self._configuration()
         if header.packet_type != engine.QuicPacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
-            return None  # not a new connection; a stateless reset is future work
+            # Not a new connection: a connection we lost (a restart) gets a stateless reset.
+            if self.resets is not None and header.packet_type == engine.QuicPacketType.ONE_RTT:
+                reset = self.resets.answer(data, asyncio.get_running_loop().time())
+                if reset is not None:
+                    self.transport.sendto(reset, addr)
+            return None
         if header.version not in config.supported_versions:
             self.transport.sendto(
                 engine.version_negotiation(header, engine.supported_versions(config)), addr

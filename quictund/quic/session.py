@@ -14,9 +14,10 @@ Responsibilities, and the rules that keep them cheap:
   oldest first once data went out.  Re-reading every queued stream's backlog costs one engine
   call per stream, so with many streams it runs at most every few milliseconds, and while
   little was sent (a peer that grants no credit), at most every 100 ms.
-* **Keep-alive and liveness**: PING when nothing was heard for ``keepalive_s``; declare the
-  peer dead after ``dead_after_s`` of silence.  aioquic neither pings nor notices stateless
-  resets, so without this a restarted server is only noticed at the idle timeout.
+* **Keep-alive and liveness** (rules in ``quic/liveness.py``): PING while silent or while our
+  data goes unacknowledged; the peer is dead after ``dead_after_s`` of either.  aioquic
+  neither pings nor declares a silent peer dead before its idle timeout.  A client also PINGs
+  when the datagrams it was receiving stop (``quic/stall.py``: a NAT rebinding).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Protocol
 
 from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, events
+from quictund.quic.liveness import Liveness
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
+from quictund.quic.stall import StallWatch
 from quictund.wire import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -90,12 +93,14 @@ class QuicSession:
         self._events_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._keepalive_s = keepalive_s
-        self._dead_after_s = dead_after_s
         self._keepalive: asyncio.TimerHandle | None = None
+        # client: PING when a stream of datagrams stops (a NAT rebinding; quic/stall.py)
+        self._stall = StallWatch(keepalive_s) if conn.is_client and keepalive_s > 0 else None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_ping = 0  # its ACK is answered by one more PING (quic/stall.py)
         self._ping_uid = 0
-        self.last_rx = time.monotonic()
-        self.created_at = self.last_rx
+        self.created_at = time.monotonic()
+        self._live = Liveness(self.created_at, keepalive_s=keepalive_s, dead_after_s=dead_after_s)
         self.handshake_done: asyncio.Future[None] = self._loop.create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
@@ -118,7 +123,9 @@ class QuicSession:
         if self.closed.is_set():
             return
         now = time.monotonic()
-        self.last_rx = now
+        if self._stall is not None and self._stall.received(now - self.last_rx):
+            self._stall_timer = self._loop.call_later(0, self._on_stall_check)
+        self._live.heard(now)
         self.datagrams_in += 1
         self.bytes_in += len(data)
         self.conn.receive_datagram(data, addr, now)
@@ -244,7 +251,7 @@ class QuicSession:
             return
         self.close_reason = reason
         self.closed.set()
-        for handle in (self._timer, self._keepalive, self._refresh_timer):
+        for handle in (self._timer, self._keepalive, self._refresh_timer, self._stall_timer):
             if handle is not None:
                 handle.cancel()
         if not self.handshake_done.done():
@@ -349,25 +356,44 @@ class QuicSession:
             return
         self._transmit()
 
+    @property
+    def last_rx(self) -> float:
+        """When the last datagram from the peer arrived (``time.monotonic``)."""
+        return self._live.last_rx
+
     def _on_keepalive(self) -> None:
-        now = time.monotonic()
-        silent = now - self.last_rx
-        if silent >= self._dead_after_s:
+        verdict = self._live.check(
+            time.monotonic(), in_flight=self.conn.stats()["bytes_in_flight"] > 0
+        )
+        if verdict.dead is not None:
             logger.warning(
-                "QUIC peer %s:%d silent for %.1f s; connection declared lost", *self.peer, silent
+                "QUIC peer %s:%d %s; connection declared lost", *self.peer, verdict.dead
             )
             self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
             self._transmit()
             self._terminate("peer unresponsive")
             return
-        if silent >= self._keepalive_s * 0.9:
+        if verdict.ping:
             self._ping_uid += 1
             self.conn.send_ping(self._ping_uid)
             self.transmit_soon()
-        # Check again at the next PING or exactly when the peer would be dead, whichever
-        # comes first: the documented dead-after, not up to one keep-alive later.
-        next_s = min(self._keepalive_s, self._dead_after_s - silent)
-        self._keepalive = self._loop.call_later(next_s, self._on_keepalive)
+        self._keepalive = self._loop.call_later(verdict.next_s, self._on_keepalive)
+
+    def _on_stall_check(self) -> None:
+        self._stall_timer = None
+        if self._stall is None or self.closed.is_set():
+            return
+        silent = time.monotonic() - self.last_rx
+        ping, wait = self._stall.due(silent, float(self.conn.stats()["rtt_s"]))
+        if wait is not None:
+            self._stall_timer = self._loop.call_later(wait, self._on_stall_check)
+        if ping:
+            logger.debug("%.2f s without a datagram from %s:%d after a stream: PING", silent,
+                         *self.peer)  # fmt: skip
+            self._ping_uid += 1
+            self._stall_ping = self._ping_uid
+            self.conn.send_ping(self._ping_uid)
+            self.transmit_soon()
 
     def _process_events(self) -> None:
         while (event := self.conn.next_event()) is not None:
@@ -393,6 +419,12 @@ class QuicSession:
             elif isinstance(event, events.DatagramFrameReceived):
                 if self.datagram_handler is not None:
                     self._guard(self.datagram_handler, event.data)
+            elif isinstance(event, events.PingAcknowledged):
+                self._live.ping_acknowledged(time.monotonic())
+                if event.uid == self._stall_ping:  # acknowledge the peer's ACK (quic/stall.py)
+                    self._stall_ping = 0
+                    self._ping_uid += 1
+                    self.conn.send_ping(self._ping_uid)
             elif isinstance(event, events.HandshakeCompleted):
                 self.alpn = event.alpn_protocol
                 if not self.handshake_done.done():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from quictund.quic.quic_lb import CidCodec
@@ -40,3 +40,5 @@ class EngineSettings:
     engine: EngineName = "aioquic"
     quic_lb: CidCodec | None = None  # server: QUIC-LB routable connection ids (aioquic only)
     send_budget: int = 16 * 1024 * 1024  # per connection, enforced by the session
+    # server: stateless reset tokens are HMAC(reset_key, cid) (quic/stateless_reset.py)
+    reset_key: bytes | None = field(default=None, repr=False)
