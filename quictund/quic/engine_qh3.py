@@ -47,15 +47,12 @@ from typing import Any
 
 from aioquic.quic import events
 from cryptography import x509
-from qh3 import tls as qtls
-from qh3._hazmat import Buffer as QBuffer
-from qh3._hazmat import QuicConnectionCore
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
-from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
 from quictund.identity import ANONYMOUS, Identity
 from quictund.quic.credit import ReceiveLedger
+from quictund.quic.engine_qh3_core import announce_transport_parameters, new_core
 from quictund.quic.engine_qh3_events import FROM_QH3, OneEvent
 from quictund.quic.engine_qh3_tls import ClientAuthContext, ServerCheckContext
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
@@ -320,9 +317,7 @@ class Qh3Connection(QuicConnection):
             elif kind == "stream_reset":
                 out.append(events.StreamReset(error_code=native[2], stream_id=native[1]))
             elif kind == "stop_sending":
-                out.append(
-                    events.StopSendingReceived(error_code=native[2], stream_id=native[1])
-                )
+                out.append(events.StopSendingReceived(error_code=native[2], stream_id=native[1]))
             else:
                 if kind == "stream_finished":
                     self._live.discard(native[1])
@@ -355,44 +350,7 @@ class Qh3Connection(QuicConnection):
     def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
         # qh3's own _create_core with our stream limits (it hard-codes 100 / 103).  We never
         # resume sessions, so there are no remembered transport parameters to carry over.
-        c = self._configuration
-        frame_size = c.max_datagram_frame_size
-        self._core = QuicConnectionCore(
-            is_client=self._is_client,
-            version=int(self._version or 0),
-            local_addr=("0.0.0.0", 0),
-            remote_addr=remote_addr,
-            source_cid=self.host_cid,
-            destination_cid=initial_dcid,
-            peer_address_validated=(
-                self._is_client or self._retry_source_connection_id is not None
-            ),
-            active_connection_id_limit=(
-                c.active_connection_id_limit or (2 if self._is_client else 8)
-            ),
-            max_datagram_size=c.max_datagram_size,
-            probe_datagram_size=c.probe_datagram_size,
-            idle_timeout=c.idle_timeout,
-            ack_delay_exponent=3,
-            max_datagram_frame_size=(
-                frame_size if frame_size is not None else (65536 if self._is_client else None)
-            ),
-            peer_max_datagram_frame_size=None,
-            connection_receive_window=c.max_data,
-            connection_send_limit=0,
-            stream_receive_window=c.max_stream_data,
-            stream_send_limit_bidi_local=0,
-            stream_send_limit_bidi_remote=0,
-            stream_send_limit_uni=0,
-            max_stream_reassembly=c.max_stream_data,
-            local_max_streams_bidi=self._max_streams,
-            local_max_streams_uni=0,
-            peer_max_streams_bidi=0,
-            peer_max_streams_uni=0,
-            initial_rtt=c.initial_rtt,
-            max_ack_delay=0.025,
-            initial_time=now,
-        )
+        self._core = new_core(self, self._max_streams, remote_addr, initial_dcid, now)
         self._applied_transport_parameters = None
         self._pre_handshake_state_replayed = False
 
@@ -404,7 +362,7 @@ class Qh3Connection(QuicConnection):
             # Only the first id's token: qh3's core draws the others itself (like QUIC-LB ids,
             # docs/design.md), so a restarted qh3 server resets only clients that never moved.
             reset_token = bridge.stateless_reset_token = token(self._reset_key, self.host_cid)
-        _announce_transport_parameters(context, self._max_streams, reset_token)
+        announce_transport_parameters(context, self._max_streams, reset_token)
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             context.__class__ = ClientAuthContext
             assert isinstance(context, ClientAuthContext)
@@ -425,23 +383,3 @@ def datagram_room(conn: QuicConnection, max_datagram_size: int) -> int:
     if not peer:
         return 0
     return max(0, min(max_datagram_size - (1 + 20 + 4 + 16 + 3), peer - 3))
-
-
-def _announce_transport_parameters(
-    context: qtls.Context, max_streams: int, reset_token: bytes | None
-) -> None:
-    """Rewrite our transport parameters: ``max_streams`` bidirectional, no unidirectional, and
-    a server's stateless reset token derived from its key (``reset_token``, if given)."""
-    rewritten = []
-    for ext_type, data in context.handshake_extensions:
-        if ext_type == qtls.ExtensionType.QUIC_TRANSPORT_PARAMETERS:
-            params = pull_quic_transport_parameters(QBuffer(data=data))
-            params.initial_max_streams_bidi = max_streams
-            params.initial_max_streams_uni = 0
-            if reset_token is not None:
-                params.stateless_reset_token = reset_token
-            buf = QBuffer(capacity=len(data) + 64)
-            push_quic_transport_parameters(buf, params)
-            data = buf.data
-        rewritten.append((ext_type, data))
-    context.handshake_extensions = rewritten

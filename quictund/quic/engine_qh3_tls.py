@@ -49,8 +49,9 @@ def _push_certificate_request_and_certificate(buf: QBuffer, certificate: Any) ->
     buf.push_uint8(qtls.HandshakeType.CERTIFICATE_REQUEST)
     with qtls.push_block(buf, 3):
         qtls.push_opaque(buf, 1, b"")
-        with qtls.push_block(buf, 2), qtls.push_extension(
-            buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS
+        with (
+            qtls.push_block(buf, 2),
+            qtls.push_extension(buf, qtls.ExtensionType.SIGNATURE_ALGORITHMS),
         ):
             qtls.push_list(buf, 2, buf.push_uint16, _SIG_ALGS)
     qtls.push_certificate(buf, certificate)

@@ -32,6 +32,7 @@ from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, events
 from quictund.quic.liveness import Liveness
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
+from quictund.quic.send_refresh import BudgetRefresh
 from quictund.quic.stall import StallWatch
 from quictund.wire import ErrorCode
 
@@ -57,13 +58,6 @@ class SessionOwner(Protocol):
     def session_closed(self, session: QuicSession, reason: str) -> None: ...
 
 
-# Re-read queued streams' backlogs right away while there are this few (cheap), else on a timer.
-_REFRESH_NOW = 16
-_REFRESH_S = 0.002
-_REFRESH_PER_STREAM_S = 2e-6
-_REFRESH_IDLE_S = 0.1  # at most this often while less than MIN_READ went out
-
-
 class QuicSession:
     def __init__(
         self,
@@ -85,9 +79,9 @@ class QuicSession:
         self._loop = asyncio.get_running_loop()
         self._handlers: dict[int, StreamHandler] = {}
         self._budget: SendBudget[StreamHandler] = SendBudget(send_budget, conn.unsent)
-        self._refresh_timer: asyncio.TimerHandle | None = None
-        self._sent_since_refresh = 0
-        self._refreshed_at = 0.0
+        self._refresh = BudgetRefresh(
+            self._budget, self._loop, lambda handler: self._guard(handler.on_send_ready)
+        )
         self._to_flush: list[Flushable] = []
         self._transmit_scheduled = False
         self._events_pending = False
@@ -208,8 +202,7 @@ class QuicSession:
         self._handlers.pop(stream_id, None)
         if self._budget.tracked or self._budget.waiting:
             self._budget.forget(stream_id)
-            self._sent_since_refresh += MIN_READ  # room freed: worth a refresh
-            self._refresh_soon()
+            self._refresh.sent(MIN_READ)  # room freed: worth a re-read
         self.conn.release(stream_id)
         if self.conn.events_ready:
             self._events_pending = True
@@ -251,7 +244,8 @@ class QuicSession:
             return
         self.close_reason = reason
         self.closed.set()
-        for handle in (self._timer, self._keepalive, self._refresh_timer, self._stall_timer):
+        self._refresh.cancel()
+        for handle in (self._timer, self._keepalive, self._stall_timer):
             if handle is not None:
                 handle.cancel()
         if not self.handshake_done.done():
@@ -297,39 +291,8 @@ class QuicSession:
             self.bytes_out += size
             self.datagrams_out += len(datagrams)
             if self._budget.tracked:
-                self._sent_since_refresh += size
-                self._refresh_soon()
+                self._refresh.sent(size)
         self._arm_timer()
-
-    def _refresh_soon(self) -> None:
-        """Re-read the backlogs and wake tunnels: now if cheap, else once the timer fires."""
-        budget = self._budget
-        count = budget.tracked + budget.waiting
-        if count <= _REFRESH_NOW:
-            self._refresh()
-        elif self._refresh_timer is None:
-            delay = _REFRESH_S + count * _REFRESH_PER_STREAM_S
-            self._refresh_timer = self._loop.call_later(delay, self._on_refresh_timer)
-
-    def _on_refresh_timer(self) -> None:
-        self._refresh_timer = None
-        if self.closed.is_set():
-            return
-        idle_left = self._refreshed_at + _REFRESH_IDLE_S - time.monotonic()
-        if self._sent_since_refresh < MIN_READ and idle_left > 0:
-            # Hardly anything went out (ACKs, PINGs): the counts cannot have moved much.
-            self._refresh_timer = self._loop.call_later(idle_left, self._on_refresh_timer)
-            return
-        self._refresh()
-
-    def _refresh(self) -> None:
-        self._sent_since_refresh = 0
-        self._refreshed_at = time.monotonic()
-        budget = self._budget
-        budget.refresh()
-        if budget.waiting:
-            for handler in budget.ready():
-                self._guard(handler.on_send_ready)
 
     def _arm_timer(self) -> None:
         at = self.conn.get_timer()
@@ -366,9 +329,7 @@ class QuicSession:
             time.monotonic(), in_flight=self.conn.stats()["bytes_in_flight"] > 0
         )
         if verdict.dead is not None:
-            logger.warning(
-                "QUIC peer %s:%d %s; connection declared lost", *self.peer, verdict.dead
-            )
+            logger.warning("QUIC peer %s:%d %s; connection declared lost", *self.peer, verdict.dead)
             self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
             self._transmit()
             self._terminate("peer unresponsive")
