@@ -1,15 +1,25 @@
 """Give memory back to the system after a connection with many streams goes away.
 
 Issue 13 asks that a server a hostile peer pushed up returns to its baseline once the peer
-left.  Two things stand in the way, both measured (bench scenario ``hostile``):
+left.  What stands in the way, each measured (bench scenario ``hostile``, 4 x 2,000 streams;
+how in docs/security.md, "Why memory stays and what returns it"):
 
 1. A connection's objects form reference cycles (engine internals, session <-> handlers <->
    transports), so they wait for a *full* cyclic collection, which CPython runs rarely on a
-   long-lived heap: 4 x 500 hostile streams left the server at 104 MiB (baseline 61) for good.
-   ``gc.collect()`` frees them (61 -> 64 MiB).
-2. glibc keeps freed pages in its heap; ``malloc_trim(0)`` returns every free page (glibc >= 2.8
+   long-lived heap.  ``gc.collect()`` frees them.
+2. CPython's type attribute cache (4,096 entries) keeps a reference to the *name* of each
+   attribute looked up through it, interned or not: ``datetime.astimezone()`` (a tunnel
+   record's timestamp) looks up a fresh ``"utcoffset"`` string every call, and the cache kept
+   hundreds of those strings made during the attack, one or two per 16 KiB pool of CPython's
+   small-object allocator, which can free its 1 MiB arenas only when they are empty: they
+   were most of what held 20 such arenas after the attackers left.  ``sys._clear_type_cache()``
+   drops them (the cache refills on the next lookups).
+3. glibc keeps freed pages in its heap; ``malloc_trim(0)`` returns every free page (glibc >= 2.8
    also releases pages inside the heap).  Without ``malloc_trim`` (another C library) only the
-   collection runs.
+   rest runs.
+4. Some of a connection is freed only after the close: its streams' tasks, transports and
+   timers finish on later loop turns.  So a reclaim that follows a close runs once more
+   ``_FOLLOW_UP_S`` later.
 
 A full collection stops the loop for as long as freeing takes (~10 ms per 100 MiB freed here;
 it is the freeing that costs), so this runs only for connections that opened many streams
@@ -20,21 +30,23 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
 _MIN_INTERVAL_S = 1.0
+_FOLLOW_UP_S = 5.0
 
 
 def _load_trim() -> Callable[[int], int] | None:
+    # CDLL(None) is the process itself, libc included: no ldconfig run (find_library("c")
+    # spawns one, slowly, at import).
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
@@ -45,11 +57,16 @@ def _load_trim() -> Callable[[int], int] | None:
 _trim = _load_trim()
 _last = 0.0
 _pending: asyncio.TimerHandle | None = None
+_follow_up = False
 
 
 def reclaim_soon() -> None:
-    """Collect cycles and return free heap pages shortly (coalesced, at most once a second)."""
-    global _pending
+    """Return what a closed connection held, shortly and once more a little later.
+
+    Coalesced: at most once a second, however many connections close.
+    """
+    global _pending, _follow_up
+    _follow_up = True
     if _pending is not None:
         return
     loop = asyncio.get_running_loop()
@@ -58,9 +75,19 @@ def reclaim_soon() -> None:
 
 
 def _run() -> None:
-    global _pending, _last
+    global _pending, _follow_up
     _pending = None
+    reclaim()
+    if _follow_up:
+        _follow_up = False
+        _pending = asyncio.get_running_loop().call_later(_FOLLOW_UP_S, _run)
+
+
+def reclaim() -> None:
+    """Collect cycles, drop the type cache's names and return free heap pages, now."""
+    global _last
     _last = time.monotonic()
+    sys._clear_type_cache()
     found = gc.collect()
     collected = time.monotonic()
     if _trim is not None:
