@@ -38,16 +38,33 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+PUMP_BURST = 16  # blocks written per loop turn at most (4 MiB)
+
+
 class _Pump(asyncio.Protocol):
-    """Writes ``BLOCK`` while the transport accepts it (pause/resume_writing)."""
+    """Writes ``BLOCK`` while the transport accepts it (pause/resume_writing).
+
+    At most ``PUMP_BURST`` blocks per loop turn: when the peer reads as fast as this side
+    writes (``direct`` on loopback or a veth pair, tens of Gbit/s), ``write`` sends each block
+    at once, the buffer never reaches its high-water mark, ``pause_writing`` never comes, and
+    an unbounded loop never gave the event loop back -- its timers (the end of the run) and
+    every other connection of the process (the shared app) starved until the peer went away.
+    """
 
     transport: asyncio.Transport
     paused = False
     stopped = False
+    _again = False  # a pump is scheduled for the next loop turn
 
     def pump(self) -> None:
-        while not self.paused and not self.stopped and not self.transport.is_closing():
+        self._again = False
+        for _ in range(PUMP_BURST):
+            if self.paused or self.stopped or self.transport.is_closing():
+                return
             self.transport.write(BLOCK)
+        if not self._again:
+            self._again = True
+            asyncio.get_running_loop().call_soon(self.pump)
 
     def pause_writing(self) -> None:
         self.paused = True
