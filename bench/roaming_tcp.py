@@ -24,6 +24,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.paths import quictun_go_bins  # noqa: E402
+from tests.e2e.roam_ssh import start_sshd  # noqa: E402
 from tests.e2e.test_roaming import S_ADDR, C, S, change, roam_net  # noqa: E402
 
 PORT_APP, PORT_SRV, PORT_BACK = 18080, 18443, 18081  # inside private namespaces only
@@ -71,17 +72,7 @@ def tunnel(kind: str, tmp: Path) -> list[subprocess.Popen[bytes]]:
             subprocess.Popen([*ns, S, "stunnel4", f"{tmp}/s.conf"]),
             subprocess.Popen([*ns, C, "stunnel4", f"{tmp}/c.conf"]),
         ]
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{tmp}/id"],
-                   check=True)  # fmt: skip
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{tmp}/host"],
-                   check=True)  # fmt: skip
-    (tmp / "sshd.conf").write_text(
-        f"Port {PORT_SRV}\nListenAddress {S_ADDR}\nHostKey {tmp}/host\n"
-        f"AuthorizedKeysFile {tmp}/id.pub\nPermitRootLogin prohibit-password\n"
-        "StrictModes no\nUsePAM no\nPidFile none\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    procs = [subprocess.Popen([*ns, S, "/usr/sbin/sshd", "-D", "-f", f"{tmp}/sshd.conf"])]
+    procs = [start_sshd(S, tmp, PORT_SRV, S_ADDR)]
     time.sleep(0.5)
     procs.append(subprocess.Popen([
         *ns, C, "ssh", "-N", "-i", f"{tmp}/id", "-o", "StrictHostKeyChecking=no",

@@ -46,7 +46,7 @@ def received_reset(conn: QuicConnection, data: bytes) -> bool:
         return False
     if data[0] & 0x80 == 0:  # a short header: is its destination id one of ours?
         dcid = data[1 : 1 + conn._configuration.connection_id_length]
-        if any(c.cid == dcid for c in conn._host_cids):
+        if dcid == conn.host_cid or any(c.cid == dcid for c in conn._host_cids):
             return False
     if not is_reset(data, conn._peer_cid.stateless_reset_token):
         return False

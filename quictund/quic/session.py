@@ -335,9 +335,7 @@ class QuicSession:
             self._terminate("peer unresponsive")
             return
         if verdict.ping:
-            self._ping_uid += 1
-            self.conn.send_ping(self._ping_uid)
-            self.transmit_soon()
+            self._ping()
         self._keepalive = self._loop.call_later(verdict.next_s, self._on_keepalive)
 
     def _on_stall_check(self) -> None:
@@ -351,10 +349,14 @@ class QuicSession:
         if ping:
             logger.debug("%.2f s without a datagram from %s:%d after a stream: PING", silent,
                          *self.peer)  # fmt: skip
-            self._ping_uid += 1
-            self._stall_ping = self._ping_uid
-            self.conn.send_ping(self._ping_uid)
-            self.transmit_soon()
+            self._stall_ping = self._ping()
+
+    def _ping(self) -> int:
+        """Queue a PING (its ACK comes back as ``PingAcknowledged`` with this uid)."""
+        self._ping_uid += 1
+        self.conn.send_ping(self._ping_uid)
+        self.transmit_soon()
+        return self._ping_uid
 
     def _process_events(self) -> None:
         while (event := self.conn.next_event()) is not None:
@@ -384,8 +386,7 @@ class QuicSession:
                 self._live.ping_acknowledged(time.monotonic())
                 if event.uid == self._stall_ping:  # acknowledge the peer's ACK (quic/stall.py)
                     self._stall_ping = 0
-                    self._ping_uid += 1
-                    self.conn.send_ping(self._ping_uid)
+                    self._ping()
             elif isinstance(event, events.HandshakeCompleted):
                 self.alpn = event.alpn_protocol
                 if not self.handshake_done.done():

@@ -26,13 +26,15 @@ def available() -> str | None:
     return None
 
 
-def start_sshd(ns: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    """sshd on 127.0.0.1:``port`` in ``ns``, accepting only a key made here."""
+def start_sshd(
+    ns: str, tmp: Path, port: int, address: str = "127.0.0.1"
+) -> subprocess.Popen[bytes]:
+    """sshd on ``address``:``port`` in ``ns``, accepting only the key ``tmp/id`` made here."""
     for name in ("id", "host"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{tmp}/{name}"],
                        check=True)  # fmt: skip
     (tmp / "sshd.conf").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host\n"
+        f"Port {port}\nListenAddress {address}\nHostKey {tmp}/host\n"
         f"AuthorizedKeysFile {tmp}/id.pub\nPermitRootLogin prohibit-password\n"
         "StrictModes no\nUsePAM no\nPidFile none\n"
     )
