@@ -44,6 +44,7 @@ class PathSpec:
     wire: tuple[str, int] = ("127.0.0.1", 0)
     client_ns: str | None = None
     server_ns: str | None = None
+    also_allow: tuple[str, ...] = ()  # more destinations a quictund server allows
 
 
 @dataclass
@@ -336,12 +337,13 @@ class PathFactory:
                 for lines in extra.values():
                     lines.append(line.strip())
         t_host, t_port = spec.target
+        allow = ", ".join(f'"{a}"' for a in (f"tcp:{t_host}:{t_port}", *spec.also_allow))
         (d / "server.toml").write_text(
             "[[server]]\n"
             'name = "bench"\n'
             f'listen-on = "{spec.wire[0]}:{spec.wire[1]}"\n'
             f'cert-file = "{cert}"\nkey-file = "{key}"\n'
-            f'allow = ["tcp:{t_host}:{t_port}"]\n' + "".join(f"{x}\n" for x in extra["server"])
+            f"allow = [{allow}]\n" + "".join(f"{x}\n" for x in extra["server"])
         )
         (d / "client.toml").write_text(
             "[[client]]\n"

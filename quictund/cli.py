@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quictund import config_files, inspect_cli, reload_cli
+from quictund import allocator, config_files, inspect_cli, reload_cli
 from quictund.cli_parser import build_parser
 from quictund.compat import client_parser, compat_config, server_parser
 from quictund.config_files import Config
@@ -37,8 +37,12 @@ logger = logging.getLogger("quictund")
 def _run_compat(role: str, argv: Sequence[str] | None) -> int:
     parser = server_parser() if role == "server" else client_parser()
     args = parser.parse_args(argv)
+    chosen = _allocator(parser.prog)
+    if chosen is None:
+        return EX_CONFIG
     try:
         setup_logging(args.log_level, args.log_format)
+        _log_plan(chosen)
         config = compat_config(role, args)
         return _serve(config, loader=None, open_by_default=True)
     except ValidationError as exc:
@@ -160,10 +164,28 @@ def _report(exc: ConfigError) -> int:
     return EX_CONFIG
 
 
+def _allocator(prog: str) -> allocator.Plan | None:
+    """Re-execute on jemalloc (quictund/allocator.py) before anything else is set up."""
+    try:
+        return allocator.ensure()
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
+def _log_plan(chosen: allocator.Plan) -> None:
+    if chosen.message:
+        getattr(logger, chosen.level)("%s", chosen.message)
+
+
 def _run(args: argparse.Namespace) -> int:
+    chosen = _allocator("quictund")
+    if chosen is None:
+        return EX_CONFIG
     try:
         config = _load(args)
         setup_logging(config.log.level, config.log.format)
+        _log_plan(chosen)
         if args.worker:
             index, _, count = args.worker.partition("/")
             return _serve(

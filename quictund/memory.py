@@ -17,7 +17,9 @@ how in docs/security.md, "Why memory stays and what returns it"):
 3. glibc keeps freed pages in its heap; ``malloc_trim(0)`` returns every free page (glibc >= 2.8
    also releases pages inside the heap).  Without ``malloc_trim`` (another C library) only the
    rest runs.
-4. Some of a connection is freed only after the close: its streams' tasks, transports and
+4. Under jemalloc (the daemon's allocator, ``quictund/allocator.py``) freed pages go back after
+   a second by themselves; ``arena.<all>.purge`` returns them at once.
+5. Some of a connection is freed only after the close: its streams' tasks, transports and
    timers finish on later loop turns.  So a reclaim that follows a close runs once more
    ``_FOLLOW_UP_S`` later.
 
@@ -35,6 +37,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+
+from quictund import allocator
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,7 @@ def reclaim() -> None:
     collected = time.monotonic()
     if _trim is not None:
         _trim(0)
+    allocator.purge()
     logger.debug(
         "freed %d cyclic objects in %.1f ms, trimmed the heap in %.1f ms",
         found, (collected - _last) * 1000, (time.monotonic() - collected) * 1000,

@@ -34,20 +34,28 @@ SAFETY_KIB = 2 * 1024 * 1024  # stop the attack past this growth
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    app = ctx.start_app()
+    app = ctx.start_app()  # the honest tunnel's echo
+    target = ctx.start_app()  # what the attackers' tunnels reach: another process, so that
+    # the echo measures the server under attack, not an app loop busy with 4,000 floods
     rows: list[Row] = []
     for name in ctx.paths:
         if name not in ctx.variants:
             continue  # the attacks are QUIC: only quictund's servers face them
         with ctx.procs.scope():
             port = free_port("127.0.0.1", None, socket.SOCK_DGRAM)
-            spec = PathSpec(target=(app.host, app.port), wire=("127.0.0.1", port))
+            spec = PathSpec(
+                target=(app.host, app.port),
+                wire=("127.0.0.1", port),
+                also_allow=(f"tcp:{target.host}:{target.port}",),
+            )
             try:
                 path = ctx.start_path(name, spec)
             except (RuntimeError, OSError) as exc:
                 rows.append(Row(NAME, name, "start", None, "", {"error": str(exc)}))
                 continue
-            rows += _measure(ctx, name, path, f"127.0.0.1:{port}", f"tcp:{app.host}:{app.port}")
+            rows += _measure(
+                ctx, name, path, f"127.0.0.1:{port}", f"tcp:{target.host}:{target.port}"
+            )
     return rows
 
 

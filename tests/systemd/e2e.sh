@@ -226,10 +226,16 @@ X systemctl --version | head -1
 step "apt install quictund from a local repository"
 mkdir -p "$ROOT/srv/repo"
 cp "$DEB" "$ROOT/srv/repo/"
+# Depends: libjemalloc2 (the container has no mirror): the repository carries Debian's package,
+# so apt resolves it as it would from deb.debian.org
+(cd "$ROOT/srv/repo" && { apt-get download -q libjemalloc2 >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get download -q libjemalloc2 >/dev/null; }; }) ||
+    die "cannot download Debian's libjemalloc2 for the local repository"
 (cd "$ROOT/srv/repo" && dpkg-scanpackages --multiversion . >Packages 2>/dev/null)
 X apt-get update -qq
 X apt-get install -y -qq quictund >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log" >&2; die "apt install"; }
 X dpkg-query -W quictund
+X dpkg-query -W libjemalloc2 >/dev/null || die "apt did not install libjemalloc2 with quictund"
 X quictund --version
 X getent passwd quictun >/dev/null || die "no quictun user"
 X getent group quictun-api >/dev/null || die "no quictun-api group"
@@ -317,6 +323,13 @@ X install -m 0644 /var/lib/quictund/server.pem /etc/quictun/tunnel-server.pem
 X quictund check --config /etc/quictun/client.toml --drop-in-dir /etc/quictun/client.d
 X systemctl enable --now quictun@client
 X systemctl is-active quictun@server quictun@client
+# issue 13: both daemons re-executed themselves onto jemalloc (quictund/allocator.py), under
+# the unit's hardening and the wrapper's python3 -I, keeping the PID systemd watches
+for unit in quictun@server quictun@client; do
+    X grep -q libjemalloc "/proc/$(main_pid $unit)/maps" || die "$unit does not run on jemalloc"
+    X journalctl -q -u $unit -o cat | grep -q "allocator: jemalloc" || die "$unit: no allocator line"
+done
+say "both daemons run on jemalloc"
 X quictund fingerprint /var/lib/quictund/server.pem
 say "$(X ls -l /run/quictun | tail -n +2 | tr -s ' ' | cut -d' ' -f1,3,4,9 | tr '\n' ';')"
 
