@@ -349,7 +349,8 @@ class Daemon:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.api.tick()
+            for _ in self.api.tick_steps():
+                await asyncio.sleep(0)  # one batch of meters per loop turn
 
     async def _shutdown(self) -> None:
         logger.info(

@@ -987,3 +987,31 @@ def test_rate_meter_restarts_on_counter_or_clock_going_back() -> None:
     assert meter.sample(1.0, 10, 10) == (0.0, 0.0)  # no time has passed: no rate yet
     with pytest.raises(ValueError, match="window_s"):
         RateMeter(0)
+
+
+def test_rate_tick_samples_established_tunnels_a_batch_per_loop_turn() -> None:
+    # Issue 13: one pass over a hostile peer's thousands of tunnels stalled the loop 7-73 ms;
+    # the daemon now awaits a loop turn between batches (daemon.py, "rate-tick").
+    from quictund.api.provider import DaemonApi
+    from quictund.metrics import Metrics
+    from quictund.tunnels import TunnelTable
+
+    table = TunnelTable()
+    records = []
+    for i in range(600):
+        record = TunnelRecord(
+            endpoint="server", listener="quic", remote_endpoint_addr="192.0.2.1:1", stream_id=4 * i
+        )
+        record.established = i % 3 != 0  # 400 established, 200 still in their handshake
+        record.client_total_bytes = i
+        table.add(record)
+        records.append(record)
+    api = DaemonApi(table, Metrics(), lambda: [], lambda: "ok")
+    steps = api.tick_steps(batch=100)
+    first = next(steps)
+    assert first is None and len(api._meters) == 100  # one batch, then the loop's turn
+    assert sum(1 for _ in steps) == 2  # 400 established tunnels: 4 batches, 3 yields in all
+    assert set(api._meters) == {r.uuid for r in records if r.established}
+    table.closed(records[1], "done")
+    api.tick()
+    assert records[1].uuid not in api._meters and len(api._meters) == 399
