@@ -280,14 +280,18 @@ class BenchContext:
         for proc in reversed(running.procs):
             self.procs.stop(proc)
 
-    def start_app(self, host: str | None = None, port: int = 0, ns: str | None = None) -> App:
+    def start_app(
+        self, host: str | None = None, port: int = 0, ns: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> App:  # fmt: skip
         """Start bench/load.py's target app (sink 'U', source 'D', echo 'E') and wait for it;
         by default on the server side of ``topo``."""
         if host is None:
             host, ns = self.topo.server_ip, ns or self.topo.server_ns
         proc = self.procs.spawn(
             f"app-{ns or 'root'}-{port}",
-            [self.python, str(BENCH / "load.py"), "serve", "--host", host, "--port", str(port)],
+            [self.python, str(BENCH / "load.py"), "serve", "--host", host, "--port", str(port),
+             *extra],  # fmt: skip
             ns=ns,
             stdout=subprocess.PIPE,
         )

@@ -82,10 +82,15 @@ class AppProtocol(_Pump):
         self.received = 0
         self.last_ack = 0.0
 
+    sndbuf = 0  # serve --sndbuf: a fixed kernel send buffer per connection (0: Linux autotunes)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         _nodelay(transport)
         self.transport.set_write_buffer_limits(high=1 << 20)
+        sock = transport.get_extra_info("socket")
+        if self.sndbuf and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
 
     def data_received(self, data: bytes) -> None:
         if not self.mode:
@@ -106,7 +111,8 @@ class AppProtocol(_Pump):
         self.stopped = True
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, sndbuf: int = 0) -> None:
+    AppProtocol.sndbuf = sndbuf
     loop = asyncio.get_running_loop()
     server = await loop.create_server(AppProtocol, host, port, backlog=4096, reuse_address=True)
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -293,6 +299,7 @@ async def main() -> None:
     s = sub.add_parser("serve")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0)
+    s.add_argument("--sndbuf", type=int, default=0, help="fixed SO_SNDBUF per connection")
     b = sub.add_parser("bulk")
     b.add_argument("--connect", type=_hostport, required=True)
     b.add_argument("--direction", choices=["up", "down"], default="up")
@@ -311,7 +318,7 @@ async def main() -> None:
     i.add_argument("--count", type=int, default=10000)
     args = ap.parse_args()
     if args.cmd == "serve":
-        await serve(args.host, args.port)
+        await serve(args.host, args.port, args.sndbuf)
         return
     if args.cmd == "idle":
         await idle(*args.connect, args.count)

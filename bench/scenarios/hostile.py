@@ -35,8 +35,11 @@ SAFETY_KIB = 2 * 1024 * 1024  # stop the attack past this growth
 
 def run(ctx: BenchContext) -> list[Row]:
     app = ctx.start_app()  # the honest tunnel's echo
-    target = ctx.start_app()  # what the attackers' tunnels reach: another process, so that
-    # the echo measures the server under attack, not an app loop busy with 4,000 floods
+    # What the attackers' tunnels reach: another process, so that the echo measures the
+    # server under attack, not an app loop busy with 4,000 floods; and with 64 KiB socket send
+    # buffers: autotuned ones (up to 4 MiB each, this app's, not the server's) took the host's
+    # TCP memory past its pressure threshold, where TCP drops packets, the honest echo's too.
+    target = ctx.start_app(extra=["--sndbuf", str(64 * 1024)])
     rows: list[Row] = []
     for name in ctx.paths:
         if name not in ctx.variants:
