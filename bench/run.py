@@ -197,7 +197,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=None, help="seconds per bulk run")
     ap.add_argument("--reps", type=int, default=None, help="runs per measurement")
     ap.add_argument("--out", type=Path, default=None, help="logs and configs (default /tmp)")
-    ap.add_argument("--docs", type=Path, default=REPO / "docs")
+    ap.add_argument(
+        "--docs", type=Path, default=None,
+        help="where the tables go (default docs/, and only for a run of every scenario)",
+    )  # fmt: skip
     ap.add_argument("--no-docs", action="store_true", help="print only; write nothing to docs/")
     ap.add_argument("--python", default=sys.executable, help="the Python that runs quictund")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts by this")
@@ -301,8 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {err}")
     print(quictun_note(paths))
     warn_tcp_memory(desc)
-    if not args.no_docs:
-        write_docs(args.docs, desc, config, scenarios, results, checked)
+    docs = args.docs
+    if docs is None and not (args.only or args.skip):
+        docs = REPO / "docs"
+    if args.no_docs:
+        pass
+    elif docs is None:
+        # A partial run's tables would replace every other scenario's in docs/.
+        print("docs/ not written: --only/--skip ran part of the suite (--docs DIR writes it)")
+    else:
+        write_docs(docs, desc, config, scenarios, results, checked)
     report.write_json(out / "results.json", desc, config, all_rows)
     print(f"\nraw results: {out / 'results.json'}")
     return 1 if report.errors(all_rows) else 0
