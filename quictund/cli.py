@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from quictund import allocator, config_files, inspect_cli, reload_cli
+from quictund._tasks import spawn
 from quictund.cli_parser import build_parser
 from quictund.compat import client_parser, compat_config, server_parser
 from quictund.config_files import Config
@@ -42,9 +43,8 @@ def _run_compat(role: str, argv: Sequence[str] | None) -> int:
         return EX_CONFIG
     try:
         setup_logging(args.log_level, args.log_format)
-        _log_plan(chosen)
         config = compat_config(role, args)
-        return _serve(config, loader=None, open_by_default=True)
+        return _serve(config, loader=None, open_by_default=True, note=chosen)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"])
@@ -75,6 +75,7 @@ def _serve(
     open_by_default: bool,
     worker: tuple[int, int] | None = None,
     worker_api: str | None = None,
+    note: allocator.Plan | None = None,
 ) -> int:
     from quictund.daemon import Daemon
 
@@ -88,7 +89,11 @@ def _serve(
             worker=worker,
             worker_api=worker_api,
         )
-        await daemon.run()
+        told = spawn(_tell_when_ready(daemon.ready, note), name="allocator-note")
+        try:
+            await daemon.run()
+        finally:
+            told.cancel()
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
@@ -173,9 +178,12 @@ def _allocator(prog: str) -> allocator.Plan | None:
         return None
 
 
-def _log_plan(chosen: allocator.Plan) -> None:
-    if chosen.message:
-        getattr(logger, chosen.level)("%s", chosen.message)
+async def _tell_when_ready(ready: asyncio.Event, note: allocator.Plan | None) -> None:
+    """Say which allocator runs once the daemon is up: a configuration error stays the one
+    line it is."""
+    await ready.wait()
+    if note is not None and note.message:
+        getattr(logger, note.level)("%s", note.message)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -185,7 +193,6 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
         setup_logging(config.log.level, config.log.format)
-        _log_plan(chosen)
         if args.worker:
             index, _, count = args.worker.partition("/")
             return _serve(
@@ -194,11 +201,12 @@ def _run(args: argparse.Namespace) -> int:
                 open_by_default=False,
                 worker=(int(index), int(count)),
                 worker_api=args.worker_api,
+                note=chosen,
             )
         workers = args.workers or config.daemon.workers
         if workers > 1:
             return _supervise(config, args, workers)
-        return _serve(config, loader=lambda: _load(args), open_by_default=False)
+        return _serve(config, loader=lambda: _load(args), open_by_default=False, note=chosen)
     except ConfigError as exc:
         return _report(exc)
 

@@ -73,7 +73,11 @@ def _server_toml(tmp_path: Path) -> Path:
     return conf
 
 
-def _start(conf: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], list[str]]:
+def _start(
+    conf: Path, env: dict[str, str], until: str
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Start a daemon; return once it logged ``until`` (the allocator's line comes after
+    "ready", so that a configuration error stays one line: tests/e2e/test_bad_input.py)."""
     proc = subprocess.Popen(
         [sys.executable, "-I", "-m", "quictund", "run", "--config", str(conf)],
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=Path(__file__).parents[1],
@@ -86,7 +90,8 @@ def _start(conf: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], li
         if not line:
             break
         lines.append(line)
-        if "listening on" in line:
+        if until in line:
+            assert any("ready:" in x for x in lines), lines
             return proc, lines
     proc.kill()
     _stop(proc)
@@ -104,21 +109,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def test_daemon_under_python_I_runs_on_jemalloc_with_the_same_pid(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUICTUND_ALLOC")}
     env["PYTHONPATH"] = str(Path(__file__).parents[1])  # -I ignored it; so must the daemon
-    proc, lines = _start(_server_toml(tmp_path), env)
+    proc, lines = _start(_server_toml(tmp_path), env, "allocator: jemalloc")
     try:
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libjemalloc" in maps, "the daemon (same PID) is not on jemalloc"
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
         assert b"PYTHONMALLOC=malloc" in environ
         assert not any(e.startswith(b"PYTHONPATH=") for e in environ)
-        assert any("allocator: jemalloc" in line for line in lines), lines
     finally:
         _stop(proc)
 
 
 def test_daemon_opt_out_warns_and_bad_value_is_one_line(tmp_path: Path) -> None:
     env = dict(os.environ, QUICTUND_ALLOCATOR="pymalloc")
-    proc, lines = _start(_server_toml(tmp_path), env)
+    proc, lines = _start(_server_toml(tmp_path), env, "QUICTUND_ALLOCATOR=pymalloc")
     try:
         assert "libjemalloc" not in Path(f"/proc/{proc.pid}/maps").read_text()
         assert any("WARNING" in x and "QUICTUND_ALLOCATOR=pymalloc" in x for x in lines), lines
