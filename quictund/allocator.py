@@ -127,13 +127,20 @@ def _without_isolation(orig_argv: Sequence[str]) -> list[str]:
             if arg in ("-X", "-W") and rest:
                 out.append(rest.pop(0))
             continue
-        letters = arg[1:]
+        letters, last = arg[1:], ""
+        for i, letter in enumerate(letters):
+            if letter in "cm":  # "-Im quictund": what follows -c/-m is its argument
+                letters, last = letters[:i], letters[i:]
+                break
         isolated = "I" in letters
         letters = letters.replace("I", "").replace("E", "")
         if isolated:
             letters += "".join(x for x in "sP" if x not in letters)
         if letters:
             out.append("-" + letters)
+        if last:
+            out += ["-" + last, *rest]
+            break
     return out
 
 

@@ -45,6 +45,8 @@ def test_plain_interpreter_keeps_its_environment_and_flags() -> None:
     p = _plan(env, ["python", "-X", "dev", "-Es", "-m", "quictund", "run"])
     assert p.argv == ["python", "-X", "dev", "-s", "-m", "quictund", "run"]
     assert "PYTHONPATH" not in p.env  # -E was there: still not honoured
+    p = _plan(env, ["python", "-Im", "quictund", "-E"])
+    assert p.argv == ["python", "-sP", "-m", "quictund", "-E"]
     p = _plan(env, ["python", "-m", "quictund", "run"])
     assert p.argv == ["python", "-m", "quictund", "run"]
     assert p.env["PYTHONPATH"] == "/src"
