@@ -130,7 +130,9 @@ class ServerHandshake:
         quota = self.quota
         splice = Splice(
             self.record,
-            lambda sp, reason: ep.splice_finished(sp, reason, quota),
+            # Before attach the handshake ends the tunnel itself (_fail, _abandon): a splice
+            # aborted then must not end it twice (the per-identity count went down twice).
+            lambda sp, reason: ep.splice_finished(sp, reason, quota) if sp.attached else None,
             app_is_client=False,
         )
         try:
@@ -151,6 +153,9 @@ class ServerHandshake:
         except TimeoutError:
             self._fail(Ack.UNREACHABLE, ErrorCode.TIMEOUT, f"connect to {dest} timed out")
             return
+        except asyncio.CancelledError:  # _abandon: a connection made just now must not linger
+            splice.abort("client gone before the handshake finished")
+            raise
         except OSError as exc:
             self._fail(
                 Ack.UNREACHABLE,
@@ -158,6 +163,8 @@ class ServerHandshake:
                 f"cannot connect to {dest}: {os_reason(exc)}",
             )
             return
+        if not self.done and self.session.closed.is_set():  # closed while we connected
+            self._abandon(f"QUIC connection lost: {self.session.close_reason}")
         if self.done:  # the stream or connection went away while we were connecting
             splice.abort("client gone before the handshake finished")
             return

@@ -224,6 +224,11 @@ class Splice(asyncio.BufferedProtocol):
 
     # ---- public API ----------------------------------------------------------------------
 
+    @property
+    def attached(self) -> bool:
+        """Relaying (``attach`` was called): until then the handshake owns the tunnel's ending."""
+        return self._attached
+
     def begin_handshake(self, session: QuicSession, stream_id: int) -> asyncio.Future[int]:
         """Client side: the stream is open and the token sent; the next byte is the ack."""
         self.session = session

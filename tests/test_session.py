@@ -65,3 +65,50 @@ async def test_an_exception_in_the_timer_closes_that_connection(
     assert "failed in its timer; closing it" in caplog.text
     with pytest.raises(ConnectionError):
         await session.handshake_done
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+
+    def on_stream_data(self, data: bytes, end_stream: bool) -> None: ...
+    def on_stream_reset(self, error_code: int) -> None: ...
+    def on_stop_sending(self, error_code: int) -> None: ...
+    def on_send_ready(self) -> None: ...
+
+    def on_session_lost(self, reason: str) -> None:
+        self.lost.append(reason)
+
+
+async def test_a_handler_registered_after_the_close_is_told_and_not_kept(state_dir: Path) -> None:
+    # A tunnel whose connect finished after its QUIC connection closed registered its splice on
+    # the closed session, which then kept the session, the engine's connection and its buffers
+    # alive with it (issue 13: ~23 MiB per hostile connection that never came back).
+    cert, key = tls.ensure_self_signed(state_dir, ["localhost"])
+    settings = engine.EngineSettings()
+    config = engine.make_configuration(
+        is_client=False, settings=settings, certfile=str(cert), keyfile=str(key)
+    )
+    initial = client_initial_datagram()
+    header = engine.parse_header(initial, 8)
+    conn = _BrokenTimer(
+        configuration=config,
+        settings=settings,
+        original_destination_connection_id=header.destination_cid,
+    )
+    session = QuicSession(
+        conn, lambda *d: None, _Owner(), peer=("127.0.0.1", 5000), keepalive_s=0,
+        dead_after_s=30,
+    )  # fmt: skip
+    session.datagram_received(initial, ("127.0.0.1", 5000))
+    await asyncio.sleep(0)
+    early = _Handler()
+    session.register(4, early)  # type: ignore[arg-type]
+    assert session._handlers == {4: early}
+    session._on_timer()  # the engine fails: the session closes
+    assert session.closed.is_set() and early.lost == ["internal error"]
+    late = _Handler()
+    session.register(8, late)  # type: ignore[arg-type]
+    assert late.lost == ["internal error"] and session._handlers == {}
+    with pytest.raises(ConnectionError):
+        await session.handshake_done

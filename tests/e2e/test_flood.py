@@ -201,6 +201,74 @@ async def test_tunnels_per_identity_cap(short_tmp: Path, state_dir: Path, ca: Pa
         backend.close()
 
 
+def _hanging_listener() -> tuple[list[socket.socket], str]:
+    """A TCP address whose connects hang: its accept queue is full, so Linux drops SYNs."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    held = [lsock]
+    for _ in range(4):  # fill the accept queue (never accepted)
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        held.append(c)
+    return held, f"tcp:127.0.0.1:{port}"
+
+
+async def test_a_tunnel_abandoned_while_connecting_is_counted_off_once(
+    short_tmp: Path, state_dir: Path, ca: Path
+) -> None:
+    # A client connection that goes away while one of its tunnels' server-side connect is
+    # still pending: the handshake ended the tunnel, then its cancelled connect ended it again,
+    # and the source's count went down twice, so it could hold more than
+    # max-tunnels-per-identity.
+    backend = await echo().tcp()
+    held, hanging = _hanging_listener()
+    port = free_udp_port()
+    run, api = await daemon(
+        short_tmp,
+        "d",
+        server_toml("edge", port, state_dir, [backend.address, hanging])
+        + "max-tunnels-per-identity = 2\n"
+        + client_toml("a", f"unix:{short_tmp}/a.sock", port, ca, backend.address),
+    )
+    other, _ = await daemon(  # the same source, its own process and QUIC connection
+        short_tmp,
+        "h",
+        "[daemon]\nshutdown-grace = 0\n"
+        + client_toml("h", f"unix:{short_tmp}/h.sock", port, ca, hanging),
+    )
+    writers = []
+    try:
+        reader, writer = await connect(f"unix:{short_tmp}/a.sock")  # one tunnel held open
+        writer.write(b"hi")
+        assert await reader.readexactly(2) == b"hi"
+        writers.append(writer)
+        _, stuck = await connect(f"unix:{short_tmp}/h.sock")  # its connect hangs
+        writers.append(stuck)
+        await asyncio.sleep(1.0)  # the token reaches the server, which starts connecting
+        assert await other.stop() == 0  # closes its QUIC connection at once
+        await run.wait_log("QUIC connection lost")
+        await asyncio.sleep(0.5)
+        reader, writer = await connect(f"unix:{short_tmp}/a.sock")  # the second of two
+        writer.write(b"hi")
+        assert await reader.readexactly(2) == b"hi"
+        writers.append(writer)
+        await refused(f"unix:{short_tmp}/a.sock")  # a third would exceed the quota
+        assert await wait_hits(api, "tunnels-per-identity", 1) == 1
+    finally:
+        for w in writers:
+            w.close()
+        for sock in held:
+            sock.close()
+        assert await run.stop() == 0
+        backend.close()
+
+
 # The bound this test states: while 3,000 real and 3,000 garbage handshakes arrive from 200
 # sources at 1,500 datagrams/s, an established client's new-tunnel setup (connect to first
 # echoed byte) keeps p99 under 1 s and never fails, a new client still connects (through a
