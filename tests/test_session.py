@@ -31,9 +31,8 @@ class _BrokenTimer(AioquicConnection):
         raise RuntimeError("engine bug")
 
 
-async def test_an_exception_in_the_timer_closes_that_connection(
-    state_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _server_session(state_dir: Path) -> tuple[QuicSession, _Owner, list[object]]:
+    """A server session whose engine fails in its timer, after a client's first Initial."""
     cert, key = tls.ensure_self_signed(state_dir, ["localhost"])
     settings = engine.EngineSettings()
     config = engine.make_configuration(
@@ -57,6 +56,13 @@ async def test_an_exception_in_the_timer_closes_that_connection(
         dead_after_s=30,
     )
     session.datagram_received(initial, ("127.0.0.1", 5000))
+    return session, owner, sent
+
+
+async def test_an_exception_in_the_timer_closes_that_connection(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    session, owner, sent = _server_session(state_dir)
     await asyncio.sleep(0)  # the coalesced transmit: the server's first flight, a timer armed
     assert sent and session._timer is not None
     with caplog.at_level(logging.ERROR, "quictund.quic.session"):
@@ -84,23 +90,7 @@ async def test_a_handler_registered_after_the_close_is_told_and_not_kept(state_d
     # A tunnel whose connect finished after its QUIC connection closed registered its splice on
     # the closed session, which then kept the session, the engine's connection and its buffers
     # alive with it (issue 13: ~23 MiB per hostile connection that never came back).
-    cert, key = tls.ensure_self_signed(state_dir, ["localhost"])
-    settings = engine.EngineSettings()
-    config = engine.make_configuration(
-        is_client=False, settings=settings, certfile=str(cert), keyfile=str(key)
-    )
-    initial = client_initial_datagram()
-    header = engine.parse_header(initial, 8)
-    conn = _BrokenTimer(
-        configuration=config,
-        settings=settings,
-        original_destination_connection_id=header.destination_cid,
-    )
-    session = QuicSession(
-        conn, lambda *d: None, _Owner(), peer=("127.0.0.1", 5000), keepalive_s=0,
-        dead_after_s=30,
-    )  # fmt: skip
-    session.datagram_received(initial, ("127.0.0.1", 5000))
+    session, _, _ = _server_session(state_dir)
     await asyncio.sleep(0)
     early = _Handler()
     session.register(4, early)  # type: ignore[arg-type]
