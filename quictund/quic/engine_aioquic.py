@@ -168,6 +168,12 @@ class AioquicConnection(ConsumptionCredit):
     def is_closed(self) -> bool:
         return self._state not in (QuicConnectionState.FIRSTFLIGHT, QuicConnectionState.CONNECTED)
 
+    @property
+    def bytes_in_flight(self) -> int:
+        """Bytes sent and neither acknowledged nor declared lost: when a datagram lowers it,
+        the peer has just acknowledged something of ours (the session's proof it hears us)."""
+        return int(self._loss.bytes_in_flight)
+
     def stats(self) -> dict[str, float | int]:
         loss = self._loss
         return {

@@ -143,6 +143,10 @@ class Qh3Connection(QuicConnection):
         return self._ledger.held_total
 
     @property
+    def bytes_in_flight(self) -> int:
+        return 0 if self._core is None else int(self._core.bytes_in_flight)
+
+    @property
     def events_ready(self) -> bool:
         return bool(self._events)
 

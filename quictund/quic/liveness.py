@@ -3,14 +3,18 @@
 Rules:
 
 1. PING when nothing was heard for ``keepalive_s`` (x 0.9, so a PING leaves before the peer's
-   own check), or when data of ours is in flight and no PING of ours was acknowledged for that
-   long.  An idle connection whose peer keeps talking therefore sends no PINGs of its own.
+   own check), or when data of ours is in flight and the peer acknowledged nothing of ours
+   for that long.  An idle connection whose peer keeps talking sends no PINGs of its own.
 2. The peer is dead after ``dead_after_s`` of silence, or once a PING of ours has waited that
-   long for its ACK, counted from the last acknowledged PING (at most one keep-alive before
-   the unanswered one).  Hearing the peer is not enough: when only our direction fails (a
-   firewall rejecting our datagrams, our route to it gone) the peer's retransmissions keep
-   arriving, and the connection used to live on until the *peer* gave up (30 s on a server).
-3. Checked exactly when the peer would be dead, not up to one keep-alive later.
+   long for its ACK, counted from the last proof that the peer hears us (its ACK of a PING or
+   of anything else of ours) or from when the PING fell due, whichever is later.  Hearing the
+   peer is not proof: when only our direction fails (a firewall rejecting our datagrams, our
+   route to it gone) the peer's retransmissions keep arriving, and the connection used to
+   live on until the *peer* gave up (30 s on a server).  Counting from anything earlier (an
+   old PING's ACK, a full keep-alive back) declared a peer that acknowledged our last data
+   and then went silent dead up to one keep-alive before ``dead_after_s``.
+3. Checked exactly when the peer would be dead or a PING falls due, not up to one
+   keep-alive later.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ class Liveness:
         self.keepalive_s = keepalive_s
         self.dead_after_s = dead_after_s
         self.last_rx = now
-        self.last_ack = now  # the peer acknowledged a PING of ours (or we started)
+        self.last_ack = now  # the peer acknowledged a packet of ours (or we started)
         self._unproven_since: float | None = None  # while a PING of ours awaits its ACK
 
     def heard(self, now: float) -> None:
         self.last_rx = now
 
-    def ping_acknowledged(self, now: float) -> None:
+    def acknowledged(self, now: float) -> None:
+        """The peer acknowledged a packet of ours: proof that it hears us."""
         self.last_ack = now
         self._unproven_since = None
 
@@ -52,5 +57,14 @@ class Liveness:
             self._unproven_since is None and now - self.last_ack >= due and in_flight
         )
         if ping and self._unproven_since is None:
-            self._unproven_since = max(self.last_ack, now - self.keepalive_s)
-        return Verdict(None, ping, min(self.keepalive_s, self.dead_after_s - silent))
+            # counted from the last proof, or from when this PING fell due if that is later:
+            # never from before the last packet heard, or a silent peer dies early
+            self._unproven_since = max(self.last_ack, now - due)
+        # check again when the peer would be dead, or when the next PING falls due: a check
+        # one keep-alive later would count the unanswered PING from too late
+        waits = [self.keepalive_s, self.dead_after_s - silent]
+        if heard < due:
+            waits.append(due - heard)
+        if self._unproven_since is None and now - self.last_ack < due:
+            waits.append(due - (now - self.last_ack))
+        return Verdict(None, ping, min(waits))

@@ -122,7 +122,10 @@ class QuicSession:
         self._live.heard(now)
         self.datagrams_in += 1
         self.bytes_in += len(data)
+        in_flight = self.conn.bytes_in_flight
         self.conn.receive_datagram(data, addr, now)
+        if self.conn.bytes_in_flight < in_flight:  # it acknowledged something of ours
+            self._live.acknowledged(now)
         self._process_events()
         self.transmit_soon()
 
@@ -390,7 +393,7 @@ class QuicSession:
                 if self.datagram_handler is not None:
                     self._guard(self.datagram_handler, event.data)
             elif isinstance(event, events.PingAcknowledged):
-                self._live.ping_acknowledged(time.monotonic())
+                self._live.acknowledged(time.monotonic())
                 if event.uid == self._stall_ping:  # acknowledge the peer's ACK (quic/stall.py)
                     self._stall_ping = 0
                     self._ping()
