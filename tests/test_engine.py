@@ -539,3 +539,43 @@ def test_idle_streams_leave_the_send_queue_and_come_back(certs: Certs) -> None:
     assert sids[500] not in client._streams
     assert sids[500] not in pair.server._streams
     assert len(client._streams) == 999
+
+
+def test_streams_waiting_for_connection_credit_leave_the_queue_until_max_data(
+    certs: Certs,
+) -> None:
+    """1,000 tunnels whose data waits only for the peer's MAX_DATA (a reader that grants none:
+    hostile, or stalled) must not be walked per packet; MAX_DATA brings them all back."""
+    pair = make_pair(certs, SMALL)
+    client = pair.engine_client
+    sids = []
+    for _ in range(1000):
+        sid = client.open_stream()
+        client.send_stream_data(sid, b"hello")
+        sids.append(sid)
+    pair.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
+    pair.pump()
+    for sid in sids:  # 2 MiB in all: twice the client's connection window, never consumed
+        pair.server.send_stream_data(sid, b"x" * 2048)
+    pair.pump()
+    got = _client_bytes(pair)
+    assert 0 < sum(got.values()) <= SMALL.connection_window
+    assert pair.server._remote_max_data_used >= pair.server._remote_max_data
+    assert len(pair.server._streams_queue) == 0  # all parked, none walked
+    for sid, n in got.items():  # the client's app reads: MAX_DATA, and the rest comes
+        client.consume(sid, n)
+    for _ in range(4):
+        pair.pump()
+        for sid, n in _client_bytes(pair).items():
+            if n > got.get(sid, 0):
+                client.consume(sid, n - got.get(sid, 0))
+        got = _client_bytes(pair)
+    assert got == {sid: 2048 for sid in sids}
+
+
+def _client_bytes(pair: Pair) -> dict[int, int]:
+    got: dict[int, int] = {}
+    for e in pair.client_events:
+        if isinstance(e, events.StreamDataReceived) and e.data:
+            got[e.stream_id] = got.get(e.stream_id, 0) + len(e.data)
+    return got

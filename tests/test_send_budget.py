@@ -146,3 +146,27 @@ def test_forget_returns_the_room() -> None:
     engine.unsent.clear()
     assert budget.total == 0 and budget.waiting == 0
     assert budget.allowance(999) == READ_CHUNK
+
+
+def test_a_refresh_of_what_moved_reads_only_those_streams_and_keeps_the_total() -> None:
+    """The engine names the streams it sent from; 1,000 stuck ones are not re-read."""
+    engine = Engine()
+    reads: list[int] = []
+
+    def unsent(sid: int) -> int:
+        reads.append(sid)
+        return engine.unsent.get(sid, 0)
+
+    budget: SendBudget[int] = SendBudget(64 * MiB, unsent)
+    for sid in range(1000):
+        engine.queue(sid, 10_000)
+        budget.sent(sid, 10_000)
+    engine.drain(7, 4_000)
+    engine.drain(8)
+    budget.refresh({7, 8, 5000})  # 5000: sent from, but not tracked
+    assert sorted(reads) == [7, 8]
+    assert budget.total == sum(engine.unsent.values()) == 1000 * 10_000 - 14_000
+    assert budget.tracked == 999  # stream 8 has nothing queued any more
+    reads.clear()
+    budget.refresh()  # the engine cannot tell: every tracked stream
+    assert len(reads) == 999 and budget.total == 1000 * 10_000 - 14_000

@@ -158,6 +158,12 @@ class AioquicConnection(ConsumptionCredit):
         sender = stream.sender
         return int(sender._buffer_stop - sender.highest_offset)
 
+    def sent_streams(self) -> set[int] | None:
+        """Streams whose ``unsent`` may have changed since the last call (sent from, or
+        discarded): the caller re-reads only those."""
+        moved, self._moved = self._moved, set()
+        return moved
+
     def open_stream(self) -> int:
         """Reserve the next client bidirectional stream (it may wait for peer credit)."""
         stream_id = self.get_next_available_stream_id()

@@ -169,6 +169,10 @@ class Qh3Connection(QuicConnection):
         """Bytes queued on ``stream_id`` that have not been sent once yet (qh3's own count)."""
         return int(self.get_send_buffer_size(stream_id))
 
+    def sent_streams(self) -> set[int] | None:
+        """None: the core does not say which streams it sent from (re-read them all)."""
+        return None
+
     def consume(self, stream_id: int, count: int) -> None:
         """``count`` bytes of ``stream_id`` have been drained: the peer may send that many more."""
         if self._ledger.consume(stream_id, count):

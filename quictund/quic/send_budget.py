@@ -101,18 +101,32 @@ class SendBudget(Generic[H]):
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def refresh(self) -> None:
-        """Re-read every tracked stream's unsent count from the engine."""
+    def refresh(self, moved: set[int] | None = None) -> None:
+        """Re-read tracked streams' unsent counts from the engine: those in ``moved`` (the
+        only ones whose count can have changed), or every one when ``moved`` is None."""
         unsent = self._unsent
-        total = 0
-        for sid in list(self._queued):
+        queued = self._queued
+        if moved is None:
+            total = 0
+            for sid in list(queued):
+                now = unsent(sid)
+                if now:
+                    queued[sid] = now
+                    total += now
+                else:
+                    del queued[sid]
+            self.total = total
+            return
+        for sid in moved:
+            was = queued.get(sid)
+            if was is None:
+                continue
             now = unsent(sid)
             if now:
-                self._queued[sid] = now
-                total += now
+                queued[sid] = now
             else:
-                del self._queued[sid]
-        self.total = total
+                del queued[sid]
+            self.total += now - was
 
     def ready(self) -> list[H]:
         """Waiting handlers to wake now, oldest first (rule 3); they leave the queue."""

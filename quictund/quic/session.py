@@ -80,7 +80,10 @@ class QuicSession:
         self._handlers: dict[int, StreamHandler] = {}
         self._budget: SendBudget[StreamHandler] = SendBudget(send_budget, conn.unsent)
         self._refresh = BudgetRefresh(
-            self._budget, self._loop, lambda handler: self._guard(handler.on_send_ready)
+            self._budget,
+            self._loop,
+            lambda handler: self._guard(handler.on_send_ready),
+            conn.sent_streams,
         )
         self._to_flush: list[Flushable] = []
         self._transmit_scheduled = False
@@ -302,6 +305,8 @@ class QuicSession:
             self.datagrams_out += len(datagrams)
             if self._budget.tracked:
                 self._refresh.sent(size)
+            else:
+                self.conn.sent_streams()  # nothing queued to re-read: forget what moved
         self._arm_timer()
 
     def _arm_timer(self) -> None:
