@@ -7,12 +7,20 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
 import uvloop
 
-from quictund.quic.udp import MAX_GSO_BYTES, MAX_SEGMENTS, UdpSocket, gso_runs, open_udp
+from quictund.quic.udp import (
+    MAX_GSO_BYTES,
+    MAX_SEGMENTS,
+    READ_TURN_S,
+    UdpSocket,
+    gso_runs,
+    open_udp,
+)
 
 
 def test_gso_runs_follow_the_kernel_rules() -> None:
@@ -55,6 +63,48 @@ async def test_batches_arrive_whole_and_in_order() -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_slow_backlog_is_read_over_several_loop_turns(loop: str) -> None:
+    """Handling datagrams stops after READ_TURN_S per readable event, so a backlog that takes
+    long to handle (thousands of streams opening) never holds the loop for its whole length:
+    the loop turns between, and every datagram still arrives, in order."""
+
+    async def main() -> None:
+        got: list[bytes] = []
+        turns: list[int] = []  # datagrams handled by each loop turn
+        done = asyncio.Event()
+
+        def on_datagram(data: bytes, addr: tuple[object, ...]) -> None:
+            until = time.perf_counter() + 0.0005  # 0.5 ms of work per datagram
+            while time.perf_counter() < until:
+                pass
+            got.append(data)
+            if len(got) == 200:
+                done.set()
+
+        receiver = await open_udp(on_datagram, local=("127.0.0.1", 0))
+        sender = await open_udp(lambda d, a: None, remote=receiver.sockname[:2])
+        try:
+            # sizes all different: GRO coalesces only equal ones, and one coalesced read (at
+            # most MAX_SEGMENTS datagrams) is handled whole
+            sent = [i.to_bytes(2, "big") * (100 + i) for i in range(200)]
+            sender.send_many([(d, receiver.sockname[:2]) for d in sent])
+            while not done.is_set():
+                turns.append(len(got))
+                await asyncio.sleep(0)
+            assert got == sent
+            steps = [b - a for a, b in zip(turns, turns[1:], strict=False) if b > a]
+            # ~4 datagrams a turn (2 ms / 0.5 ms); before, 64 (READ_BATCH reads)
+            assert max(steps) <= READ_TURN_S / 0.0005 + 2, steps
+        finally:
+            sender.close()
+            receiver.close()
+
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None)
+    with runner:
+        runner.run(main())
 
 
 async def test_unconnected_socket_sends_to_each_address() -> None:
