@@ -168,12 +168,20 @@ class ServerHandshake:
         if self.done:  # the stream or connection went away while we were connecting
             splice.abort("client gone before the handshake finished")
             return
-        self.done = True
         if not dest.is_unix and splice.transport is not None:
             peer = splice.transport.get_extra_info("peername")
             if peer:
                 self.record.server_app_addr = format_host_port(peer[0], peer[1])
+        # Still the stream's handler while the ack goes out: a send that finds the connection
+        # gone (qh3 refuses writes once the peer closed, before it reports the close) ends the
+        # session, whose on_session_lost reaches us and ends the tunnel once.  Marked done
+        # first, nobody ended it: the splice was then attached and tracked after its session
+        # had closed, and kept the session, its engine and the identity's quota slot forever.
         self.session.send(self.stream_id, bytes([Ack.OK]))
+        if self.done:
+            splice.abort("client gone before the handshake finished")
+            return
+        self.done = True
         self.session.register(self.stream_id, splice)
         splice.attach(self.session, self.stream_id)
         ep.track(splice)

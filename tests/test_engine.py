@@ -570,7 +570,7 @@ def test_streams_waiting_for_connection_credit_leave_the_queue_until_max_data(
             if n > got.get(sid, 0):
                 client.consume(sid, n - got.get(sid, 0))
         got = _client_bytes(pair)
-    assert got == {sid: 2048 for sid in sids}
+    assert got == dict.fromkeys(sids, 2048)
 
 
 def _client_bytes(pair: Pair) -> dict[int, int]:

@@ -186,3 +186,47 @@ async def test_apps_that_flood_a_stalled_destination_hold_the_client_budget(
             app.abort()
         assert await client.stop() == 0
         stalled.close()
+
+
+async def test_a_peer_that_leaves_while_its_tunnels_connect_leaves_none_behind(
+    server: Endpoint,
+) -> None:
+    """A client that closes its connection while the server is still connecting its tunnels:
+    every tunnel the server opened is closed again.  On qh3 the ack of a tunnel whose connect
+    finished just then found the connection gone; the tunnel was attached and tracked anyway
+    and kept the closed session, its engine and the source's quota slot (found by a heap
+    census after the hostile bench: one or two connections' worth of memory never returned)."""
+    flood = Backend(_Flood)
+    await flood.tcp()
+    try:
+        for _ in range(2):
+            attackers = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tests.hostile", server.address,
+                    "--source", f"127.13.0.{i + 1}", "--flood", "1000", "--gap", "1000",
+                    "--token", flood.address, "--open-within", "1",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                for i in range(3)
+            ]
+            for hostile in attackers:
+                assert hostile.stdout is not None
+                line = (await asyncio.wait_for(hostile.stdout.readline(), 60)).decode()
+                assert line.startswith("opened"), line
+            for hostile in attackers:
+                assert hostile.stdin is not None
+                hostile.stdin.close()  # CONNECTION_CLOSE while the rest still connect
+            for hostile in attackers:
+                await asyncio.wait_for(hostile.wait(), 20)
+
+        def count(msg: str) -> int:
+            return sum(1 for e in server.logs if e.get("msg") == msg)
+
+        for _ in range(80):  # up to 20 s for the closes to be logged
+            if count("tunnel open") == count("tunnel closed"):
+                break
+            await asyncio.sleep(0.25)
+        assert count("tunnel open") > 0
+        assert count("tunnel closed") == count("tunnel open"), "tunnels left open"
+    finally:
+        flood.close()
