@@ -562,6 +562,9 @@ def test_streams_waiting_for_connection_credit_leave_the_queue_until_max_data(
     assert 0 < sum(got.values()) <= SMALL.connection_window
     assert pair.server._remote_max_data_used >= pair.server._remote_max_data
     assert len(pair.server._streams_queue) == 0  # all parked, none walked
+    # what the session's send budget re-reads: the streams sent from, once
+    assert set(got) <= pair.server.sent_streams() <= set(sids)
+    assert pair.server.sent_streams() == set()
     for sid, n in got.items():  # the client's app reads: MAX_DATA, and the rest comes
         client.consume(sid, n)
     for _ in range(4):

@@ -117,6 +117,7 @@ class AioquicConnection(ConsumptionCredit):
             raise ValueError("session tickets would bypass client certificate verification")
         super().__init__(configuration=configuration, **kwargs)
         self._init_credit(settings)
+        self._init_sending()
         if settings.quic_lb is not None:  # QUIC-LB routable ids (engine_aioquic_cids.py)
             install_quic_lb(self, settings.quic_lb)
         if settings.reset_key is not None and not self._is_client:  # stateless resets

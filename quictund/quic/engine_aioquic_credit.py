@@ -63,8 +63,6 @@ class ConsumptionCredit(SlicedSending):
         self._released: dict[int, None] = {}  # insertion-ordered set, bounded
         self._unsettled: dict[int, int] = {}
         self._credit_dirty: set[int] = set()
-        self._parked: list[QuicStream] = []  # engine_aioquic_sched.py
-        self._moved: set[int] = set()  # engine_aioquic_sched.py, for sent_streams
         self._limits_seen = (-1, -1)  # (used, credit base) _write_connection_limits last saw
 
     def next_event(self) -> events.QuicEvent | None:

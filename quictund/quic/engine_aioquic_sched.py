@@ -37,6 +37,10 @@ class SlicedSending(QuicConnection):
     _parked: list[QuicStream]
     _moved: set[int]  # streams sent from or discarded (``unsent`` changed), for the session
 
+    def _init_sending(self) -> None:
+        self._parked = []
+        self._moved = set()
+
     def _settle(self, stream: QuicStream) -> None:
         """A stream aioquic discarded (the adapter returns its credit)."""
         raise NotImplementedError
