@@ -93,6 +93,7 @@ class ConsumptionCredit(SlicedSending):
         if stream_id in self._released:
             return
         self._released[stream_id] = None
+        self._parked.pop(stream_id, None)  # engine_aioquic_sched.py: it waits for nothing now
         if len(self._released) > 65536:
             del self._released[next(iter(self._released))]
         held, consumed = self._ledger.forget(stream_id)

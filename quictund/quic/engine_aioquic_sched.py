@@ -30,15 +30,15 @@ class SlicedSending(QuicConnection):
 
     _credit_dirty: set[int]  # streams whose MAX_STREAM_DATA must go out (the adapter's)
     _pacing_at: float | None
-    # Streams idle only for want of connection credit, waiting for MAX_DATA.  Thousands of
-    # tunnels whose destinations flood a peer that grants no MAX_DATA (a hostile or dead
-    # reader) stayed queued, and every packet of the connection -- an honest tunnel's echo
-    # on it included -- walked them all: 30 % of a server's CPU under the hostile bench.
-    _parked: list[QuicStream]
+    # Streams idle only for want of connection credit, waiting for MAX_DATA (by id: a stream
+    # parked again after some event re-queued it is kept once).  Tunnels whose data waits for
+    # a peer that grants no MAX_DATA (a hostile or dead reader) stayed queued and were
+    # re-checked by every pass (tests/test_engine.py: 508 of 1,000).
+    _parked: dict[int, QuicStream]
     _moved: set[int]  # streams sent from or discarded (``unsent`` changed), for the session
 
     def _init_sending(self) -> None:
-        self._parked = []
+        self._parked = {}
         self._moved = set()
 
     def _settle(self, stream: QuicStream) -> None:
@@ -75,6 +75,7 @@ class SlicedSending(QuicConnection):
                             every.pop(stream.stream_id, None)  # type: ignore[arg-type]
                             self._settle(stream)
                             self._moved.add(stream.stream_id)  # type: ignore[arg-type]
+                            self._parked.pop(stream.stream_id, None)  # type: ignore[arg-type]
                     for stream in self._streams_queue:
                         if stream.sender.highest_offset != before[stream.stream_id]:
                             sent.append(stream)
@@ -93,10 +94,9 @@ class SlicedSending(QuicConnection):
             self._streams_queue = queue[pos:] + served if pos < len(queue) else served
 
     def _unpark(self) -> None:
-        parked, self._parked = self._parked, []
-        for stream in parked:
-            if stream.stream_id is not None:
-                self._activate(stream.stream_id)
+        parked, self._parked = self._parked, {}
+        for stream_id in parked:
+            self._activate(stream_id)
 
     def _activate(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
@@ -144,8 +144,8 @@ class SlicedSending(QuicConnection):
         )
         if idle:
             stream._qt_queued = False  # type: ignore[attr-defined]
-            if waits_for_connection:
-                self._parked.append(stream)
+            if waits_for_connection and stream.stream_id is not None:
+                self._parked[stream.stream_id] = stream
         return not idle
 
 
