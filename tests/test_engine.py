@@ -509,17 +509,23 @@ def test_without_client_cafile_no_certificate_is_asked_for(certs: Certs) -> None
 # ------------------------------------------------------------------------------ idle streams
 
 
-def test_idle_streams_leave_the_send_queue_and_come_back(certs: Certs) -> None:
-    """aioquic walks every stream per packet; idle ones must not be walked (10k tunnels)."""
+def _thousand_greeted_streams(certs: Certs) -> tuple[Pair, list[int]]:
+    """A pair whose client opened 1,000 streams, each carrying "hello" the server consumed."""
     pair = make_pair(certs, SMALL)
-    client = pair.engine_client
     sids = []
     for _ in range(1000):
-        sid = client.open_stream()
-        client.send_stream_data(sid, b"hello")
+        sid = pair.engine_client.open_stream()
+        pair.engine_client.send_stream_data(sid, b"hello")
         sids.append(sid)
     pair.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
     pair.pump()
+    return pair, sids
+
+
+def test_idle_streams_leave_the_send_queue_and_come_back(certs: Certs) -> None:
+    """aioquic walks every stream per packet; idle ones must not be walked (10k tunnels)."""
+    pair, sids = _thousand_greeted_streams(certs)
+    client = pair.engine_client
     # everything sent was acked and every credit update announced: nothing left to walk
     assert len(client._streams_queue) == 0
     assert len(pair.server._streams_queue) == 0
@@ -546,15 +552,8 @@ def test_streams_waiting_for_connection_credit_leave_the_queue_until_max_data(
 ) -> None:
     """1,000 tunnels whose data waits only for the peer's MAX_DATA (a reader that grants none:
     hostile, or stalled) must not be walked per packet; MAX_DATA brings them all back."""
-    pair = make_pair(certs, SMALL)
+    pair, sids = _thousand_greeted_streams(certs)
     client = pair.engine_client
-    sids = []
-    for _ in range(1000):
-        sid = client.open_stream()
-        client.send_stream_data(sid, b"hello")
-        sids.append(sid)
-    pair.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
-    pair.pump()
     for sid in sids:  # 2 MiB in all: twice the client's connection window, never consumed
         pair.server.send_stream_data(sid, b"x" * 2048)
     pair.pump()
