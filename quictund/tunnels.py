@@ -1,7 +1,9 @@
 """Live tunnel records: what the API lists and what the close log line reports.
 
-Pure data.  A record is created when a tunnel's handshake starts, counts bytes as they pass,
-and is removed when the tunnel ends; ``close_line`` renders quic-tun-style facts in one line.
+A record is created when a tunnel's handshake starts, counts bytes as they pass, and is
+removed when the tunnel ends, with one log line when it opens and one when it ends.  A server
+logs the lines of tunnels that failed within a per-peer budget (``LineThrottle``), so that a
+peer refused thousands of times cannot flood the journal; the metrics see every tunnel.
 """
 
 from __future__ import annotations
@@ -10,18 +12,28 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from quictund.classify import Classifier
+from quictund.limits import SourceBuckets
 
 if TYPE_CHECKING:
     from quictund.metrics import Metrics
     from quictund.udpflow.flow import FlowCounters
 
 logger = logging.getLogger("quictund.tunnel")
+
+# "tunnel failed" lines one QUIC peer may make a server log (docs/security.md, threat model):
+# a hostile peer refused 12,000 tunnels in 20 s, a line each, enough to make journald drop
+# every service's lines (its default: 10,000 per 30 s).  Beyond LINES_BURST, LINES_PER_S per
+# peer connection; what was held back is reported in one summary line every SUMMARY_EVERY_S.
+LINES_PER_S = 20.0
+LINES_BURST = 200
+SUMMARY_EVERY_S = 10.0
 
 
 @dataclass(slots=True)
@@ -95,6 +107,51 @@ def failure_category(reason: str) -> str:
     return "other"
 
 
+class LineThrottle:
+    """Per-peer budget of tunnel log lines, and a summary of what it held back.  Pure: the
+    caller passes ``now``."""
+
+    def __init__(
+        self,
+        rate: float = LINES_PER_S,
+        burst: int = LINES_BURST,
+        every_s: float = SUMMARY_EVERY_S,
+        max_peers: int = 4096,
+    ) -> None:
+        self.rate, self.burst, self.every_s = rate, burst, every_s
+        self._buckets = SourceBuckets(rate, burst, max_peers)  # least recently heard go first
+        self._held: dict[str, Counter[str]] = {}  # peer -> held-back lines by message
+        self._since: dict[str, float] = {}  # peer -> when its first held-back line came
+        self.held_total = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._since)
+
+    def admit(self, peer: str, message: str, now: float) -> bool:
+        if self._buckets.take(peer, now):
+            return True
+        self._held.setdefault(peer, Counter())[message] += 1
+        self._since.setdefault(peer, now)
+        self.held_total += 1
+        return False
+
+    def summaries(self, now: float, *, every: bool = False) -> list[str]:
+        """One line per peer whose held-back lines are due for a report (all with ``every``)."""
+        due = [p for p, t in self._since.items() if every or now - t >= self.every_s]
+        lines = []
+        for peer in due:
+            held = self._held.pop(peer)
+            since = self._since.pop(peer)
+            what = ", ".join(f"{n} {msg}" for msg, n in held.most_common())
+            lines.append(
+                f"peer {peer}: {sum(held.values())} tunnel log lines held back in the last "
+                f"{max(now - since, 0):.0f} s ({what}); past {self.burst}, at most "
+                f"{self.rate:g} a second per peer are logged; the metrics count every tunnel"
+            )
+        return lines
+
+
 class TunnelTable:
     """The tunnels of one daemon, keyed by uuid."""
 
@@ -102,6 +159,8 @@ class TunnelTable:
         self._records: dict[str, TunnelRecord] = {}
         self._empty: asyncio.Event | None = None
         self.metrics = metrics
+        self.throttle = LineThrottle()
+        self._summary_timer: asyncio.TimerHandle | None = None
         if metrics is not None:
             metrics.before_render.append(self.publish_flows)
 
@@ -130,18 +189,19 @@ class TunnelTable:
             return
         if not self._records and self._empty is not None:
             self._empty.set()
-        level = logging.INFO if record.established else logging.WARNING
-        fields = record.fields()
-        fields.update(
-            client_bytes=record.client_total_bytes,
-            server_bytes=record.server_total_bytes,
-            duration_s=round(time.monotonic() - record.started, 3),
-            reason=reason,
-        )
-        if record.udp is not None:
-            fields.update(record.udp.as_dict())
         msg = "tunnel closed" if record.established else "tunnel failed"
-        logger.log(level, msg, extra={"fields": fields})
+        if record.established or self._admit(record, msg):
+            fields = record.fields()
+            fields.update(
+                client_bytes=record.client_total_bytes,
+                server_bytes=record.server_total_bytes,
+                duration_s=round(time.monotonic() - record.started, 3),
+                reason=reason,
+            )
+            if record.udp is not None:
+                fields.update(record.udp.as_dict())
+            level = logging.INFO if record.established else logging.WARNING
+            logger.log(level, msg, extra={"fields": fields})
         m = self.metrics
         if m is not None:
             if record.established:
@@ -152,6 +212,35 @@ class TunnelTable:
                 m.failed.labels(record.listener, failure_category(reason)).inc()
             if record.udp is not None:
                 record.udp.count(m, record.listener)
+
+    def _admit(self, record: TunnelRecord, message: str) -> bool:
+        """Whether this failure line is logged: a server's are throttled per peer (a client's
+        peer is its own server, and its apps are local).  Tunnels that opened are always
+        logged, open and closed: they are what the policy let through, the audit trail."""
+        if record.endpoint != "server":
+            return True
+        if self.throttle.admit(record.remote_endpoint_addr, message, time.monotonic()):
+            return True
+        if self._summary_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a table used outside the daemon (tests): summarise()
+                return False
+            self._summary_timer = loop.call_later(SUMMARY_EVERY_S, self.summarise)
+        return False
+
+    def summarise(self, *, every: bool = False) -> None:
+        """Log the held-back lines' summaries that are due (all with ``every``)."""
+        self._summary_timer = None
+        now = time.monotonic()
+        for line in self.throttle.summaries(now, every=every):
+            logger.warning(line)
+        if self.throttle.pending:  # peers whose first held-back line is not 10 s old yet
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._summary_timer = loop.call_later(1.0, self.summarise)
 
     def publish_flows(self) -> None:
         """Bring the UDP flow counters of open flows into the metrics (before a scrape)."""
