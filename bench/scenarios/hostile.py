@@ -52,6 +52,9 @@ def _cores() -> tuple[set[int], set[int]]:
     return set(cpus[:-half]), set(cpus[-half:])
 
 
+HONEST_CPUS, HOSTILE_CPUS = _cores()
+
+
 def _pin(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` (the daemon's allocator and loop threads too) on ``cpus``."""
     try:
@@ -66,7 +69,7 @@ def _pin(pid: int, cpus: set[int]) -> None:
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    honest_cpus, hostile_cpus = _cores()
+    honest_cpus, hostile_cpus = HONEST_CPUS, HOSTILE_CPUS
     app = ctx.start_app()  # the honest tunnel's echo
     _pin(app.proc.pid, honest_cpus)
     # What the attackers' tunnels reach: another process, so that the echo measures the
@@ -127,7 +130,7 @@ def _latency(ctx: BenchContext, address: str, count: int) -> subprocess.Popen[by
          "--size", "1", "--count", str(count)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    _pin(proc.pid, _cores()[0])
+    _pin(proc.pid, HONEST_CPUS)
     return proc
 
 
@@ -170,7 +173,7 @@ def _attack(ctx: BenchContext, wire: str, token: str, streams: int) -> list[Any]
         for i in range(CONNECTIONS)
     ]
     for proc in procs:
-        _pin(proc.pid, _cores()[1])
+        _pin(proc.pid, HOSTILE_CPUS)
     return procs
 
 

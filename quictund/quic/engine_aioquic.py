@@ -162,7 +162,9 @@ class AioquicConnection(ConsumptionCredit):
     def sent_streams(self) -> set[int] | None:
         """Streams whose ``unsent`` may have changed since the last call (sent from, or
         discarded): the caller re-reads only those."""
-        moved, self._moved = self._moved, set()
+        moved = self._moved
+        if moved:  # most calls find nothing moved: no new set for those
+            self._moved = set()
         return moved
 
     def open_stream(self) -> int:

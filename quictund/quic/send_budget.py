@@ -106,21 +106,10 @@ class SendBudget(Generic[H]):
         only ones whose count can have changed), or every one when ``moved`` is None."""
         unsent = self._unsent
         queued = self._queued
-        if moved is None:
-            total = 0
-            for sid in list(queued):
-                now = unsent(sid)
-                if now:
-                    queued[sid] = now
-                    total += now
-                else:
-                    del queued[sid]
-            self.total = total
-            return
-        for sid in moved:
+        for sid in list(queued) if moved is None else moved:
             was = queued.get(sid)
             if was is None:
-                continue
+                continue  # moved, but not tracked (nothing queued)
             now = unsent(sid)
             if now:
                 queued[sid] = now
