@@ -118,7 +118,7 @@ class LineThrottle:
         every_s: float = SUMMARY_EVERY_S,
         max_peers: int = 4096,
     ) -> None:
-        self.rate, self.burst, self.every_s = rate, burst, every_s
+        self.every_s = every_s
         self._buckets = SourceBuckets(rate, burst, max_peers)  # least recently heard go first
         self._held: dict[str, Counter[str]] = {}  # peer -> held-back lines by message
         self._since: dict[str, float] = {}  # peer -> when its first held-back line came
@@ -144,10 +144,11 @@ class LineThrottle:
             held = self._held.pop(peer)
             since = self._since.pop(peer)
             what = ", ".join(f"{n} {msg}" for msg, n in held.most_common())
+            rate, burst = self._buckets.rate, self._buckets.burst
             lines.append(
                 f"peer {peer}: {sum(held.values())} tunnel log lines held back in the last "
-                f"{max(now - since, 0):.0f} s ({what}); past {self.burst}, at most "
-                f"{self.rate:g} a second per peer are logged; the metrics count every tunnel"
+                f"{max(now - since, 0):.0f} s ({what}); past {burst:g}, at most {rate:g} a "
+                f"second per peer are logged; the metrics count every tunnel"
             )
         return lines
 
@@ -222,25 +223,23 @@ class TunnelTable:
         if self.throttle.admit(record.remote_endpoint_addr, message, time.monotonic()):
             return True
         if self._summary_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # a table used outside the daemon (tests): summarise()
-                return False
-            self._summary_timer = loop.call_later(SUMMARY_EVERY_S, self.summarise)
+            self._summarise_in(SUMMARY_EVERY_S)
         return False
 
-    def summarise(self, *, every: bool = False) -> None:
-        """Log the held-back lines' summaries that are due (all with ``every``)."""
+    def summarise(self) -> None:
+        """Log the held-back lines' summaries that are due."""
         self._summary_timer = None
-        now = time.monotonic()
-        for line in self.throttle.summaries(now, every=every):
+        for line in self.throttle.summaries(time.monotonic()):
             logger.warning(line)
         if self.throttle.pending:  # peers whose first held-back line is not 10 s old yet
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self._summary_timer = loop.call_later(1.0, self.summarise)
+            self._summarise_in(1.0)
+
+    def _summarise_in(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a table used outside the daemon (tests): nothing scheduled
+            return
+        self._summary_timer = loop.call_later(delay, self.summarise)
 
     def publish_flows(self) -> None:
         """Bring the UDP flow counters of open flows into the metrics (before a scrape)."""

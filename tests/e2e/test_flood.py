@@ -30,14 +30,20 @@ async def api_get(sock: Path, path: str) -> str:
     return body.decode()
 
 
-async def limit_hits(api: Path) -> dict[str, int]:
-    hits: dict[str, int] = {}
+async def counter_totals(api: Path, name: str, label: str) -> dict[str, int]:
+    """The daemon's counter ``name`` by the value of ``label``."""
+    totals: dict[str, int] = {}
     for family in text_string_to_metric_families(await api_get(api, "/metrics")):
-        if family.name == "quictund_limit_hits":
+        if family.name == name:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    hits[sample.labels["limit"]] = int(sample.value)
-    return hits
+                    key = sample.labels[label]
+                    totals[key] = totals.get(key, 0) + int(sample.value)
+    return totals
+
+
+async def limit_hits(api: Path) -> dict[str, int]:
+    return await counter_totals(api, "quictund_limit_hits", "limit")
 
 
 async def wait_hits(api: Path, limit: str, at_least: int, within: float = 15) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.e2e.harness import echo
 from tests.e2e.test_daemon import client_toml, free_udp_port, server_toml
-from tests.e2e.test_flood import api_get, daemon, refused
+from tests.e2e.test_flood import counter_totals, daemon, refused
 
 REPO = Path(__file__).resolve().parents[2]
 STREAMS = 600
@@ -19,12 +19,7 @@ HOSTILE = "127.13.0.9"
 
 
 async def failed_total(api: Path) -> int:
-    text = await api_get(api, "/metrics")
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("quictund_tunnels_failed_total{")
-    )
+    return sum((await counter_totals(api, "quictund_tunnels_failed", "reason")).values())
 
 
 async def test_a_peer_refused_600_times_gets_its_burst_and_one_summary(
