@@ -1,7 +1,8 @@
 # quictund -- the two commands of the README:
 #   make run    install into .venv and run the loopback demo (server + client + echo app)
 #   make test   install into .venv and run lint, types and the whole test suite (the tests
-#               that run real QUIC daemons, tests/e2e, a second time on the qh3 engine)
+#               that run real QUIC daemons, tests/e2e, a second time on the qh3 engine, and the
+#               engine tests a third time on aioquic's pure-Python packet builder)
 # Packaging (Debian 12, as root; each installs the host tools it needs with apt-get):
 #   make deb            build dist/quictund_<version>_amd64.deb and run lintian on it
 #   make e2e-systemd    build the package (as make deb) and install and drive it under a real
@@ -19,14 +20,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# reinstall (and recompile the .pyx) when any of what the install is made of changes
+BUILT_FROM = pyproject.toml setup.py $(wildcard quictund/quic/*.pyx)
+STAMP   = $(VENV)/.installed-$(shell cat $(BUILT_FROM) | sha1sum | cut -c1-12)
+
+# The engine tests again on aioquic's own pure-Python packet builder (the fallback when the
+# compiled one, quictund/quic/_aioquic_builder.pyx, is not built)
+PURE_TESTS = tests/test_engine.py tests/test_engines.py tests/test_engine_bbr.py \
+	tests/test_engine_reorder.py tests/test_session.py tests/test_receive_memory.py \
+	tests/test_send_budget.py tests/test_migrate.py tests/test_stateless_reset.py \
+	tests/test_quic_lb.py tests/test_udpflow_engines.py tests/e2e/test_daemon.py
 
 BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools
 BENCH_LINK ?= loopback,veth
 
 .PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps deb e2e-systemd fuzz
 
-$(STAMP): pyproject.toml
+$(STAMP): $(BUILT_FROM)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -39,6 +49,7 @@ run: $(STAMP)
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
 	QUICTUND_TEST_ENGINE=qh3 $(BIN)/pytest -q tests/e2e
+	QUICTUND_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check quictund tests bench

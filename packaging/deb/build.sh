@@ -9,7 +9,7 @@ out=${OUT:-$root/dist}
 start=$(date +%s)
 
 need=()
-for pkg in debhelper dpkg-dev python3-venv lintian; do
+for pkg in debhelper dpkg-dev python3-venv python3-dev gcc lintian; do
     [ "$pkg" = lintian ] && [ "${LINTIAN:-1}" = 0 ] && continue
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
@@ -32,7 +32,7 @@ trap 'rm -rf "$work"' EXIT
 src=$work/quictund-$upstream
 mkdir -p "$src"
 # Only what the package is made of: no .venv, .git or caches.
-(cd "$root" && tar -cf - --exclude=__pycache__ pyproject.toml README.md LICENSE quictund etc docs packaging) |
+(cd "$root" && tar -cf - --exclude=__pycache__ --exclude="*.so" --exclude="*.c" pyproject.toml setup.py README.md LICENSE quictund etc docs packaging) |
     tar -xf - -C "$src"
 cp -r "$root/packaging/deb/debian" "$src/debian"
 (cd "$src" && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc -j2 >"$work/build.log" 2>&1) || {

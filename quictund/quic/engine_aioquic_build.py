@@ -1,0 +1,57 @@
+"""aioquic adapter, part: which packet builder aioquic's connection uses (issue 15).
+
+aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the name
+it imported into ``aioquic.quic.connection``.  :func:`install` points that name at quictund's
+compiled drop-in (``_aioquic_builder.pyx``, Cython: about a quarter less sender CPU per
+packet, docs/performance.md), once, for every aioquic connection of the process -- they are
+all quictund's.  It stays aioquic's own pure-Python builder when the compiled module was not
+built (no C compiler or Python headers at install time) or when ``QUICTUND_PURE_PYTHON=1``
+asks for it (the test suite's second pass); :data:`BUILDER` says which, and the first
+aioquic endpoint logs a WARNING when it is the slow one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import aioquic.quic.connection
+
+logger = logging.getLogger("quictund.engine")
+
+PURE_ENV = "QUICTUND_PURE_PYTHON"
+
+# "compiled" or why not: set by install()
+BUILDER = "not installed"
+_warned = False
+
+
+def install() -> str:
+    """Give aioquic's connection the compiled builder if there is one; returns :data:`BUILDER`."""
+    global BUILDER
+    if BUILDER != "not installed":
+        return BUILDER
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        BUILDER = f"aioquic's pure-Python packet builder ({PURE_ENV} is set)"
+        return BUILDER
+    try:
+        from quictund.quic._aioquic_builder import PacketBuilder
+    except ImportError as exc:
+        BUILDER = f"aioquic's pure-Python packet builder (the compiled one is not built: {exc})"
+        return BUILDER
+    aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
+    BUILDER = "compiled"
+    return BUILDER
+
+
+def warn_if_pure() -> None:
+    """Say once per process, loudly, that the aioquic engine runs its slow packet path."""
+    global _warned
+    if BUILDER != "compiled" and not _warned:
+        _warned = True
+        logger.warning(
+            "aioquic engine: %s; sending costs about a third more CPU per packet. "
+            "Reinstall with a C compiler and Python's headers (apt install gcc python3-dev) "
+            "to build it",
+            BUILDER,
+        )
