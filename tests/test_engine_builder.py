@@ -67,6 +67,7 @@ AES_KEY_UPDATE = _suite(CipherSuite.AES_128_GCM_SHA256, update=True)
 
 KEYS: dict[str, Keys] = {
     "initial": _initial,
+    "initial-server": lambda: _initial(is_client=False),
     "aes": AES,
     "aes256": AES256,
     "chacha": CHACHA,
@@ -299,3 +300,94 @@ def test_any_sequence_of_calls_gives_the_same_datagrams_and_packets(
         packet_number=packet_number,
         peer_token=peer_token,
     )
+
+
+# ---- receiving: PacketOpener against aioquic's CryptoPair.decrypt_packet
+
+
+def _sealed(keys: str, packet_type: str, packet_number: int, payload: bytes) -> bytes:
+    """One packet as aioquic's builder protects it with a fresh pair of ``keys``."""
+    builder = QuicPacketBuilder(
+        host_cid=HOST_CID,
+        peer_cid=PEER_CID,
+        version=VERSION,
+        is_client=True,
+        max_datagram_size=1452,
+        packet_number=packet_number,
+    )
+    builder.start_packet(TYPES[packet_type], KEYS[keys]())
+    builder.start_frame(QuicFrameType.PING).push_bytes(payload)
+    datagrams, _ = builder.flush()
+    return bytes(datagrams[0])
+
+
+def _open_both(keys: str, packet: bytes, offset: int, expected: int) -> list[Any]:
+    """What aioquic's ``decrypt_packet`` and the compiled opener give (or raise) for one packet."""
+    from aioquic._crypto import CryptoError
+    from cryptography.exceptions import InvalidTag
+
+    results: list[Any] = []
+    for fast in (False, True):
+        pair = KEYS[keys]()
+        if keys == "aes-key-update":
+            pair._update_key_requested = False  # the *peer* updated: its packets carry phase 1
+        opener = compiled.PacketOpener(
+            pair, CryptoPair.decrypt_packet.__get__(pair), CryptoError, InvalidTag
+        )
+        try:
+            got = opener(packet, offset, expected) if fast else pair.decrypt_packet(
+                packet, offset, expected
+            )
+            results.append(("ok", got, pair.recv.key_phase))
+        except Exception as exc:  # the two must raise the same
+            results.append((type(exc), str(exc)))
+    assert results[1] == results[0]
+    return results[0]
+
+
+def _header_length(packet_type: str) -> int:
+    if packet_type == "one_rtt":
+        return 1 + len(PEER_CID)
+    return 1 + 4 + 1 + len(PEER_CID) + 1 + len(HOST_CID) + 2  # no token: not an Initial
+
+
+@pytest.mark.parametrize("keys", ["aes", "aes256", "chacha", "initial"])
+@pytest.mark.parametrize("packet_type", ["one_rtt", "handshake", "zero_rtt"])
+def test_a_packet_opens_the_same(keys: str, packet_type: str) -> None:
+    packet = _sealed(keys, packet_type, 1000, b"payload" * 20)
+    opening = "initial-server" if keys == "initial" else keys  # the other side's keys
+    got = _open_both(opening, packet, _header_length(packet_type), 1000)
+    assert got[0] == "ok" and got[1][2] == 1000
+
+
+def test_a_tampered_packet_raises_the_same_crypto_error() -> None:
+    packet = bytearray(_sealed("aes", "one_rtt", 5, b"x" * 100))
+    packet[-1] ^= 1
+    got = _open_both("aes", bytes(packet), _header_length("one_rtt"), 5)
+    assert got[0].__name__ == "CryptoError"
+
+
+def test_a_packet_too_short_to_sample_raises_the_same() -> None:
+    packet = _sealed("aes", "one_rtt", 5, b"x" * 100)[:20]
+    got = _open_both("aes", packet, _header_length("one_rtt"), 5)
+    assert got[0].__name__ == "CryptoError"
+
+
+def test_a_key_update_by_the_peer_is_left_to_aioquic() -> None:
+    packet = _sealed("aes-key-update", "one_rtt", 9, b"x" * 100)
+    got = _open_both("aes", packet, _header_length("one_rtt"), 9)
+    assert got[0] == "ok" and got[2] == 1  # both moved to key phase 1
+
+
+@settings(max_examples=budget(200), deadline=None)
+@given(
+    sent=st.integers(0, 2**40),
+    expected_delta=st.integers(-40_000, 40_000),
+    payload=st.binary(min_size=0, max_size=1200),
+    packet_type=st.sampled_from(["one_rtt", "handshake"]),
+)
+def test_any_packet_number_decodes_the_same(
+    sent: int, expected_delta: int, payload: bytes, packet_type: str
+) -> None:
+    packet = _sealed("aes", packet_type, sent, payload)
+    _open_both("aes", packet, _header_length(packet_type), max(0, sent + expected_delta))

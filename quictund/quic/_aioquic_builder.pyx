@@ -437,3 +437,105 @@ cdef class PacketBuilder:
             self._total_bytes += used
             self._datagram_init = True
             self._buffer.seek(0)
+
+
+cdef class _OpenKeys:
+    """What removing one AES-GCM receive key's protection needs, taken from aioquic once."""
+
+    cdef object aead_obj
+    cdef object decrypt      # AESGCM.decrypt
+    cdef object mask
+    cdef unsigned char iv[12]
+
+    def __cinit__(self, object aead_obj, object hp):
+        cdef bytes iv = int(aead_obj._iv).to_bytes(12, "big")
+        self.aead_obj = aead_obj
+        self.decrypt = aead_obj._aead.decrypt
+        self.mask = hp._encryptor.update
+        memcpy(self.iv, <const char*>iv, 12)
+
+
+cdef class PacketOpener:
+    """``CryptoPair.decrypt_packet`` for one pair, compiled for AES-GCM keys (issue 15).
+
+    Set as the pair's ``decrypt_packet`` (an instance attribute) by the adapter; aioquic calls
+    it per packet received.  Header protection is removed and the packet number decoded here
+    (RFC 9001 section 5.4, RFC 9000 appendix A.3), the payload opened with one AEAD call.  A
+    missing or non-AES key, a short packet, a key-phase change and every error go to
+    aioquic's own method unchanged, which raises what aioquic expects.
+    """
+
+    cdef object pair
+    cdef object fallback
+    cdef _OpenKeys keys
+    cdef object crypto_error
+    cdef object invalid_tag
+
+    def __init__(self, pair, fallback, crypto_error, invalid_tag):
+        self.pair = pair
+        self.fallback = fallback      # aioquic's CryptoPair.decrypt_packet, bound to the pair
+        self.crypto_error = crypto_error
+        self.invalid_tag = invalid_tag
+        self.keys = None
+
+    def __call__(self, packet, Py_ssize_t encrypted_offset, long long expected):
+        if self.pair._update_key_requested:
+            return self.fallback(packet, encrypted_offset, expected)
+        recv = self.pair.recv
+        aead_obj = recv.aead
+        cdef _OpenKeys keys = self.keys
+        if keys is None or keys.aead_obj is not aead_obj:
+            if aead_obj is None:
+                return self.fallback(packet, encrypted_offset, expected)
+            hp = recv.hp
+            if hp._is_chacha20 or type(aead_obj._aead).__name__ != "AESGCM":
+                return self.fallback(packet, encrypted_offset, expected)
+            keys = _OpenKeys(aead_obj, hp)
+            self.keys = keys
+
+        cdef bytes data = packet if type(packet) is bytes else bytes(packet)
+        cdef Py_ssize_t size = len(data)
+        cdef Py_ssize_t sample_at = encrypted_offset + PN_MAX_SIZE
+        if encrypted_offset < 1 or sample_at + SAMPLE_SIZE > size:
+            return self.fallback(packet, encrypted_offset, expected)
+        cdef bytes mask_bytes = keys.mask(data[sample_at:sample_at + SAMPLE_SIZE])
+        cdef const unsigned char* m = mask_bytes
+        cdef const unsigned char* p = data
+        cdef unsigned char first = p[0]
+        cdef bint long_header = first & 0x80
+        if long_header:
+            first ^= m[0] & 0x0F
+        else:
+            first ^= m[0] & 0x1F
+            if ((first & 4) >> 2) != recv.key_phase:
+                return self.fallback(packet, encrypted_offset, expected)  # key update
+        cdef int pn_length = (first & 0x03) + 1
+        cdef Py_ssize_t header_length = encrypted_offset + pn_length
+        cdef bytes header = PyBytes_FromStringAndSize(NULL, header_length)
+        cdef unsigned char* h = <unsigned char*>PyBytes_AS_STRING(header)
+        memcpy(h, p, header_length)
+        h[0] = first
+        cdef long long truncated = 0
+        cdef int i
+        for i in range(pn_length):
+            h[encrypted_offset + i] ^= m[1 + i]
+            truncated = (truncated << 8) | h[encrypted_offset + i]
+
+        # RFC 9000 appendix A.3
+        cdef long long window = 1LL << (pn_length * 8)
+        cdef long long half = window // 2
+        cdef long long pn = (expected & ~(window - 1)) | truncated
+        if pn <= expected - half and pn < (1LL << 62) - window:
+            pn += window
+        elif pn > expected + half and pn >= window:
+            pn -= window
+
+        cdef unsigned char nonce[12]
+        memcpy(nonce, keys.iv, 12)
+        for i in range(8):
+            nonce[11 - i] ^= (pn >> (8 * i)) & 0xFF
+        try:
+            payload = keys.decrypt(nonce[:12], memoryview(data)[header_length:], header)
+        except self.invalid_tag as exc:
+            raise self.crypto_error(str(exc)) from None
+        return header, payload, pn

@@ -295,6 +295,7 @@ class AioquicConnection(ConsumptionCredit):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
+        build.open_fast([*self._cryptos.values(), *self._cryptos_initial.values()])
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             # aioquic requests a client certificate only through this private flag, accepts
             # an empty one, and never verifies the chain: ClientAuthContext closes both gaps

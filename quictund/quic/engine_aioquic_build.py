@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
+from typing import Any
 
 import aioquic.quic.connection
+from aioquic._crypto import CryptoError
+from aioquic.quic.crypto import CryptoPair
+from cryptography.exceptions import InvalidTag
 
 logger = logging.getLogger("quictund.engine")
 
@@ -24,6 +29,7 @@ PURE_ENV = "QUICTUND_PURE_PYTHON"
 # "compiled" or why not: set by install()
 BUILDER = "not installed"
 _warned = False
+_opener: Any = None  # the compiled PacketOpener class, once installed
 
 
 def install() -> str:
@@ -35,13 +41,29 @@ def install() -> str:
         BUILDER = f"aioquic's pure-Python packet builder ({PURE_ENV} is set)"
         return BUILDER
     try:
-        from quictund.quic._aioquic_builder import PacketBuilder
+        from quictund.quic._aioquic_builder import PacketBuilder, PacketOpener
     except ImportError as exc:
         BUILDER = f"aioquic's pure-Python packet builder (the compiled one is not built: {exc})"
         return BUILDER
+    global _opener
     aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
+    _opener = PacketOpener
     BUILDER = "compiled"
     return BUILDER
+
+
+def open_fast(pairs: Iterable[CryptoPair]) -> None:
+    """Give each of a connection's key pairs the compiled ``decrypt_packet`` (if installed).
+
+    aioquic calls ``pair.decrypt_packet`` for every packet it receives; the compiled one
+    (``PacketOpener``) removes AES-GCM protection in C and hands anything else -- missing keys,
+    ChaCha20, a key update, errors -- to aioquic's own method, bound here as its fallback.
+    """
+    if _opener is None:
+        return
+    for pair in pairs:
+        fallback = CryptoPair.decrypt_packet.__get__(pair)
+        pair.decrypt_packet = _opener(pair, fallback, CryptoError, InvalidTag)  # type: ignore[method-assign]
 
 
 def warn_if_pure() -> None:
