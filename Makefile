@@ -27,7 +27,8 @@ STAMP   = $(VENV)/.installed-$(shell cat $(BUILT_FROM) | sha1sum | cut -c1-12)
 # The engine tests again on aioquic's own pure-Python packet builder (the fallback when the
 # compiled one, quictund/quic/_aioquic_builder.pyx, is not built)
 PURE_TESTS = tests/test_engine.py tests/test_engines.py tests/test_engine_bbr.py \
-	tests/test_engine_reorder.py tests/test_session.py tests/test_receive_memory.py \
+	tests/test_engine_reorder.py tests/test_engine_receive.py tests/test_session.py \
+	tests/test_receive_memory.py \
 	tests/test_send_budget.py tests/test_migrate.py tests/test_stateless_reset.py \
 	tests/test_quic_lb.py tests/test_udpflow_engines.py tests/e2e/test_daemon.py
 

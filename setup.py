@@ -1,9 +1,10 @@
-"""Build hook for quictund's one compiled module; everything else is in pyproject.toml.
+"""Build hook for quictund's compiled modules; everything else is in pyproject.toml.
 
-``quictund/quic/_aioquic_builder.pyx`` (Cython) is the aioquic engine's packet builder in C
-(issue 15, docs/performance.md).  It is *optional*: without a C compiler and Python's headers
-the build goes on without it and quictund runs aioquic's pure-Python builder (the daemon logs
-a WARNING saying so; ``quictund version`` shows which is in use).
+``quictund/quic/_aioquic_builder.pyx`` and ``_aioquic_receive.pyx`` (Cython) are the aioquic
+engine's packet builder and opener and its common receive case in C (issue 15,
+docs/performance.md).  They are *optional*: without a C compiler and Python's headers the
+build goes on without them and quictund runs aioquic's own pure-Python code for all of it
+(the daemon logs a WARNING saying so; quictund/quic/engine_aioquic_build.py).
 """
 
 from Cython.Build import cythonize
@@ -12,11 +13,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=cythonize(
         [
-            Extension(
-                "quictund.quic._aioquic_builder",
-                ["quictund/quic/_aioquic_builder.pyx"],
-                optional=True,
-            )
+            Extension(f"quictund.quic.{name}", [f"quictund/quic/{name}.pyx"], optional=True)
+            for name in ("_aioquic_builder", "_aioquic_receive")
         ],
         language_level=3,
         quiet=True,

@@ -22,9 +22,13 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   data (quictund/quic/pacing.py) that paces only controllers publishing a ``pacing_rate``:
   ``bbr`` (quictund/quic/bbr.py, for lossy links); cubic and reno stay unpaced, their
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
-* **A compiled packet builder** (issue 15; ``_aioquic_builder.pyx`` installed by
-  ``engine_aioquic_build.py``): aioquic's builder in C, the same bytes for a quarter less
-  sender CPU per packet; aioquic's own stays the fallback and is tested too.
+* **A compiled packet path** (issue 15; ``_aioquic_builder.pyx`` and ``_aioquic_receive.pyx``
+  installed by ``engine_aioquic_build.py``): aioquic's builder, packet opener and common
+  receive case in C, the same bytes and rules for a quarter less CPU per packet each way;
+  aioquic's own code stays the fallback and is tested too.
+* **Late packets are not duplicates** (``received.py``): aioquic takes any packet more than
+  128 packet numbers late for a duplicate and drops it; a window of 16,384 lets reordering at
+  any rate through to be acknowledged.
 * **mTLS** (``engine_aioquic_tls.py``): a client certificate is required and verified in the
   handshake (``ClientAuthContext``; the checks are shared with qh3 in ``peer_checks.py``), a
   server may be pinned, and the server's chain is checked by ``peer_checks`` as for qh3
@@ -56,6 +60,7 @@ from quictund.quic.credit import (
 from quictund.quic.engine_aioquic_cids import install as install_quic_lb
 from quictund.quic.engine_aioquic_credit import ConsumptionCredit
 from quictund.quic.engine_aioquic_tls import ClientAuthContext, ServerCheckContext
+from quictund.quic.received import ReceivedWindow
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
 
 __all__ = ["AioquicConnection", "QuicConfiguration", "events", "make_configuration"]
@@ -243,7 +248,9 @@ class AioquicConnection(ConsumptionCredit):
         if resets.received_reset(self, data):  # the server lost this connection
             return
         before = paths.active_path(self)
-        super().receive_datagram(data, addr, now)
+        fast = build.fast_receive
+        if fast is None or not fast(self, data, addr, now):
+            super().receive_datagram(data, addr, now)
         paths.after_receive(self, before)  # a client moved: challenge it now (roaming)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -296,6 +303,8 @@ class AioquicConnection(ConsumptionCredit):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         build.open_fast([*self._cryptos.values(), *self._cryptos_initial.values()])
+        for space in self._spaces.values():  # 128 packet numbers were not enough: received.py
+            space.received_packets = ReceivedWindow()  # type: ignore[assignment]
         if not self._is_client and (self._client_cafile is not None or self._client_pins):
             # aioquic requests a client certificate only through this private flag, accepts
             # an empty one, and never verifies the chain: ClientAuthContext closes both gaps

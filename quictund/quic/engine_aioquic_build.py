@@ -1,20 +1,28 @@
-"""aioquic adapter, part: which packet builder aioquic's connection uses (issue 15).
+"""aioquic adapter, part: the compiled per-packet path, when it is there (issue 15).
 
-aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the name
-it imported into ``aioquic.quic.connection``.  :func:`install` points that name at quictund's
-compiled drop-in (``_aioquic_builder.pyx``, Cython: about a quarter less sender CPU per
-packet, docs/performance.md), once, for every aioquic connection of the process -- they are
-all quictund's.  It stays aioquic's own pure-Python builder when the compiled module was not
-built (no C compiler or Python headers at install time) or when ``QUICTUND_PURE_PYTHON=1``
-asks for it (the test suite's second pass); :data:`BUILDER` says which, and the first
-aioquic endpoint logs a WARNING when it is the slow one.
+Three pieces, all Cython in this directory (docs/performance.md has what each saves):
+
+* aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the
+  name it imported into ``aioquic.quic.connection``.  :func:`install` points that name at
+  ``_aioquic_builder.PacketBuilder``, once, for every aioquic connection of the process
+  (they are all quictund's).
+* :func:`open_fast` gives a connection's key pairs ``_aioquic_builder.PacketOpener`` as
+  their ``decrypt_packet``.
+* :data:`fast_receive` (``_aioquic_receive.receive_short``) handles a datagram that is one
+  1-RTT packet of an established connection; ``AioquicConnection.receive_datagram`` calls it
+  first and aioquic's own method when it declines.
+
+All of it stays aioquic's own pure-Python code when the modules were not built (no C compiler
+or Python headers at install time) or when ``QUICTUND_PURE_PYTHON=1`` asks for it (``make
+test`` runs the engine tests that way too); :data:`BUILDER` says which, and the first aioquic
+endpoint logs a WARNING when it is the slow one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aioquic.quic.connection
@@ -30,6 +38,9 @@ PURE_ENV = "QUICTUND_PURE_PYTHON"
 BUILDER = "not installed"
 _warned = False
 _opener: Any = None  # the compiled PacketOpener class, once installed
+# the compiled common receive case (_aioquic_receive.receive_short), once installed: True if
+# it handled the datagram, False if aioquic's receive_datagram must
+fast_receive: Callable[[Any, bytes, Any, float], bool] | None = None
 
 
 def install() -> str:
@@ -38,16 +49,18 @@ def install() -> str:
     if BUILDER != "not installed":
         return BUILDER
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
-        BUILDER = f"aioquic's pure-Python packet builder ({PURE_ENV} is set)"
+        BUILDER = f"aioquic's pure-Python packet path ({PURE_ENV} is set)"
         return BUILDER
     try:
         from quictund.quic._aioquic_builder import PacketBuilder, PacketOpener
+        from quictund.quic._aioquic_receive import receive_short
     except ImportError as exc:
-        BUILDER = f"aioquic's pure-Python packet builder (the compiled one is not built: {exc})"
+        BUILDER = f"aioquic's pure-Python packet path (the compiled one is not built: {exc})"
         return BUILDER
-    global _opener
+    global _opener, fast_receive
     aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
     _opener = PacketOpener
+    fast_receive = receive_short
     BUILDER = "compiled"
     return BUILDER
 
@@ -72,7 +85,8 @@ def warn_if_pure() -> None:
     if BUILDER != "compiled" and not _warned:
         _warned = True
         logger.warning(
-            "aioquic engine: %s; sending costs about a third more CPU per packet. "
+            "aioquic engine: %s; each packet costs about a third more CPU to send and a "
+            "quarter more to receive. "
             "Reinstall with a C compiler and Python's headers (apt install gcc python3-dev) "
             "to build it",
             BUILDER,

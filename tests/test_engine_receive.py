@@ -1,0 +1,214 @@
+"""The compiled common receive case (quictund/quic/_aioquic_receive.pyx) does what aioquic does.
+
+Each test runs twice on an in-memory aioquic pair: with the compiled ``receive_short`` in front
+of aioquic's ``receive_datagram`` (as the daemon runs) and without it (aioquic's own path, the
+control), and asserts the same outcome: data intact and acknowledged, a replayed datagram
+dropped as a duplicate, a corrupted one dropped without harm, reserved bits closing the
+connection, a key update by the peer, a datagram from a new address left to aioquic's
+migration rules.  With the compiled path it also asserts that steady-state datagrams really
+took it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aioquic import tls as aioquic_tls
+from aioquic.quic.connection import QuicConnectionState
+
+from quictund.quic import engine_aioquic_build as build
+from quictund.quic.engine import EngineSettings, events
+from tests.engine_pair import CLIENT_ADDR, KIB, Certs, Pair, make_certs, make_pair
+
+COMPILED = build.fast_receive is not None
+if os.environ.get("CI") == "true" and not os.environ.get(build.PURE_ENV):
+    assert COMPILED, f"CI builds the compiled receive path: {build.BUILDER}"
+
+SETTINGS = EngineSettings(
+    stream_window=256 * KIB,
+    connection_window=1024 * KIB,
+    initial_stream_window=256 * KIB,
+    receive_budget=1024 * KIB,
+)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("receive-certs"))
+
+
+class Counted:
+    """``build.fast_receive`` that counts the datagrams it took and declined."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.took = 0
+        self.declined = 0
+
+    def __call__(self, conn: Any, data: bytes, addr: Any, now: float) -> bool:
+        taken = bool(self.inner(conn, data, addr, now))
+        if taken:
+            self.took += 1
+        else:
+            self.declined += 1
+        return taken
+
+
+@pytest.fixture(params=["compiled", "aioquic"])
+def path(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Counted | None]:
+    if request.param == "compiled":
+        if not COMPILED:
+            pytest.skip(f"not built: {build.BUILDER}")
+        counted = Counted(build.fast_receive)
+        monkeypatch.setattr(build, "fast_receive", counted)
+        yield counted
+    else:
+        monkeypatch.setattr(build, "fast_receive", None)
+        yield None
+
+
+def _pair(certs: Certs) -> Pair:
+    pair = make_pair(certs, SETTINGS)
+    pair.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
+    return pair
+
+
+def _server_bytes(pair: Pair, stream_id: int) -> bytes:
+    return b"".join(
+        e.data
+        for e in pair.server_events
+        if isinstance(e, events.StreamDataReceived) and e.stream_id == stream_id
+    )
+
+
+def _one_datagram(pair: Pair, payload: bytes) -> tuple[int, bytes]:
+    """A client datagram carrying ``payload`` on a new stream, not yet delivered."""
+    stream_id = pair.client.open_stream()
+    pair.client.send_stream_data(stream_id, payload)
+    datagrams = pair.client.datagrams_to_send(now=pair.now)
+    assert len(datagrams) == 1
+    return stream_id, datagrams[0][0]
+
+
+def test_a_bulk_transfer_arrives_intact_and_acknowledged(
+    certs: Certs, path: Counted | None
+) -> None:
+    pair = _pair(certs)
+    stream_id = pair.client.open_stream()
+    data = os.urandom(600 * KIB)
+    pair.client.send_stream_data(stream_id, data, end_stream=True)
+    pair.run_until(lambda: len(_server_bytes(pair, stream_id)) == len(data))
+    pair.pump()
+    assert _server_bytes(pair, stream_id) == data
+    assert pair.client.bytes_in_flight == 0  # every packet acknowledged
+    assert pair.server._spaces[aioquic_tls.Epoch.ONE_RTT].ack_at is None
+    if path is not None:  # nearly every datagram after the handshake took the compiled path
+        assert path.took > 400 and path.declined <= 4, (path.took, path.declined)
+
+
+def test_a_replayed_datagram_is_dropped_as_a_duplicate(certs: Certs, path: Counted | None) -> None:
+    pair = _pair(certs)
+    stream_id, datagram = _one_datagram(pair, b"once")
+    took = path.took if path is not None else 0
+    for _ in range(2):
+        pair.server.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+        pair.drain()
+    assert _server_bytes(pair, stream_id) == b"once"
+    assert sum(isinstance(e, events.StreamDataReceived) for e in pair.server_events) == 1
+    if path is not None:
+        assert path.took == took + 2  # the replay too: dropped by the compiled path itself
+
+
+def test_a_corrupted_datagram_is_dropped_and_the_connection_lives(
+    certs: Certs, path: Counted | None
+) -> None:
+    pair = _pair(certs)
+    stream_id, datagram = _one_datagram(pair, b"spoiled")
+    bad = bytearray(datagram)
+    bad[-1] ^= 0xFF  # the AEAD tag
+    pair.server.receive_datagram(bytes(bad), CLIENT_ADDR, now=pair.now)
+    pair.drain()
+    assert _server_bytes(pair, stream_id) == b""
+    assert pair.server._state is QuicConnectionState.CONNECTED
+    pair.server.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)  # the genuine one
+    pair.drain()
+    assert _server_bytes(pair, stream_id) == b"spoiled"
+
+
+def test_reserved_bits_set_close_the_connection(certs: Certs, path: Counted | None) -> None:
+    pair = _pair(certs)
+    client, server = pair.client, pair.server
+    crypto = client._cryptos[aioquic_tls.Epoch.ONE_RTT]
+    number = client._packet_number
+    first = 0x40 | 0x18 | (crypto.key_phase << 2) | 0x01  # fixed bit, reserved bits, 2-byte pn
+    header = bytes([first]) + client._peer_cid.cid + (number & 0xFFFF).to_bytes(2, "big")
+    packet = crypto.encrypt_packet(header, b"\x01" + bytes(20), number)  # PING + PADDING
+    server.receive_datagram(packet, CLIENT_ADDR, now=pair.now)
+    pair.run_until(lambda: pair.client_got(events.ConnectionTerminated))
+    closed = [e for e in pair.client_events if isinstance(e, events.ConnectionTerminated)]
+    assert closed[0].reason_phrase == "Reserved bits must be zero"
+    assert closed[0].error_code == 0x0A  # PROTOCOL_VIOLATION
+
+
+def test_a_key_update_by_the_peer_is_followed(certs: Certs, path: Counted | None) -> None:
+    pair = _pair(certs)
+    phase = pair.server._cryptos[aioquic_tls.Epoch.ONE_RTT].recv.key_phase
+    pair.client.request_key_update()
+    stream_id, datagram = _one_datagram(pair, b"new keys")
+    pair.server.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    pair.drain()
+    assert _server_bytes(pair, stream_id) == b"new keys"
+    assert pair.server._cryptos[aioquic_tls.Epoch.ONE_RTT].recv.key_phase != phase
+    more = pair.client.open_stream()
+    pair.client.send_stream_data(more, b"and after")
+    pair.pump()
+    assert _server_bytes(pair, more) == b"and after"
+
+
+def test_a_datagram_from_a_new_address_is_left_to_aioquic(
+    certs: Certs, path: Counted | None
+) -> None:
+    pair = _pair(certs)
+    stream_id, datagram = _one_datagram(pair, b"moved")
+    if path is not None:
+        before = path.declined
+    pair.server.receive_datagram(datagram, ("9.9.9.9", 9999), now=pair.now)
+    pair.drain()
+    assert _server_bytes(pair, stream_id) == b"moved"
+    assert ("9.9.9.9", 9999) in [p.addr for p in pair.server._network_paths]
+    if path is not None:
+        assert path.declined == before + 1
+
+
+def test_a_packet_300_numbers_late_is_acknowledged_not_dropped(
+    certs: Certs, path: Counted | None
+) -> None:
+    # aioquic took any packet more than 128 packet numbers late for a duplicate (received.py)
+    pair = _pair(certs)
+    stream_id = pair.client.open_stream()
+    pair.client.send_stream_data(stream_id, os.urandom(900 * KIB))
+    space = pair.server._spaces[aioquic_tls.Epoch.ONE_RTT]
+    held: tuple[bytes, int] | None = None
+    delivered = 0
+    for _ in range(2000):
+        for data, _addr in pair.client.datagrams_to_send(now=pair.now):
+            if held is None and delivered == 20:
+                held = (data, space.largest_received_packet + 1)  # the next packet number
+            else:
+                pair.server.receive_datagram(data, CLIENT_ADDR, now=pair.now)
+            delivered += 1
+        pair.drain()
+        for data, _addr in pair.server.datagrams_to_send(now=pair.now):
+            pair.client.receive_datagram(data, ("2.3.4.5", 4433), now=pair.now)
+        pair.drain()
+        pair.now += 0.001
+        if delivered > 20 + 300:
+            break
+    assert held is not None and space.largest_received_packet > held[1] + 300
+    pair.server.receive_datagram(held[0], CLIENT_ADDR, now=pair.now)
+    assert any(held[1] in r for r in space.ack_queue)  # will be acknowledged
