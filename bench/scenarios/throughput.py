@@ -32,9 +32,17 @@ def metric(direction: str, conns: int) -> str:
 
 def run(ctx: BenchContext) -> list[Row]:
     app = ctx.start_app()
-    running, rows = ctx.start_paths(NAME, ctx.spec((app.host, app.port)))
+    spec = ctx.spec((app.host, app.port))
+    running, rows = ctx.start_paths(NAME, spec)
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for rep in range(ctx.reps):
+        if rep:
+            # Every run starts its tunnels afresh: quic-tun's, once 100 tunnels opened at
+            # once, moved 0 bytes through every later tunnel (2026-12-05), which voided
+            # every row of its runs 2 and 3 instead of only the row that broke it.
+            for path in running.values():
+                ctx.stop_path(path)
+            running, _ = ctx.start_paths(NAME, spec)
         for direction, conns in cases(ctx.quick):
             for name, path in running.items():
                 ctx.log(f"{metric(direction, conns)} via {name} (run {rep + 1}/{ctx.reps})")
