@@ -24,19 +24,25 @@ pytestmark = pytest.mark.skipif(
 
 
 async def _listening(port: int, within: float = 10.0) -> None:
-    """Wait until iperf3's server accepts its TCP control connection on ``port``."""
+    """Wait until iperf3's server listens on ``port``, read from /proc/net/tcp.
+
+    Not by connecting: iperf3 takes any connection for a client's test, and a probe that hung
+    up left it resetting the next connection ("unable to receive control message: Connection
+    reset by peer", 1 run in CI, 2026-12-05)."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
+        if _listens(port):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"iperf3 is not listening on 127.0.0.1:{port}")
+        await asyncio.sleep(0.05)
+
+
+def _listens(port: int) -> bool:
+    """A socket listens on 127.0.0.1:``port`` (state 0A, TCP_LISTEN, in /proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(f[1] == wanted and f[3] == "0A" for f in (line.split() for line in lines))
 
 
 async def _iperf(port: int) -> dict[str, Any]:
