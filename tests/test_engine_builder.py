@@ -1,4 +1,5 @@
-"""The compiled packet builder (quictund/quic/_aioquic_builder.pyx) against aioquic's own.
+"""The compiled packet builder and protection (quictund/quic/_aioquic_builder.pyx,
+_aioquic_protect.pyx) against aioquic's own.
 
 Both builders are driven through the same calls -- packet types, frames of every kind, the
 congestion and anti-amplification limits aioquic sets, key updates, ChaCha20 keys, a qlog
@@ -26,11 +27,15 @@ from hypothesis import strategies as st
 
 from tests.hypothesis_profiles import budget
 
-if os.environ.get("CI") == "true":  # CI installs a compiler: the module must have been built
+if os.environ.get("CI") == "true":  # CI installs a compiler: the modules must have been built
     from quictund.quic import _aioquic_builder as compiled
+    from quictund.quic import _aioquic_protect as protect
 else:
     compiled = pytest.importorskip(
         "quictund.quic._aioquic_builder", reason="the compiled builder is not built"
+    )
+    protect = pytest.importorskip(
+        "quictund.quic._aioquic_protect", reason="the compiled protection is not built"
     )
 PacketBuilder = compiled.PacketBuilder
 
@@ -331,7 +336,7 @@ def _open_both(keys: str, packet: bytes, offset: int, expected: int) -> list[Any
         pair = KEYS[keys]()
         if keys == "aes-key-update":
             pair._update_key_requested = False  # the *peer* updated: its packets carry phase 1
-        opener = compiled.PacketOpener(
+        opener = protect.PacketOpener(
             pair, CryptoPair.decrypt_packet.__get__(pair), CryptoError, InvalidTag
         )
         try:

@@ -1,6 +1,6 @@
 """Types of the compiled packet builder (_aioquic_builder.pyx): aioquic's builder interface."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aioquic._buffer import Buffer
@@ -42,15 +42,3 @@ class PacketBuilder:
         handler_args: Sequence[Any] = (),
     ) -> Buffer: ...
     def start_packet(self, packet_type: QuicPacketType, crypto: CryptoPair) -> None: ...
-
-class PacketOpener:
-    def __init__(
-        self,
-        pair: CryptoPair,
-        fallback: Callable[[bytes, int, int], tuple[bytes, bytes, int]],
-        crypto_error: type[Exception],
-        invalid_tag: type[Exception],
-    ) -> None: ...
-    def __call__(
-        self, packet: bytes, encrypted_offset: int, expected: int
-    ) -> tuple[bytes, bytes, int]: ...

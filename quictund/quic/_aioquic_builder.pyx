@@ -8,10 +8,9 @@ sender spends per packet (docs/performance.md, "Where the default engine's time 
 :class:`PacketBuilder` is a drop-in with the same interface (what aioquic's connection calls:
 ``start_packet``, ``start_frame``, ``flush``, the ``packet_*``/``remaining_*`` properties and
 ``max_flight_bytes``/``max_total_bytes``/``quic_logger_frames``), written for C: its state is
-C fields, frame types are checked as integers, and an AES-GCM packet is protected with one
-AEAD call and one header-protection call, the nonce and the header mask done here.  Frames
-are still written by aioquic's own code into aioquic's ``Buffer``, which :meth:`start_frame`
-returns.
+C fields, frame types are checked as integers, and an AES-GCM packet is protected by
+``_aioquic_protect.Sealer`` (one AEAD call and one header-mask call).  Frames are still
+written by aioquic's own code into aioquic's ``Buffer``, which :meth:`start_frame` returns.
 
 Packets whose keys are ChaCha20 or that carry a pending key update go through aioquic's
 ``CryptoPair.encrypt_packet`` unchanged (its ordering of the key update matters there).  The
@@ -20,14 +19,13 @@ rules this follows (RFC 9000 sections 12.2, 14.1, 17; RFC 9001 section 5.4; RFC 
 byte.  ``engine_aioquic_build`` installs it; ``QUICTUND_PURE_PYTHON=1`` keeps aioquic's own.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.string cimport memcpy
-
 from aioquic.quic.packet import QuicPacketType, encode_long_header_first_byte
 from aioquic.quic.packet_builder import QuicPacketBuilderStop, QuicSentPacket
 from aioquic.tls import Epoch
 
 from aioquic.buffer import Buffer, size_uint_var
+
+from quictund.quic._aioquic_protect import sealer_for
 
 cdef object _INITIAL = QuicPacketType.INITIAL
 cdef object _HANDSHAKE = QuicPacketType.HANDSHAKE
@@ -51,7 +49,6 @@ cdef enum:
 cdef enum:
     PN_SEND_SIZE = 2      # every packet number is sent in 2 bytes (as aioquic does)
     PN_MAX_SIZE = 4       # header protection samples 4 bytes past the packet number's start
-    SAMPLE_SIZE = 16
     TAG_SIZE = 16
     FIXED_BIT = 0x40
     NEW_DATAGRAM_BELOW = 128  # room left in a datagram under which a packet starts a new one
@@ -76,44 +73,6 @@ cdef inline bint _in_flight(long frame_type):
         or frame_type == FRAME_TRANSPORT_CLOSE
         or frame_type == FRAME_APPLICATION_CLOSE
     )
-
-
-cdef class _Keys:
-    """What protecting a packet with one AES-GCM send key needs, taken from aioquic once."""
-
-    cdef object aead_obj     # aioquic's AEAD wrapper these were read from (changes on key update)
-    cdef object encrypt      # AESGCM.encrypt
-    cdef object mask         # the header-protection cipher's update (AES-ECB of the sample)
-    cdef unsigned char iv[12]
-
-    def __cinit__(self, object aead_obj, object hp):
-        cdef bytes iv = int(aead_obj._iv).to_bytes(12, "big")
-        self.aead_obj = aead_obj
-        self.encrypt = aead_obj._aead.encrypt
-        self.mask = hp._encryptor.update
-        memcpy(self.iv, <const char*>iv, 12)
-
-    cdef bytes nonce(self, unsigned long long packet_number):
-        cdef unsigned char out[12]
-        cdef int i
-        memcpy(out, self.iv, 12)
-        for i in range(8):
-            out[11 - i] ^= (packet_number >> (8 * i)) & 0xFF
-        return out[:12]
-
-
-cdef object _fast_keys(object crypto, _Keys cached):
-    """The AES-GCM keys of ``crypto``'s send side, or None if aioquic must protect the packet."""
-    if crypto._update_key_requested:
-        return None  # aioquic applies the key update inside encrypt_packet: keep its order
-    send = crypto.send
-    aead_obj = send.aead
-    if cached is not None and cached.aead_obj is aead_obj:
-        return cached
-    hp = send.hp
-    if hp._is_chacha20 or type(aead_obj._aead).__name__ != "AESGCM":
-        return None
-    return _Keys(aead_obj, hp)
 
 
 cdef class PacketBuilder:
@@ -152,7 +111,7 @@ cdef class PacketBuilder:
     cdef object _tell
     cdef Py_ssize_t _buffer_capacity
     cdef Py_ssize_t _flight_capacity
-    cdef _Keys _keys
+    cdef object _sealer  # the last _aioquic_protect.Sealer used (one per send key)
 
     def __init__(
         self,
@@ -194,7 +153,7 @@ cdef class PacketBuilder:
         self._tell = self._buffer.tell
         self._buffer_capacity = max_datagram_size
         self._flight_capacity = max_datagram_size
-        self._keys = None
+        self._sealer = None
 
     @property
     def packet_is_empty(self):
@@ -359,7 +318,7 @@ cdef class PacketBuilder:
 
         cdef long long pn = self._packet_number
         cdef bytes header
-        keys = _fast_keys(crypto, self._keys)
+        sealer = sealer_for(crypto, self._sealer)
         if short:
             first = (FIXED_BIT | (self._spin_bit << 5) | (crypto.key_phase << 2)
                      | (PN_SEND_SIZE - 1))
@@ -382,11 +341,13 @@ cdef class PacketBuilder:
 
         payload = buf.data_slice(start + header_size, start + size)
         buf.seek(start)
-        if keys is None:
+        if sealer is None:
             buf.push_bytes(crypto.encrypt_packet(header, payload, pn))
         else:
-            self._keys = <_Keys>keys
-            self._protect(<_Keys>keys, header, payload, pn)
+            self._sealer = sealer
+            protected_header, sealed = sealer.seal(header, payload, pn)
+            buf.push_bytes(protected_header)
+            buf.push_bytes(sealed)
 
         sent = <Py_ssize_t>self._tell() - start
         packet.sent_bytes = sent
@@ -398,28 +359,6 @@ cdef class PacketBuilder:
         self._packet_number = pn + 1
         self._packet = None
         self.quic_logger_frames = None
-
-    cdef _protect(self, _Keys keys, bytes header, object payload, long long pn):
-        """AEAD and header protection of one packet, written at the buffer's position."""
-        cdef bytes sealed = keys.encrypt(keys.nonce(pn), payload, header)
-        # the sample starts PN_MAX_SIZE bytes after the packet number, which is PN_SEND_SIZE
-        # long and ends the header
-        cdef bytes mask = keys.mask(sealed[PN_MAX_SIZE - PN_SEND_SIZE:
-                                           PN_MAX_SIZE - PN_SEND_SIZE + SAMPLE_SIZE])
-        cdef Py_ssize_t hlen = len(header)
-        # a fresh bytes object nobody else holds yet, so it may still be written to
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen)
-        cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
-        memcpy(p, <const char*>header, hlen)
-        cdef const unsigned char* m = mask
-        if p[0] & 0x80:
-            p[0] ^= m[0] & 0x0F
-        else:
-            p[0] ^= m[0] & 0x1F
-        p[hlen - 2] ^= m[1]
-        p[hlen - 1] ^= m[2]
-        self._buffer.push_bytes(out)
-        self._buffer.push_bytes(sealed)
 
     cdef _flush_current_datagram(self):
         cdef Py_ssize_t used = self._tell()
@@ -438,104 +377,3 @@ cdef class PacketBuilder:
             self._datagram_init = True
             self._buffer.seek(0)
 
-
-cdef class _OpenKeys:
-    """What removing one AES-GCM receive key's protection needs, taken from aioquic once."""
-
-    cdef object aead_obj
-    cdef object decrypt      # AESGCM.decrypt
-    cdef object mask
-    cdef unsigned char iv[12]
-
-    def __cinit__(self, object aead_obj, object hp):
-        cdef bytes iv = int(aead_obj._iv).to_bytes(12, "big")
-        self.aead_obj = aead_obj
-        self.decrypt = aead_obj._aead.decrypt
-        self.mask = hp._encryptor.update
-        memcpy(self.iv, <const char*>iv, 12)
-
-
-cdef class PacketOpener:
-    """``CryptoPair.decrypt_packet`` for one pair, compiled for AES-GCM keys (issue 15).
-
-    Set as the pair's ``decrypt_packet`` (an instance attribute) by the adapter; aioquic calls
-    it per packet received.  Header protection is removed and the packet number decoded here
-    (RFC 9001 section 5.4, RFC 9000 appendix A.3), the payload opened with one AEAD call.  A
-    missing or non-AES key, a short packet, a key-phase change and every error go to
-    aioquic's own method unchanged, which raises what aioquic expects.
-    """
-
-    cdef object pair
-    cdef object fallback
-    cdef _OpenKeys keys
-    cdef object crypto_error
-    cdef object invalid_tag
-
-    def __init__(self, pair, fallback, crypto_error, invalid_tag):
-        self.pair = pair
-        self.fallback = fallback      # aioquic's CryptoPair.decrypt_packet, bound to the pair
-        self.crypto_error = crypto_error
-        self.invalid_tag = invalid_tag
-        self.keys = None
-
-    def __call__(self, packet, Py_ssize_t encrypted_offset, long long expected):
-        if self.pair._update_key_requested:
-            return self.fallback(packet, encrypted_offset, expected)
-        recv = self.pair.recv
-        aead_obj = recv.aead
-        cdef _OpenKeys keys = self.keys
-        if keys is None or keys.aead_obj is not aead_obj:
-            if aead_obj is None:
-                return self.fallback(packet, encrypted_offset, expected)
-            hp = recv.hp
-            if hp._is_chacha20 or type(aead_obj._aead).__name__ != "AESGCM":
-                return self.fallback(packet, encrypted_offset, expected)
-            keys = _OpenKeys(aead_obj, hp)
-            self.keys = keys
-
-        cdef bytes data = packet if type(packet) is bytes else bytes(packet)
-        cdef Py_ssize_t size = len(data)
-        cdef Py_ssize_t sample_at = encrypted_offset + PN_MAX_SIZE
-        if encrypted_offset < 1 or sample_at + SAMPLE_SIZE > size:
-            return self.fallback(packet, encrypted_offset, expected)
-        cdef bytes mask_bytes = keys.mask(data[sample_at:sample_at + SAMPLE_SIZE])
-        cdef const unsigned char* m = mask_bytes
-        cdef const unsigned char* p = data
-        cdef unsigned char first = p[0]
-        cdef bint long_header = first & 0x80
-        if long_header:
-            first ^= m[0] & 0x0F
-        else:
-            first ^= m[0] & 0x1F
-            if ((first & 4) >> 2) != recv.key_phase:
-                return self.fallback(packet, encrypted_offset, expected)  # key update
-        cdef int pn_length = (first & 0x03) + 1
-        cdef Py_ssize_t header_length = encrypted_offset + pn_length
-        cdef bytes header = PyBytes_FromStringAndSize(NULL, header_length)
-        cdef unsigned char* h = <unsigned char*>PyBytes_AS_STRING(header)
-        memcpy(h, p, header_length)
-        h[0] = first
-        cdef long long truncated = 0
-        cdef int i
-        for i in range(pn_length):
-            h[encrypted_offset + i] ^= m[1 + i]
-            truncated = (truncated << 8) | h[encrypted_offset + i]
-
-        # RFC 9000 appendix A.3
-        cdef long long window = 1LL << (pn_length * 8)
-        cdef long long half = window // 2
-        cdef long long pn = (expected & ~(window - 1)) | truncated
-        if pn <= expected - half and pn < (1LL << 62) - window:
-            pn += window
-        elif pn > expected + half and pn >= window:
-            pn -= window
-
-        cdef unsigned char nonce[12]
-        memcpy(nonce, keys.iv, 12)
-        for i in range(8):
-            nonce[11 - i] ^= (pn >> (8 * i)) & 0xFF
-        try:
-            payload = keys.decrypt(nonce[:12], memoryview(data)[header_length:], header)
-        except self.invalid_tag as exc:
-            raise self.crypto_error(str(exc)) from None
-        return header, payload, pn

@@ -22,10 +22,10 @@ What aioquic lacks and this adapter adds (see docs/design.md, "Engine gaps"):
   data (quictund/quic/pacing.py) that paces only controllers publishing a ``pacing_rate``:
   ``bbr`` (quictund/quic/bbr.py, for lossy links); cubic and reno stay unpaced, their
   congestion window bounding bursts.  The glue is in quictund/quic/aioquic_cc.py.
-* **A compiled packet path** (issue 15; ``_aioquic_builder.pyx`` and ``_aioquic_receive.pyx``
-  installed by ``engine_aioquic_build.py``): aioquic's builder, packet opener and common
-  receive case in C, the same bytes and rules for a quarter less CPU per packet each way;
-  aioquic's own code stays the fallback and is tested too.
+* **A compiled packet path** (issue 15; ``_aioquic_builder.pyx``, ``_aioquic_protect.pyx``
+  and ``_aioquic_receive.pyx``, installed by ``engine_aioquic_build.py``): aioquic's packet
+  builder, packet protection and common receive case in C, the same bytes and rules for a
+  quarter less CPU per packet each way; aioquic's own code stays the fallback, tested too.
 * **Late packets are not duplicates** (``received.py``): aioquic takes any packet more than
   128 packet numbers late for a duplicate and drops it; a window of 16,384 lets reordering at
   any rate through to be acknowledged.

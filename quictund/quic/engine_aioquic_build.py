@@ -6,8 +6,8 @@ Three pieces, all Cython in this directory (docs/performance.md has what each sa
   name it imported into ``aioquic.quic.connection``.  :func:`install` points that name at
   ``_aioquic_builder.PacketBuilder``, once, for every aioquic connection of the process
   (they are all quictund's).
-* :func:`open_fast` gives a connection's key pairs ``_aioquic_builder.PacketOpener`` as
-  their ``decrypt_packet``.
+* :func:`open_fast` gives a connection's key pairs ``_aioquic_protect.PacketOpener`` as
+  their ``decrypt_packet`` (the builder seals with ``_aioquic_protect.Sealer``).
 * :data:`fast_receive` (``_aioquic_receive.receive_short``) handles a datagram that is one
   1-RTT packet of an established connection; ``AioquicConnection.receive_datagram`` calls it
   first and aioquic's own method when it declines.
@@ -52,7 +52,8 @@ def install() -> str:
         BUILDER = f"aioquic's pure-Python packet path ({PURE_ENV} is set)"
         return BUILDER
     try:
-        from quictund.quic._aioquic_builder import PacketBuilder, PacketOpener
+        from quictund.quic._aioquic_builder import PacketBuilder
+        from quictund.quic._aioquic_protect import PacketOpener
         from quictund.quic._aioquic_receive import receive_short
     except ImportError as exc:
         BUILDER = f"aioquic's pure-Python packet path (the compiled one is not built: {exc})"

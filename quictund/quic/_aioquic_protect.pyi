@@ -1,0 +1,24 @@
+"""Types of the compiled packet protection (_aioquic_protect.pyx)."""
+
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.quic.crypto import CryptoPair
+
+class Sealer:
+    def __init__(self, aead_obj: Any, hp: Any) -> None: ...
+    def seal(self, header: bytes, payload: bytes, packet_number: int) -> tuple[bytes, bytes]: ...
+
+def sealer_for(crypto: CryptoPair, cached: Sealer | None) -> Sealer | None: ...
+
+class PacketOpener:
+    def __init__(
+        self,
+        pair: CryptoPair,
+        fallback: Callable[[bytes, int, int], tuple[bytes, bytes, int]],
+        crypto_error: type[Exception],
+        invalid_tag: type[Exception],
+    ) -> None: ...
+    def __call__(
+        self, packet: bytes, encrypted_offset: int, expected: int
+    ) -> tuple[bytes, bytes, int]: ...
