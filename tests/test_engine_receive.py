@@ -21,7 +21,7 @@ from aioquic.quic.connection import QuicConnectionState
 
 from quictund.quic import engine_aioquic_build as build
 from quictund.quic.engine import EngineSettings, events
-from tests.engine_pair import CLIENT_ADDR, KIB, Certs, Pair, make_certs, make_pair
+from tests.engine_pair import CLIENT_ADDR, KIB, SERVER_ADDR, Certs, Pair, make_certs, make_pair
 
 COMPILED = build.fast_receive is not None
 if os.environ.get("CI") == "true" and not os.environ.get(build.PURE_ENV):
@@ -204,7 +204,7 @@ def test_a_packet_300_numbers_late_is_acknowledged_not_dropped(
             delivered += 1
         pair.drain()
         for data, _addr in pair.server.datagrams_to_send(now=pair.now):
-            pair.client.receive_datagram(data, ("2.3.4.5", 4433), now=pair.now)
+            pair.client.receive_datagram(data, SERVER_ADDR, now=pair.now)
         pair.drain()
         pair.now += 0.001
         if delivered > 20 + 300:

@@ -9,7 +9,7 @@ sender spends per packet (docs/performance.md, "Where the default engine's time 
 ``start_packet``, ``start_frame``, ``flush``, the ``packet_*``/``remaining_*`` properties and
 ``max_flight_bytes``/``max_total_bytes``/``quic_logger_frames``), written for C: its state is
 C fields, frame types are checked as integers, and an AES-GCM packet is protected by
-``_aioquic_protect.Sealer`` (one AEAD call and one header-mask call).  Frames are still
+``_aioquic_protect.AesKeys.seal`` (one AEAD call and one header-mask call).  Frames are still
 written by aioquic's own code into aioquic's ``Buffer``, which :meth:`start_frame` returns.
 
 Packets whose keys are ChaCha20 or that carry a pending key update go through aioquic's
@@ -23,9 +23,9 @@ from aioquic.quic.packet import QuicPacketType, encode_long_header_first_byte
 from aioquic.quic.packet_builder import QuicPacketBuilderStop, QuicSentPacket
 from aioquic.tls import Epoch
 
-from aioquic.buffer import Buffer, size_uint_var
+from aioquic.buffer import Buffer, encode_uint_var, size_uint_var
 
-from quictund.quic._aioquic_protect import sealer_for
+from quictund.quic._aioquic_protect import send_keys
 
 cdef object _INITIAL = QuicPacketType.INITIAL
 cdef object _HANDSHAKE = QuicPacketType.HANDSHAKE
@@ -56,16 +56,6 @@ cdef enum:
 cdef bytes _ZEROS = bytes(2048)
 
 
-cdef inline bint _ack_eliciting(long frame_type):
-    return not (
-        frame_type == FRAME_ACK
-        or frame_type == FRAME_ACK_ECN
-        or frame_type == FRAME_PADDING
-        or frame_type == FRAME_TRANSPORT_CLOSE
-        or frame_type == FRAME_APPLICATION_CLOSE
-    )
-
-
 cdef inline bint _in_flight(long frame_type):
     return not (
         frame_type == FRAME_ACK
@@ -73,6 +63,10 @@ cdef inline bint _in_flight(long frame_type):
         or frame_type == FRAME_TRANSPORT_CLOSE
         or frame_type == FRAME_APPLICATION_CLOSE
     )
+
+
+cdef inline bint _ack_eliciting(long frame_type):
+    return frame_type != FRAME_PADDING and _in_flight(frame_type)  # PADDING: in flight only
 
 
 cdef class PacketBuilder:
@@ -111,7 +105,7 @@ cdef class PacketBuilder:
     cdef object _tell
     cdef Py_ssize_t _buffer_capacity
     cdef Py_ssize_t _flight_capacity
-    cdef object _sealer  # the last _aioquic_protect.Sealer used (one per send key)
+    cdef object _keys  # the last _aioquic_protect.AesKeys used (one per send key)
 
     def __init__(
         self,
@@ -153,7 +147,7 @@ cdef class PacketBuilder:
         self._tell = self._buffer.tell
         self._buffer_capacity = max_datagram_size
         self._flight_capacity = max_datagram_size
-        self._sealer = None
+        self._keys = None
 
     @property
     def packet_is_empty(self):
@@ -318,7 +312,7 @@ cdef class PacketBuilder:
 
         cdef long long pn = self._packet_number
         cdef bytes header
-        sealer = sealer_for(crypto, self._sealer)
+        keys = send_keys(crypto, self._keys)
         if short:
             first = (FIXED_BIT | (self._spin_bit << 5) | (crypto.key_phase << 2)
                      | (PN_SEND_SIZE - 1))
@@ -333,19 +327,17 @@ cdef class PacketBuilder:
                 bytes((len(self._host_cid),)), self._host_cid,
             ]
             if self._packet_type is _INITIAL:
-                token_buf = Buffer(8)
-                token_buf.push_uint_var(len(self._peer_token))
-                parts += [token_buf.data, self._peer_token]
+                parts += [encode_uint_var(len(self._peer_token)), self._peer_token]
             parts += [(length | 0x4000).to_bytes(2, "big"), (pn & 0xFFFF).to_bytes(2, "big")]
             header = b"".join(parts)
 
         payload = buf.data_slice(start + header_size, start + size)
         buf.seek(start)
-        if sealer is None:
+        if keys is None:
             buf.push_bytes(crypto.encrypt_packet(header, payload, pn))
         else:
-            self._sealer = sealer
-            protected_header, sealed = sealer.seal(header, payload, pn)
+            self._keys = keys
+            protected_header, sealed = keys.seal(header, payload, pn)
             buf.push_bytes(protected_header)
             buf.push_bytes(sealed)
 

@@ -5,11 +5,11 @@ from typing import Any
 
 from aioquic.quic.crypto import CryptoPair
 
-class Sealer:
+class AesKeys:
     def __init__(self, aead_obj: Any, hp: Any) -> None: ...
     def seal(self, header: bytes, payload: bytes, packet_number: int) -> tuple[bytes, bytes]: ...
 
-def sealer_for(crypto: CryptoPair, cached: Sealer | None) -> Sealer | None: ...
+def send_keys(crypto: CryptoPair, cached: AesKeys | None) -> AesKeys | None: ...
 
 class PacketOpener:
     def __init__(

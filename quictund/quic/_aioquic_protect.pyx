@@ -6,8 +6,8 @@ the AEAD, and the header mask applied byte by byte (RFC 9001 section 5.4) -- sev
 microseconds a packet each way.  Here an AES-GCM packet costs one AEAD call and one
 header-mask call, the nonce and the mask done in C:
 
-* :class:`Sealer` protects what ``_aioquic_builder.PacketBuilder`` builds (:func:`sealer_for`
-  picks or reuses one for a ``CryptoPair``);
+* :meth:`AesKeys.seal` protects what ``_aioquic_builder.PacketBuilder`` builds
+  (:func:`send_keys` picks or reuses the keys of a ``CryptoPair``);
 * :class:`PacketOpener` is set as a ``CryptoPair``'s ``decrypt_packet`` by the adapter
   (``engine_aioquic_build.open_fast``).
 
@@ -38,18 +38,18 @@ cdef bint _is_aes(object aead_obj, object hp):
     return not hp._is_chacha20 and type(aead_obj._aead).__name__ == "AESGCM"
 
 
-cdef class Sealer:
-    """What sealing with one AES-GCM send key needs, taken from aioquic's objects once."""
+cdef class AesKeys:
+    """One AES-GCM key's parts (either direction), taken from aioquic's objects once."""
 
     cdef object aead_obj     # aioquic's AEAD wrapper these came from (replaced on key update)
-    cdef object encrypt      # AESGCM.encrypt
+    cdef object aead         # its cryptography AESGCM
     cdef object mask         # the header-protection cipher's update (AES-ECB of the sample)
     cdef unsigned char iv[12]
 
     def __cinit__(self, object aead_obj, object hp):
         cdef bytes iv = int(aead_obj._iv).to_bytes(12, "big")
         self.aead_obj = aead_obj
-        self.encrypt = aead_obj._aead.encrypt
+        self.aead = aead_obj._aead
         self.mask = hp._encryptor.update
         memcpy(self.iv, <const char*>iv, 12)
 
@@ -58,7 +58,7 @@ cdef class Sealer:
         ``PN_SEND_SIZE``-byte packet number."""
         cdef unsigned char nonce[12]
         _nonce(self.iv, packet_number, nonce)
-        cdef bytes sealed = self.encrypt(nonce[:12], payload, header)
+        cdef bytes sealed = self.aead.encrypt(nonce[:12], payload, header)
         cdef bytes mask = self.mask(sealed[PN_MAX_SIZE - PN_SEND_SIZE:
                                            PN_MAX_SIZE - PN_SEND_SIZE + SAMPLE_SIZE])
         cdef Py_ssize_t hlen = len(header)
@@ -76,34 +76,18 @@ cdef class Sealer:
         return out, sealed
 
 
-def sealer_for(crypto, cached):
-    """A :class:`Sealer` for ``crypto``'s send key (``cached`` if it still fits), or None if
+def send_keys(crypto, cached):
+    """:class:`AesKeys` for ``crypto``'s send key (``cached`` if it still fits), or None if
     aioquic must protect the packet itself."""
     if crypto._update_key_requested:
         return None  # aioquic applies the key update inside encrypt_packet: keep its order
     send = crypto.send
     aead_obj = send.aead
-    if cached is not None and (<Sealer>cached).aead_obj is aead_obj:
+    if cached is not None and (<AesKeys>cached).aead_obj is aead_obj:
         return cached
     if aead_obj is None or not _is_aes(aead_obj, send.hp):
         return None
-    return Sealer(aead_obj, send.hp)
-
-
-cdef class _OpenKeys:
-    """What removing one AES-GCM receive key's protection needs, taken from aioquic once."""
-
-    cdef object aead_obj     # aioquic's AEAD wrapper these came from (replaced on key update)
-    cdef object decrypt      # AESGCM.decrypt
-    cdef object mask
-    cdef unsigned char iv[12]
-
-    def __cinit__(self, object aead_obj, object hp):
-        cdef bytes iv = int(aead_obj._iv).to_bytes(12, "big")
-        self.aead_obj = aead_obj
-        self.decrypt = aead_obj._aead.decrypt
-        self.mask = hp._encryptor.update
-        memcpy(self.iv, <const char*>iv, 12)
+    return AesKeys(aead_obj, send.hp)
 
 
 cdef class PacketOpener:
@@ -118,7 +102,7 @@ cdef class PacketOpener:
 
     cdef object pair
     cdef object fallback
-    cdef _OpenKeys keys
+    cdef AesKeys keys
     cdef object crypto_error
     cdef object invalid_tag
 
@@ -134,14 +118,14 @@ cdef class PacketOpener:
             return self.fallback(packet, encrypted_offset, expected)
         recv = self.pair.recv
         aead_obj = recv.aead
-        cdef _OpenKeys keys = self.keys
+        cdef AesKeys keys = self.keys
         if keys is None or keys.aead_obj is not aead_obj:
             if aead_obj is None:
                 return self.fallback(packet, encrypted_offset, expected)
             hp = recv.hp
             if not _is_aes(aead_obj, hp):
                 return self.fallback(packet, encrypted_offset, expected)
-            keys = _OpenKeys(aead_obj, hp)
+            keys = AesKeys(aead_obj, hp)
             self.keys = keys
 
         cdef bytes data = packet if type(packet) is bytes else bytes(packet)
@@ -184,7 +168,7 @@ cdef class PacketOpener:
         cdef unsigned char nonce[12]
         _nonce(keys.iv, pn, nonce)
         try:
-            payload = keys.decrypt(nonce[:12], memoryview(data)[header_length:], header)
+            payload = keys.aead.decrypt(nonce[:12], memoryview(data)[header_length:], header)
         except self.invalid_tag as exc:
             raise self.crypto_error(str(exc)) from None
         return header, payload, pn

@@ -7,7 +7,7 @@ Three pieces, all Cython in this directory (docs/performance.md has what each sa
   ``_aioquic_builder.PacketBuilder``, once, for every aioquic connection of the process
   (they are all quictund's).
 * :func:`open_fast` gives a connection's key pairs ``_aioquic_protect.PacketOpener`` as
-  their ``decrypt_packet`` (the builder seals with ``_aioquic_protect.Sealer``).
+  their ``decrypt_packet`` (the builder seals with ``_aioquic_protect.AesKeys``).
 * :data:`fast_receive` (``_aioquic_receive.receive_short``) handles a datagram that is one
   1-RTT packet of an established connection; ``AioquicConnection.receive_datagram`` calls it
   first and aioquic's own method when it declines.
