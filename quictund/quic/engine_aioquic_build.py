@@ -1,6 +1,6 @@
 """aioquic adapter, part: the compiled per-packet path, when it is there (issue 15).
 
-Three pieces, all Cython in this directory (docs/performance.md has what each saves):
+Four pieces, all Cython in this directory (docs/performance.md has what each saves):
 
 * aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the
   name it imported into ``aioquic.quic.connection``.  :func:`install` points that name at
@@ -11,6 +11,9 @@ Three pieces, all Cython in this directory (docs/performance.md has what each sa
 * :data:`fast_receive` (``_aioquic_receive.receive_short``) handles a datagram that is one
   1-RTT packet of an established connection; ``AioquicConnection.receive_datagram`` calls it
   first and aioquic's own method when it declines.
+* :data:`fast_write` (``_aioquic_send.write_application``) builds the 1-RTT packets of an
+  established connection with no rare frame waiting; ``SlicedSending._write_application``
+  calls it first and aioquic's own method when it declines.
 
 All of it stays aioquic's own pure-Python code when the modules were not built (no C compiler
 or Python headers at install time) or when ``QUICTUND_PURE_PYTHON=1`` asks for it (``make
@@ -41,6 +44,9 @@ _opener: Any = None  # the compiled PacketOpener class, once installed
 # the compiled common receive case (_aioquic_receive.receive_short), once installed: True if
 # it handled the datagram, False if aioquic's receive_datagram must
 fast_receive: Callable[[Any, bytes, Any, float], bool] | None = None
+# the compiled common send case (_aioquic_send.write_application), once installed: True if it
+# built the packets, False if aioquic's _write_application must
+fast_write: Callable[[Any, Any, Any, float], bool] | None = None
 
 
 def install() -> str:
@@ -55,13 +61,15 @@ def install() -> str:
         from quictund.quic._aioquic_builder import PacketBuilder
         from quictund.quic._aioquic_protect import PacketOpener
         from quictund.quic._aioquic_receive import receive_short
+        from quictund.quic._aioquic_send import write_application
     except ImportError as exc:
         BUILDER = f"aioquic's pure-Python packet path (the compiled one is not built: {exc})"
         return BUILDER
-    global _opener, fast_receive
+    global _opener, fast_receive, fast_write
     aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
     _opener = PacketOpener
     fast_receive = receive_short
+    fast_write = write_application
     BUILDER = "compiled"
     return BUILDER
 

@@ -18,6 +18,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.stream import QuicStream
 
+from quictund.quic import engine_aioquic_build as build
+
 # What aioquic sees per packet-building pass (_write_application): at least SEND_SLICE busy
 # streams, and more while together they have less than SLICE_BYTES to send -- so many streams
 # with a few bytes each still share packets.
@@ -68,7 +70,9 @@ class SlicedSending(QuicConnection):
                 self._streams = {s.stream_id: s for s in batch}  # type: ignore[misc]
                 self._streams_queue = batch
                 try:
-                    super()._write_application(builder, network_path, now)
+                    fast = build.fast_write
+                    if fast is None or not fast(self, builder, network_path, now):
+                        super()._write_application(builder, network_path, now)
                 finally:
                     for stream in batch:
                         if stream.stream_id not in self._streams:  # aioquic discarded it
