@@ -102,3 +102,28 @@ async def test_a_handler_registered_after_the_close_is_told_and_not_kept(state_d
     assert late.lost == ["internal error"] and session._handlers == {}
     with pytest.raises(ConnectionError):
         await session.handshake_done
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes([0x40]) + bytes(range(1, 9)) + b"payload",  # short header, fixed bit
+        bytes([0x5F]) + bytes(range(9, 17)) + bytes(30),
+        bytes([0x00]) + bytes(range(1, 9)) + b"payload",  # fixed bit clear: parse refuses
+        bytes([0x40]) + bytes(5),  # too short for the id
+        client_initial_datagram(),  # long header
+        b"",
+    ],
+)
+def test_the_servers_short_header_shortcut_reads_the_id_the_parser_reads(data: bytes) -> None:
+    # quic/server.py routes 1-RTT datagrams by short_header_cid and the rest by parse_header
+    cid = engine.short_header_cid(data, 8)
+    try:
+        header = engine.parse_header(data, 8)
+    except ValueError:
+        assert cid is None
+        return
+    if header.packet_type == engine.QuicPacketType.ONE_RTT:
+        assert cid == header.destination_cid
+    else:
+        assert cid is None

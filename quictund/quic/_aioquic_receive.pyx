@@ -30,6 +30,7 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.crypto import KeyUnavailableError
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.recovery import K_GRANULARITY
 
 cdef object _CONNECTED = QuicConnectionState.CONNECTED
 cdef object _ONE_RTT = tls.Epoch.ONE_RTT
@@ -38,6 +39,45 @@ cdef object _END_STATES = END_STATES
 cdef object _PADDING = QuicFrameType.PADDING
 cdef object _PROTOCOL_VIOLATION = QuicErrorCode.PROTOCOL_VIOLATION
 cdef Py_ssize_t _MAX_ACK_RANGES = MAX_ACK_RANGES
+cdef double _K_GRANULARITY = K_GRANULARITY
+
+
+cdef double _idle_timeout(conn) except? -1.0:
+    """aioquic's ``_idle_timeout`` (RFC 9000 section 10.1: the smaller of both sides' idle
+    timeouts, but at least three PTOs) without its two Python calls per packet."""
+    cdef double idle = conn._configuration.idle_timeout
+    remote = conn._remote_max_idle_timeout
+    if remote is not None and remote < idle:
+        idle = remote
+    loss = conn._loss
+    cdef double pto, variance
+    if loss._rtt_initialized:  # QuicPacketRecovery.get_probe_timeout()
+        variance = 4 * loss._rtt_variance
+        pto = loss._rtt_smoothed + (variance if variance > _K_GRANULARITY else _K_GRANULARITY)
+        pto += loss.max_ack_delay
+    else:
+        pto = 2 * loss._rtt_initial
+    return idle if idle > 3 * pto else 3 * pto
+
+
+cdef _ack_later(ack_queue, long long packet_number):
+    """``ack_queue.add(packet_number)`` and its cap at MAX_ACK_RANGES ranges (RFC 9000
+    section 13.2.3).  The packet nearly always extends the last range or starts one after it:
+    that is done on the list here (``RangeSet.add`` walks every range from the first)."""
+    ranges = ack_queue._RangeSet__ranges
+    cdef Py_ssize_t count = len(ranges)
+    if count:
+        last = ranges[count - 1]  # (no negative indexes: wraparound is off in this module)
+        if last.stop == packet_number:
+            ranges[count - 1] = range(last.start, packet_number + 1)
+        elif last.stop < packet_number:
+            ranges.append(range(packet_number, packet_number + 1))
+        else:
+            ack_queue.add(packet_number)
+    else:
+        ranges.append(range(packet_number, packet_number + 1))
+    if len(ranges) > _MAX_ACK_RANGES:
+        del ranges[0]
 
 
 def receive_short(conn, data, addr, double now):
@@ -122,7 +162,7 @@ def receive_short(conn, data, addr, double now):
     if conn._state in _END_STATES or conn._close_pending:
         return True
 
-    conn._close_at = now + conn._idle_timeout()
+    conn._close_at = now + _idle_timeout(conn)
     conn._ack_eliciting_sent_since_receipt = False
 
     # a frame (RETIRE_CONNECTION_ID) may have moved our id: aioquic moves it back to the one
@@ -151,10 +191,8 @@ def receive_short(conn, data, addr, double now):
         if packet_number > space.largest_received_packet:
             space.largest_received_packet = packet_number
             space.largest_received_time = now
-        space.ack_queue.add(packet_number)
+        _ack_later(space.ack_queue, packet_number)
         space.received_packets.add(packet_number)
-        if len(space.ack_queue) > _MAX_ACK_RANGES:
-            space.ack_queue.shift()  # RFC 9000 section 13.2.3
         if is_ack_eliciting and space.ack_at is None:
             space.ack_at = now + conn._ack_delay
     return True

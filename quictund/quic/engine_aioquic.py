@@ -192,8 +192,9 @@ class AioquicConnection(ConsumptionCredit):
     @property
     def bytes_in_flight(self) -> int:
         """Bytes sent and neither acknowledged nor declared lost: when a datagram lowers it,
-        the peer has just acknowledged something of ours (the session's proof it hears us)."""
-        return int(self._loss.bytes_in_flight)
+        the peer has just acknowledged something of ours (the session's proof it hears us).
+        Read twice per datagram: the congestion controller's own int, not two properties."""
+        return self._loss._cc.bytes_in_flight
 
     def stats(self) -> dict[str, float | int]:
         loss = self._loss

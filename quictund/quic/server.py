@@ -73,15 +73,18 @@ class QuicServerProtocol:
     # ---- datagrams ------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        try:
-            header = engine.parse_header(data, 8)
-        except ValueError:
-            return
-        session = self._by_cid.get(header.destination_cid)
+        cid = engine.short_header_cid(data, 8)
+        session = self._by_cid.get(cid) if cid is not None else None
         if session is None:
-            session = self._accept(data, header, addr)
-            if session is None:
+            try:
+                header = engine.parse_header(data, 8)
+            except ValueError:
                 return
+            session = self._by_cid.get(header.destination_cid)
+            if session is None:
+                session = self._accept(data, header, addr)
+                if session is None:
+                    return
         try:
             session.datagram_received(data, addr[:2])
         except Exception:
