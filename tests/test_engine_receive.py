@@ -257,3 +257,103 @@ def test_reordered_packets_give_the_ack_ranges_aioquic_gives(
     assert len(fast) > 250
     assert max(len(r) for r in fast) >= 3  # the reordering left gaps to acknowledge around
     assert fast == control
+
+
+def _varint(value: int) -> bytes:
+    for size, prefix in ((1, 0), (2, 0x40), (4, 0x80), (8, 0xC0)):
+        if value < 1 << (8 * size - 2):
+            return (value | prefix << (8 * size - 8)).to_bytes(size, "big")
+    raise ValueError(value)
+
+
+def _stream(stream_id: int, offset: int, data: bytes, fin: bool = False) -> bytes:
+    kind = 0x08 | 0x04 | 0x02 | int(fin)  # STREAM with offset and length
+    return bytes([kind]) + _varint(stream_id) + _varint(offset) + _varint(len(data)) + data
+
+
+def _send_plain(pair: Pair, payload: bytes) -> None:
+    """One 1-RTT packet from the client whose plaintext is ``payload``, straight to the
+    server.  PADDING first (the header-protection sample needs 20 bytes): padding after a
+    faulty frame would complete it."""
+    client = pair.client
+    crypto = client._cryptos[aioquic_tls.Epoch.ONE_RTT]
+    number = client._packet_number
+    client._packet_number += 1
+    first = 0x40 | (crypto.key_phase << 2) | 0x01  # fixed bit, 2-byte packet number
+    header = bytes([first]) + client._peer_cid.cid + (number & 0xFFFF).to_bytes(2, "big")
+    packet = crypto.encrypt_packet(header, bytes(max(0, 24 - len(payload))) + payload, number)
+    pair.server.receive_datagram(packet, CLIENT_ADDR, now=pair.now)
+    pair.drain()
+
+
+FAULTS: dict[str, tuple[list[bytes], int, str]] = {
+    # name: (packets, error code, reason) -- the server's verdict on aioquic's own path
+    "unknown frame type": ([_varint(0x3F)], 0x07, "Unknown frame type"),
+    "frame type cut short": ([bytes([0x01, 0x40])], 0x07, "Malformed frame type"),  # PING, half
+    "STREAM shorter than its length": (
+        [bytes([0x0A, 0x00, 0x05]) + b"ab"],
+        0x07,
+        "Failed to parse frame",
+    ),
+    "offset + length past 2^62": (
+        [bytes([0x0E, 0x00]) + _varint(2**62 - 2) + _varint(4) + b"abcd"],
+        0x07,
+        "offset + length cannot exceed 2^62 - 1",
+    ),
+    "over the stream's credit": ([_stream(0, 512 * KIB, b"x")], 0x03, "Over stream data limit"),
+    "on the server's own unidirectional stream": (
+        [_stream(3, 0, b"x")],
+        0x05,
+        "Stream is send-only",
+    ),
+    "on a bidirectional stream the server never opened": (
+        [_stream(1, 0, b"x")],
+        0x05,
+        "Wrong stream initiator",
+    ),
+    "a second FIN that moves the final size": (
+        [_stream(0, 0, b"hello", fin=True), _stream(0, 0, b"hel", fin=True)],
+        0x06,
+        "Cannot change final size",
+    ),
+}
+
+
+def _verdict(certs: Certs, packets: list[bytes]) -> tuple[int, str, bytes]:
+    pair = _pair(certs)
+    for payload in packets:
+        _send_plain(pair, payload)
+    pair.run_until(lambda: pair.client_got(events.ConnectionTerminated), max_rounds=200)
+    closed = next(e for e in pair.client_events if isinstance(e, events.ConnectionTerminated))
+    return closed.error_code, closed.reason_phrase, _server_bytes(pair, 0)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_faulty_frame_closes_the_connection_as_aioquic_does(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    packets, code, reason = FAULTS[fault]
+    if not COMPILED:
+        pytest.skip(f"not built: {build.BUILDER}")
+    counted = Counted(build.fast_receive)
+    monkeypatch.setattr(build, "fast_receive", counted)
+    fast = _verdict(certs, packets)
+    assert counted.took >= len(packets)  # the faulty packets went the compiled way
+    monkeypatch.setattr(build, "fast_receive", None)
+    control = _verdict(certs, packets)
+    assert fast == control
+    assert fast[:2] == (code, reason)
+
+
+def test_stream_frames_out_of_order_and_repeated_arrive_once_in_order(
+    certs: Certs, path: Counted | None
+) -> None:
+    pair = _pair(certs)
+    chunks = [bytes([n]) * 100 for n in range(8)]
+    order = [3, 0, 0, 5, 1, 2, 7, 4, 6, 2]  # gaps, a duplicate, a retransmission
+    for n in order:
+        last = n == 7
+        _send_plain(pair, _stream(0, 100 * n, chunks[n], fin=last))
+    assert _server_bytes(pair, 0) == b"".join(chunks)
+    ends = [e for e in pair.server_events if isinstance(e, events.StreamDataReceived)]
+    assert ends[-1].end_stream and not any(e.end_stream for e in ends[:-1])

@@ -70,7 +70,8 @@ class Counted:
 
 
 class Recorded:
-    """A pair whose receivers keep the plaintext of each 1-RTT packet they open."""
+    """A pair whose receivers keep the plaintext of each 1-RTT packet they open (once the
+    handshake is over: ``make_pair`` completes it)."""
 
     def __init__(self, certs: Certs, settings: EngineSettings = SETTINGS) -> None:
         self.pair = make_pair(certs, settings)
@@ -80,14 +81,16 @@ class Recorded:
             self._record(name, getattr(self.pair, name))
 
     def _record(self, name: str, conn: Any) -> None:
-        inner = conn._payload_received
+        # each 1-RTT packet is opened by this key pair's decrypt_packet (both receive paths)
+        pair = conn._cryptos[aioquic_tls.Epoch.ONE_RTT]
+        inner = pair.decrypt_packet
 
-        def payload_received(context: Any, plain: bytes, *args: Any, **kwargs: Any) -> Any:
-            if context.epoch == aioquic_tls.Epoch.ONE_RTT:
-                self.packets.append((name, bytes(plain)))
-            return inner(context, plain, *args, **kwargs)
+        def decrypt_packet(*args: Any, **kwargs: Any) -> Any:
+            header, plain, number = inner(*args, **kwargs)
+            self.packets.append((name, bytes(plain)))
+            return header, plain, number
 
-        conn._payload_received = payload_received
+        pair.decrypt_packet = decrypt_packet
 
 
 def _twice(
