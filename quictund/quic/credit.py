@@ -13,19 +13,25 @@ from __future__ import annotations
 
 
 class ReceiveLedger:
-    """Held and consumed bytes per stream.  Invariant: ``held_total == sum(held.values())``."""
+    """Held and consumed bytes per stream.  Invariants: ``held_total == sum(held.values())``,
+    ``holding == {sid for sid, n in held.items() if n}``."""
 
-    __slots__ = ("consumed", "held", "held_total")
+    __slots__ = ("consumed", "held", "held_total", "holding")
 
     def __init__(self) -> None:
         self.held: dict[int, int] = {}
         self.consumed: dict[int, int] = {}
         self.held_total = 0
+        # the streams holding undrained bytes, kept as a set so that StreamWindows counts the
+        # others with one C-level set intersection, not a Python loop over every stream
+        self.holding: set[int] = set()
 
     def delivered(self, stream_id: int, count: int) -> None:
         """``count`` bytes of ``stream_id`` were handed to its tunnel."""
         self.held[stream_id] = self.held.get(stream_id, 0) + count
         self.held_total += count
+        if count:
+            self.holding.add(stream_id)
 
     def consume(self, stream_id: int, count: int) -> int:
         """The tunnel drained ``count`` bytes; returns how many were actually held (clamped)."""
@@ -35,6 +41,8 @@ class ReceiveLedger:
         count = min(count, held)
         self.held[stream_id] = held - count
         self.held_total -= count
+        if held == count:
+            self.holding.discard(stream_id)
         self.consumed[stream_id] = self.consumed.get(stream_id, 0) + count
         return count
 
@@ -42,6 +50,7 @@ class ReceiveLedger:
         """Stop tracking ``stream_id``; returns its ``(held, consumed)`` bytes."""
         held = self.held.pop(stream_id, 0)
         self.held_total -= held
+        self.holding.discard(stream_id)
         return held, self.consumed.pop(stream_id, 0)
 
     def tracks(self, stream_id: int) -> bool:
@@ -98,13 +107,17 @@ class StreamWindows:
     Pure: the engine adapter feeds it consumed/held counts and announces the limits it returns.
     """
 
-    __slots__ = ("_held", "_open", "_since", "_window", "initial", "maximum", "open_total", "pool")
+    __slots__ = (
+        "_held", "_holding", "_open", "_since", "_window", "initial", "maximum", "open_total",
+        "pool",
+    )  # fmt: skip
 
-    def __init__(self, *, initial: int, maximum: int, pool: int, held: dict[int, int]) -> None:
+    def __init__(self, *, initial: int, maximum: int, pool: int, ledger: ReceiveLedger) -> None:
         self.initial = initial
         self.maximum = max(initial, maximum)
         self.pool = pool
-        self._held = held  # the ledger's undrained bytes per stream (read only)
+        self._held = ledger.held  # the ledger's undrained bytes per stream (read only)
+        self._holding = ledger.holding
         self._window: dict[int, int] = {}
         self._since: dict[int, int] = {}  # consumed when the window last changed
         self._open: dict[int, int] = {}  # limit - consumed at the last update
@@ -136,8 +149,12 @@ class StreamWindows:
             window = max(self.initial, window // 2)
             self._since[stream_id] = consumed
         elif consumed - since >= window and window < self.maximum:
-            wanted = min(self.maximum, 2 * window, max(window, self._fair_share()))
             others = self.open_total - self._open.get(stream_id, 0)
+            if others + max(window + 1, still_open) > self.pool:
+                # no growth fits the pool: skip the O(streams) fair share (the same answer)
+                self._window[stream_id] = window
+                return window
+            wanted = min(self.maximum, 2 * window, max(window, self._fair_share()))
             if wanted > window and others + max(wanted, still_open) <= self.pool:
                 window = wanted
                 self._since[stream_id] = consumed
@@ -145,9 +162,10 @@ class StreamWindows:
         return window
 
     def _fair_share(self) -> int:
-        """Half the pool over the streams still draining (O(streams), only when growing)."""
-        held = self._held
-        draining = sum(1 for sid in self._open if not held.get(sid))
+        """Half the pool over the streams still draining (those with a window holding
+        nothing).  Asked at every consume of a stream whose window the share caps: with 100
+        busy tunnels a Python loop over them here was 4 % of a receiving server's CPU."""
+        draining = len(self._open) - len(self._holding.intersection(self._open))
         return self.pool // (2 * max(1, draining))
 
     def _note(self, stream_id: int, still_open: int) -> None:

@@ -51,7 +51,7 @@ class ConsumptionCredit(SlicedSending):
             initial=initial_stream_window(settings.stream_window, settings.initial_stream_window),
             maximum=settings.stream_window,
             pool=self._budget - self._budget // 4,
-            held=self._ledger.held,
+            ledger=self._ledger,
         )
         # Connection credit: bytes that left quictund's memory ("retired").  Live streams add
         # what their tunnel consumed; a released stream adds what it had really received (its
