@@ -296,3 +296,31 @@ def test_the_rare_frames_are_left_to_aioquic(certs: Certs, monkeypatch: pytest.M
     pair.pump()
     assert counted.took > took
     assert _server_bytes(pair, stream_id) == b"after"
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "aioquic"])
+def test_a_reset_behind_a_busy_stream_does_not_stop_every_pass_after_one_packet(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, compiled: bool
+) -> None:
+    # aioquic writes a stream's RESET_STREAM / STOP_SENDING where the stream comes in the send
+    # queue; behind a stream whose data fills the packet there is no room, start_frame raises
+    # QuicPacketBuilderStop, and that ends the whole datagrams_to_send: one packet per pass,
+    # for as long as the busy stream has data (a tunnel reset after 100 busy ones stalled 8
+    # new tunnels for seconds on loopback).  The frames to stop a stream go first now.
+    if not compiled:
+        monkeypatch.setattr(build, "fast_write", None)
+    pair = Recorded(certs).pair
+    busy, aborted = pair.client.open_stream(), pair.client.open_stream()
+    pair.client.send_stream_data(aborted, b"some")
+    pair.pump()
+    pair.client.send_stream_data(busy, bytes(200 * KIB))
+    pair.client.reset_stream(aborted, 9)  # re-queued behind the busy stream
+    pair.client.stop_stream(aborted, 9)
+    datagrams = pair.client.datagrams_to_send(now=pair.now)
+    assert len(datagrams) >= 4  # the congestion window's worth, not one
+    for data, _addr in datagrams:
+        pair.server.receive_datagram(data, ("1.2.3.4", 1234), now=pair.now)
+    pair.drain()
+    assert any(
+        isinstance(e, events.StreamReset) and e.stream_id == aborted for e in pair.server_events
+    )

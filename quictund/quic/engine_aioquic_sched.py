@@ -64,7 +64,7 @@ class SlicedSending(QuicConnection):
         try:
             while True:
                 end = _slice_end(queue, pos)
-                batch = queue[pos:end]
+                batch = _stops_first(queue[pos:end])
                 pos = end
                 before = {s.stream_id: s.sender.highest_offset for s in batch}
                 self._streams = {s.stream_id: s for s in batch}  # type: ignore[misc]
@@ -151,6 +151,24 @@ class SlicedSending(QuicConnection):
             if waits_for_connection and stream.stream_id is not None:
                 self._parked[stream.stream_id] = stream
         return not idle
+
+
+def _stops_first(batch: list[QuicStream]) -> list[QuicStream]:
+    """``batch`` with the streams that have a STOP_SENDING or RESET_STREAM to send first.
+
+    aioquic writes those frames where the stream comes in the queue.  Behind a stream whose
+    data filled the packet they find no room, ``start_frame`` raises QuicPacketBuilderStop,
+    and that ends the whole ``datagrams_to_send``: one packet per pass for as long as the
+    streams before it have data.  After 300 busy tunnels, one reset tunnel left that way held
+    8 new ones to ~11 Mbit/s for seconds (tests/test_engine_send.py).  First, they go into a
+    packet that has room, and the data after them.
+    """
+    for stream in batch:
+        if stream.sender.reset_pending or stream.receiver.stop_pending:
+            return sorted(
+                batch, key=lambda s: not (s.sender.reset_pending or s.receiver.stop_pending)
+            )
+    return batch
 
 
 def _slice_end(queue: list[QuicStream], pos: int) -> int:
