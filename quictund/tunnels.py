@@ -156,11 +156,14 @@ class LineThrottle:
 class TunnelTable:
     """The tunnels of one daemon, keyed by uuid."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._records: dict[str, TunnelRecord] = {}
         self._empty: asyncio.Event | None = None
         self.metrics = metrics
         self.throttle = LineThrottle()
+        self._clock = clock  # the log throttle's clock (a test's own, to not race the refill)
         self._summary_timer: asyncio.TimerHandle | None = None
         if metrics is not None:
             metrics.before_render.append(self.publish_flows)
@@ -220,7 +223,7 @@ class TunnelTable:
         logged, open and closed: they are what the policy let through, the audit trail."""
         if record.endpoint != "server":
             return True
-        if self.throttle.admit(record.remote_endpoint_addr, message, time.monotonic()):
+        if self.throttle.admit(record.remote_endpoint_addr, message, self._clock()):
             return True
         if self._summary_timer is None:
             self._summarise_in(SUMMARY_EVERY_S)
@@ -229,7 +232,7 @@ class TunnelTable:
     def summarise(self) -> None:
         """Log the held-back lines' summaries that are due."""
         self._summary_timer = None
-        for line in self.throttle.summaries(time.monotonic()):
+        for line in self.throttle.summaries(self._clock()):
             logger.warning(line)
         if self.throttle.pending:  # peers whose first held-back line is not 10 s old yet
             self._summarise_in(1.0)
