@@ -255,27 +255,15 @@ cdef tuple _payload_received(conn, context, bytes plain):
     buf = None
     while pos < size:
         if _pull_varint(view, size, &pos, &frame_type) < 0:
-            raise QuicConnectionError(
-                error_code=_FRAME_ENCODING_ERROR,
-                frame_type=None,
-                reason_phrase="Malformed frame type",
-            )
+            _fail(_FRAME_ENCODING_ERROR, None, "Malformed frame type")
         entry = table.get(frame_type)
         if entry is None:
-            raise QuicConnectionError(
-                error_code=_FRAME_ENCODING_ERROR,
-                frame_type=frame_type,
-                reason_phrase="Unknown frame type",
-            )
+            _fail(_FRAME_ENCODING_ERROR, frame_type, "Unknown frame type")
         allowed = _one_rtt_allowed.get(frame_type)
         if allowed is None:
             allowed = _one_rtt_allowed[frame_type] = _ONE_RTT in entry[1]
         if not allowed:
-            raise QuicConnectionError(
-                error_code=_PROTOCOL_VIOLATION,
-                frame_type=frame_type,
-                reason_phrase="Unexpected frame type",
-            )
+            _fail(_PROTOCOL_VIOLATION, frame_type, "Unexpected frame type")
         if frame_type == F_PADDING:
             while pos < size and view[pos] == 0:
                 pos += 1
@@ -288,11 +276,7 @@ cdef tuple _payload_received(conn, context, bytes plain):
             try:
                 entry[0](context, frame_type, buf)
             except BufferReadError:
-                raise QuicConnectionError(
-                    error_code=_FRAME_ENCODING_ERROR,
-                    frame_type=frame_type,
-                    reason_phrase="Failed to parse frame",
-                )
+                _parse_failed(frame_type)
             except StreamFinishedError:
                 pass  # we lack the state for the stream, ignore the frame
             pos = buf.tell()
@@ -309,11 +293,7 @@ cdef tuple _payload_received(conn, context, bytes plain):
         elif is_probing is None:
             is_probing = True
     if not frame_found:
-        raise QuicConnectionError(
-            error_code=_PROTOCOL_VIOLATION,
-            frame_type=_PADDING,
-            reason_phrase="Packet contains no frames",
-        )
+        _fail(_PROTOCOL_VIOLATION, _PADDING, "Packet contains no frames")
     return is_ack_eliciting, bool(is_probing)
 
 
@@ -334,11 +314,7 @@ cdef Py_ssize_t _stream_frame(
     else:
         length = size - pos
     if offset + length > _UINT_VAR_MAX:
-        raise QuicConnectionError(
-            error_code=_FRAME_ENCODING_ERROR,
-            frame_type=frame_type,
-            reason_phrase="offset + length cannot exceed 2^62 - 1",
-        )
+        _fail(_FRAME_ENCODING_ERROR, frame_type, "offset + length cannot exceed 2^62 - 1")
     if length > <unsigned long long>(size - pos):
         _parse_failed(frame_type)
     data = plain[pos:pos + <Py_ssize_t>length]
@@ -348,11 +324,7 @@ cdef Py_ssize_t _stream_frame(
     # the stream's direction: a peer cannot send on our unidirectional streams
     cdef bint is_client = conn._is_client
     if (not (stream_id & 1)) == is_client and stream_id & 2:
-        raise QuicConnectionError(
-            error_code=_STREAM_STATE_ERROR,
-            frame_type=frame_type,
-            reason_phrase="Stream is send-only",
-        )
+        _fail(_STREAM_STATE_ERROR, frame_type, "Stream is send-only")
     try:
         stream = conn._get_or_create_stream(frame_type, stream_id)
     except StreamFinishedError:
@@ -361,21 +333,13 @@ cdef Py_ssize_t _stream_frame(
     # flow control
     cdef unsigned long long end = offset + length
     if end > <unsigned long long>stream.max_stream_data_local:
-        raise QuicConnectionError(
-            error_code=_FLOW_CONTROL_ERROR,
-            frame_type=frame_type,
-            reason_phrase="Over stream data limit",
-        )
+        _fail(_FLOW_CONTROL_ERROR, frame_type, "Over stream data limit")
     receiver = stream.receiver
     cdef unsigned long long highest = receiver.highest_offset
     cdef unsigned long long newly = end - highest if end > highest else 0
     max_data = conn._local_max_data
     if max_data.used + newly > max_data.value:
-        raise QuicConnectionError(
-            error_code=_FLOW_CONTROL_ERROR,
-            frame_type=frame_type,
-            reason_phrase="Over connection data limit",
-        )
+        _fail(_FLOW_CONTROL_ERROR, frame_type, "Over connection data limit")
 
     if (
         not fin
@@ -394,11 +358,7 @@ cdef Py_ssize_t _stream_frame(
         try:
             event = receiver.handle_frame(QuicStreamFrame(offset=offset, data=data, fin=fin))
         except FinalSizeError as exc:
-            raise QuicConnectionError(
-                error_code=_FINAL_SIZE_ERROR,
-                frame_type=frame_type,
-                reason_phrase=str(exc),
-            )
+            _fail(_FINAL_SIZE_ERROR, frame_type, str(exc))
         if event is not None:
             conn._events.append(event)
     max_data.used += newly
@@ -406,8 +366,9 @@ cdef Py_ssize_t _stream_frame(
 
 
 cdef int _parse_failed(long frame_type) except -1:
-    raise QuicConnectionError(
-        error_code=_FRAME_ENCODING_ERROR,
-        frame_type=frame_type,
-        reason_phrase="Failed to parse frame",
-    )
+    _fail(_FRAME_ENCODING_ERROR, frame_type, "Failed to parse frame")
+
+
+cdef int _fail(error_code, frame_type, str reason) except -1:
+    """Raise aioquic's QuicConnectionError for a faulty frame (the connection closes with it)."""
+    raise QuicConnectionError(error_code=error_code, frame_type=frame_type, reason_phrase=reason)
