@@ -25,6 +25,8 @@ from quictund.quic import engine_aioquic_build as build
 # with a few bytes each still share packets.
 SEND_SLICE = 8
 SLICE_BYTES = 16 * 1024
+# the smallest STREAM frame: type, a 1-byte id and a 2-byte length (FIN only, offset 0)
+MIN_STREAM_FRAME = 4
 
 
 class SlicedSending(QuicConnection):
@@ -61,6 +63,7 @@ class SlicedSending(QuicConnection):
         waited: list[QuicStream] = []
         sent: list[QuicStream] = []
         pos = 0
+        full = False  # the congestion window filled: the streams not reached could not send
         try:
             while True:
                 end = _slice_end(queue, pos)
@@ -88,14 +91,30 @@ class SlicedSending(QuicConnection):
                             waited.append(stream)
                 if pos >= len(queue) or self._pacing_at is not None:
                     break
+                if _window_full(builder):
+                    full = True
+                    break
         finally:
             self._streams = every
             # Only the streams this call served are checked: those not reached were left as
             # they were (checked when reached).  Filtering the whole queue cost every call --
             # one per datagram in and out -- a walk over every stream with data waiting for
             # the congestion window: 30 % of a server's CPU under four flooding peers.
-            served = [s for s in waited + sent if self._stays_queued(s)]
-            self._streams_queue = queue[pos:] + served if pos < len(queue) else served
+            if pos >= len(queue):
+                self._streams_queue = [s for s in waited + sent if self._stays_queued(s)]
+            elif full:
+                # As if every slice had been asked (none could send): the order aioquic's
+                # round-robin would leave, those that sent at the back.  Putting the streams
+                # not reached first instead made the slice that found the window full lose
+                # its turn every time: streams starved (test_100_busy_streams_share...).
+                self._streams_queue = (
+                    [s for s in waited if self._stays_queued(s)]
+                    + queue[pos:]
+                    + [s for s in sent if self._stays_queued(s)]
+                )
+            else:  # paced: the streams not reached come first next time
+                served = [s for s in waited + sent if self._stays_queued(s)]
+                self._streams_queue = queue[pos:] + served
 
     def _unpark(self) -> None:
         parked, self._parked = self._parked, {}
@@ -169,6 +188,20 @@ def _stops_first(batch: list[QuicStream]) -> list[QuicStream]:
                 batch, key=lambda s: not (s.sender.reset_pending or s.receiver.stop_pending)
             )
     return batch
+
+
+def _window_full(builder: QuicPacketBuilder) -> bool:
+    """True when the slice left an empty packet with no room for a STREAM frame: the
+    congestion window is full, and no slice after it can send either (a fresh packet always
+    has room in its datagram: the builder starts a new one below 128 bytes).
+
+    Without this a pass over a full window asked every slice in turn: with 1,000 streams
+    queued (a peer opening thousands of tunnels, each with data waiting), every ACK and timer
+    of that connection cost 1.3 ms to send nothing (100 streams: 134 µs; 1: 9 µs)."""
+    try:
+        return builder.packet_is_empty and builder.remaining_flight_space < MIN_STREAM_FRAME
+    except (AssertionError, AttributeError):  # no packet open: the slice started none
+        return False
 
 
 def _slice_end(queue: list[QuicStream], pos: int) -> int:
