@@ -100,21 +100,15 @@ class SlicedSending(QuicConnection):
             # they were (checked when reached).  Filtering the whole queue cost every call --
             # one per datagram in and out -- a walk over every stream with data waiting for
             # the congestion window: 30 % of a server's CPU under four flooding peers.
-            if pos >= len(queue):
-                self._streams_queue = [s for s in waited + sent if self._stays_queued(s)]
-            elif full:
-                # As if every slice had been asked (none could send): the order aioquic's
-                # round-robin would leave, those that sent at the back.  Putting the streams
-                # not reached first instead made the slice that found the window full lose
-                # its turn every time: streams starved (test_100_busy_streams_share...).
-                self._streams_queue = (
-                    [s for s in waited if self._stays_queued(s)]
-                    + queue[pos:]
-                    + [s for s in sent if self._stays_queued(s)]
-                )
-            else:  # paced: the streams not reached come first next time
-                served = [s for s in waited + sent if self._stays_queued(s)]
-                self._streams_queue = queue[pos:] + served
+            # A pass the pacer stopped leaves the streams it did not reach first for the next
+            # one.  Otherwise every stream it did not ask could not have sent either (the
+            # window was full): aioquic's round-robin order, those that sent at the back.
+            # Putting them first there made the slice that found the window full lose its
+            # turn every time: streams starved (test_100_busy_streams_share...).
+            rest = queue[pos:]
+            waited = [s for s in waited if self._stays_queued(s)]
+            sent = [s for s in sent if self._stays_queued(s)]
+            self._streams_queue = waited + rest + sent if full else rest + waited + sent
 
     def _unpark(self) -> None:
         parked, self._parked = self._parked, {}
