@@ -87,7 +87,17 @@ class Builder:
             endpoint.worker = None if self.worker is None else self.worker[0]
         return built
 
+    def _engine_warnings(self, s: ClientSettings | ServerSettings) -> None:
+        if s.reclaim_stalled_after_s == 0:
+            self._warnings.append(
+                f"[{s.name}] reclaim-stalled-after = 0: tunnels whose app stops reading are "
+                "never reset, so enough of them on one QUIC connection freeze its other "
+                "tunnels until they read again (docs/security.md, 'Receive memory per "
+                "connection'). Remove the setting to reclaim after 1 s of stall under pressure"
+            )
+
     def _client(self, s: ClientSettings) -> ClientEndpoint:
+        self._engine_warnings(s)
         source = make_source(
             s.token_source_plugin,
             s.token_source,
@@ -141,6 +151,7 @@ class Builder:
             cafile.check_ca(s.ca_file)
 
     def _server(self, s: ServerSettings, open_by_default: bool) -> ServerEndpoint | None:
+        self._engine_warnings(s)
         parser = make_parser(
             s.token_parser_plugin, s.token_parser_key, audience=s.token_audience or ""
         )

@@ -53,6 +53,12 @@ class QuicKnobs(_Model):
         int, Field(alias="connection-receive-budget", ge=1 * MiB, le=4096 * MiB)
     ] = 32 * MiB
     max_tunnels: Annotated[int, Field(alias="max-tunnels", ge=1, le=1_000_000)] = 16384
+    # A tunnel whose app drained nothing for this long is reset when other tunnels of its
+    # connection need the memory it holds (docs/design.md, "Reclaiming stalled tunnels'
+    # memory"); 0: never (a WARNING).
+    reclaim_stalled_after_s: Annotated[
+        float, Field(alias="reclaim-stalled-after", ge=0, le=3600)
+    ] = 1.0
     # What one connection's tunnels may queue unsent in total (quic/send_budget.py); at least
     # one tunnel's own 1 MiB mark, so a lone bulk tunnel is never slowed by it.
     connection_send_budget: Annotated[
@@ -84,6 +90,7 @@ class QuicKnobs(_Model):
             connection_window=self.connection_window,
             receive_budget=self.connection_receive_budget,
             max_streams=self.max_tunnels,
+            reclaim_stalled_after_s=self.reclaim_stalled_after_s,
             engine=self.quic_engine,
             send_budget=self.connection_send_budget,
         )

@@ -48,6 +48,9 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 0x108  # a bug in quictund; only that tunnel is affected
     CONNECTION_LOST = 0x109
     CLOSED_BY_OPERATOR = 0x10A  # DELETE /tunnels/{uuid}
+    # its app drained nothing for reclaim-stalled-after while other tunnels needed the memory
+    # its parked bytes held (docs/design.md, "Reclaiming stalled tunnels' memory")
+    RECLAIMED = 0x10B
 
 
 class TokenTooLong(ValueError):

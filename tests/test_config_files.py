@@ -1130,3 +1130,29 @@ def test_load_records_origins(examples: Examples) -> None:
         "edge": "server.toml: server[0]",
     }
     assert config.files == [examples.client, examples.server]
+
+
+def test_turning_reclaiming_off_is_a_warning(tmp_path: Path) -> None:
+    """reclaim-stalled-after = 0 turns a protection off: said loudly, naming the listener."""
+    (path,) = _write(
+        tmp_path,
+        {
+            "c.toml": """
+[[client]]
+name = "ssh"
+listen-on = "tcp:127.0.0.1:6500"
+server-endpoint = "127.0.0.1:7500"
+token-source-plugin = "Fixed"
+token-source = "tcp:127.0.0.1:22"
+server-fingerprint = "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+reclaim-stalled-after = 0
+"""
+        },
+    )
+    result = check(path)
+    assert result.rc == 0, result.err
+    lines = result.err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("[ssh] reclaim-stalled-after = 0: tunnels whose app stops")
+    path.write_text(path.read_text().replace("reclaim-stalled-after = 0", ""))
+    assert check(path).err == ""  # the default says nothing

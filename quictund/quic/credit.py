@@ -13,10 +13,14 @@ from __future__ import annotations
 
 
 class ReceiveLedger:
-    """Held and consumed bytes per stream.  Invariants: ``held_total == sum(held.values())``,
-    ``holding == {sid for sid, n in held.items() if n}``."""
+    """Held and consumed bytes per stream, and since when each holding stream drained nothing.
 
-    __slots__ = ("consumed", "held", "held_total", "holding")
+    Invariants: ``held_total == sum(held.values())``,
+    ``holding == {sid for sid, n in held.items() if n} == set(quiet_since)``.  The clock is the
+    engine's ``now``, set by the adapter as datagrams come and go (``now`` below).
+    """
+
+    __slots__ = ("consumed", "held", "held_total", "holding", "now", "quiet_since")
 
     def __init__(self) -> None:
         self.held: dict[int, int] = {}
@@ -25,13 +29,18 @@ class ReceiveLedger:
         # the streams holding undrained bytes, kept as a set so that StreamWindows counts the
         # others with one C-level set intersection, not a Python loop over every stream
         self.holding: set[int] = set()
+        # holding streams -> when they last drained (or began holding), oldest first: a
+        # drain moves a stream to the end, so the longest stalled is always the first key
+        self.quiet_since: dict[int, float] = {}
+        self.now = 0.0
 
     def delivered(self, stream_id: int, count: int) -> None:
         """``count`` bytes of ``stream_id`` were handed to its tunnel."""
         self.held[stream_id] = self.held.get(stream_id, 0) + count
         self.held_total += count
-        if count:
+        if count and stream_id not in self.holding:
             self.holding.add(stream_id)
+            self.quiet_since[stream_id] = self.now
 
     def consume(self, stream_id: int, count: int) -> int:
         """The tunnel drained ``count`` bytes; returns how many were actually held (clamped)."""
@@ -41,8 +50,12 @@ class ReceiveLedger:
         count = min(count, held)
         self.held[stream_id] = held - count
         self.held_total -= count
-        if held == count:
-            self.holding.discard(stream_id)
+        if count:
+            del self.quiet_since[stream_id]
+            if held == count:
+                self.holding.discard(stream_id)
+            else:
+                self.quiet_since[stream_id] = self.now
         self.consumed[stream_id] = self.consumed.get(stream_id, 0) + count
         return count
 
@@ -51,7 +64,16 @@ class ReceiveLedger:
         held = self.held.pop(stream_id, 0)
         self.held_total -= held
         self.holding.discard(stream_id)
+        self.quiet_since.pop(stream_id, None)
         return held, self.consumed.pop(stream_id, 0)
+
+    def longest_stalled(self, after: float) -> tuple[int, float] | None:
+        """``(stream, seconds)`` of the stream that has held bytes and drained none for the
+        longest, if that is at least ``after`` seconds."""
+        for stream_id, since in self.quiet_since.items():
+            quiet = self.now - since
+            return (stream_id, quiet) if quiet >= after else None
+        return None
 
     def tracks(self, stream_id: int) -> bool:
         return stream_id in self.held
@@ -109,7 +131,7 @@ class StreamWindows:
 
     __slots__ = (
         "_held", "_holding", "_open", "_since", "_window", "initial", "maximum", "open_total",
-        "pool",
+        "pool", "refused",
     )  # fmt: skip
 
     def __init__(self, *, initial: int, maximum: int, pool: int, ledger: ReceiveLedger) -> None:
@@ -122,6 +144,9 @@ class StreamWindows:
         self._since: dict[int, int] = {}  # consumed when the window last changed
         self._open: dict[int, int] = {}  # limit - consumed at the last update
         self.open_total = 0
+        # set when a draining stream's window could not grow because the others' credit fills
+        # the pool: the adapter's cue to reclaim a stalled tunnel (docs/design.md); it clears it
+        self.refused = False
 
     def window(self, stream_id: int) -> int:
         return self._window.get(stream_id, self.initial)
@@ -153,11 +178,15 @@ class StreamWindows:
             if others + max(window + 1, still_open) > self.pool:
                 # no growth fits the pool: skip the O(streams) fair share (the same answer)
                 self._window[stream_id] = window
+                self.refused = True
                 return window
             wanted = min(self.maximum, 2 * window, max(window, self._fair_share()))
-            if wanted > window and others + max(wanted, still_open) <= self.pool:
-                window = wanted
-                self._since[stream_id] = consumed
+            if wanted > window:
+                if others + max(wanted, still_open) <= self.pool:
+                    window = wanted
+                    self._since[stream_id] = consumed
+                else:
+                    self.refused = True
         self._window[stream_id] = window
         return window
 

@@ -43,6 +43,7 @@ __all__ = [
     "QuicHeader",
     "QuicPacketType",
     "engine_available",
+    "StreamReclaimed",
     "events",
     "make_configuration",
     "new_connection",
@@ -53,6 +54,16 @@ __all__ = [
     "supported_versions",
     "version_negotiation",
 ]
+
+
+@dataclasses.dataclass
+class StreamReclaimed(events.StreamReset):
+    """The engine reset a stalled tunnel's stream to take back the memory its parked bytes
+    held (docs/design.md, "Reclaiming stalled tunnels' memory"): both halves are already
+    reset and its buffers freed; the tunnel ends as for a peer's reset, and says why."""
+
+    held: int = 0
+    stalled_s: float = 0.0
 
 
 class QuicConfiguration(Protocol):

@@ -231,8 +231,9 @@ class AioquicConnection(ConsumptionCredit):
 
     @property
     def events_ready(self) -> bool:
-        """Never: aioquic delivers every event at once (credit is what it withholds)."""
-        return False
+        """aioquic delivers every event at once (credit is what it withholds); only a send
+        pass adds one outside a datagram or a timer: a reclaimed tunnel (``reclaim_if_pressed``)."""
+        return bool(self._events)
 
     @property
     def peer_certificate(self) -> Any:
@@ -248,6 +249,7 @@ class AioquicConnection(ConsumptionCredit):
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         if resets.received_reset(self, data):  # the server lost this connection
             return
+        self._ledger.now = now  # the stall clock of the streams it delivers to
         before = paths.active_path(self)
         fast = build.fast_receive
         if fast is None or not fast(self, data, addr, now):
@@ -255,6 +257,7 @@ class AioquicConnection(ConsumptionCredit):
         paths.after_receive(self, before)  # a client moved: challenge it now (roaming)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        self.reclaim_if_pressed(now)
         datagrams = super().datagrams_to_send(now)
         if self._pacing_at is None:  # stopped for want of data, not by the pacer
             aioquic_cc.note_app_limited(self._loss, self._max_datagram_size)

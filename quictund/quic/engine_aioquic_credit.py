@@ -31,8 +31,10 @@ from quictund.quic.credit import (
     initial_stream_window,
     raised_limit,
 )
+from quictund.quic.engine import StreamReclaimed
 from quictund.quic.engine_aioquic_sched import SlicedSending
 from quictund.quic.settings import EngineSettings
+from quictund.wire import ErrorCode
 
 
 class ConsumptionCredit(SlicedSending):
@@ -64,6 +66,10 @@ class ConsumptionCredit(SlicedSending):
         self._unsettled: dict[int, int] = {}
         self._credit_dirty: set[int] = set()
         self._limits_seen = (-1, -1)  # (used, credit base) _write_connection_limits last saw
+        # Reclaiming stalled tunnels (docs/design.md): held memory past this mark leaves less
+        # than a quarter of the budget in flight, which is pressure as much as a refused window.
+        self._reclaim_after = settings.reclaim_stalled_after_s or None
+        self._pressure_mark = self._budget - self._budget // 4
 
     def next_event(self) -> events.QuicEvent | None:
         event = super().next_event()
@@ -113,6 +119,39 @@ class ConsumptionCredit(SlicedSending):
             receiver._buffer_start = receiver.highest_offset
             receiver.is_finished = True
         self._activate(stream_id)
+
+    def reclaim_if_pressed(self, now: float) -> None:
+        """Under pressure, reset the tunnel stalled the longest (if stalled long enough).
+
+        Called before each send pass, never while a packet is being built (the reset frames
+        go out in the same pass).  The tunnel learns it from a ``StreamReclaimed`` event.
+        """
+        ledger = self._ledger
+        ledger.now = now
+        if self._reclaim_after is None:
+            return
+        windows = self._windows
+        if not windows.refused and self._local_max_data.used - self._credit_base <= (
+            self._pressure_mark
+        ):
+            return
+        windows.refused = False
+        found = ledger.longest_stalled(self._reclaim_after)
+        if found is None:
+            return
+        stream_id, stalled_s = found
+        held = ledger.held.get(stream_id, 0)
+        for op in (self.reset_stream, self.stop_stream):
+            try:
+                op(stream_id, ErrorCode.RECLAIMED)
+            except (ValueError, AssertionError):
+                pass  # that half was already finished
+        self.release(stream_id)
+        self._events.append(
+            StreamReclaimed(
+                error_code=ErrorCode.RECLAIMED, stream_id=stream_id, held=held, stalled_s=stalled_s
+            )
+        )
 
     def _settle(self, stream: QuicStream) -> None:
         """aioquic discarded ``stream``: credit the rest of a released stream's extent."""

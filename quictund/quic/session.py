@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from quictund.identity import Identity
-from quictund.quic.engine import EngineConnection, events
+from quictund.quic.engine import EngineConnection, StreamReclaimed, events
 from quictund.quic.liveness import Liveness
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.quic.send_refresh import BudgetRefresh
@@ -307,6 +307,9 @@ class QuicSession:
                 self._refresh.sent(size)
             else:
                 self.conn.sent_streams()  # nothing queued to re-read: forget what moved
+        if self.conn.events_ready:  # a tunnel the engine reclaimed (events.StreamReclaimed)
+            self._events_pending = True
+            self.transmit_soon()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -385,6 +388,8 @@ class QuicSession:
                     event.stream_id, handler.on_stream_data, event.data, event.end_stream
                 )
             elif isinstance(event, events.StreamReset):
+                if isinstance(event, StreamReclaimed):
+                    self._log_reclaimed(event)
                 handler = self._handlers.get(event.stream_id)
                 if handler is not None:
                     self._guard_stream(event.stream_id, handler.on_stream_reset, event.error_code)
@@ -416,6 +421,14 @@ class QuicSession:
             elif isinstance(event, events.ConnectionIdRetired):
                 if self._on_cid is not None:
                     self._on_cid(event.connection_id, False)
+
+    def _log_reclaimed(self, event: StreamReclaimed) -> None:
+        logger.warning(
+            "tunnel on stream %d with %s:%d reset: its app read nothing for %.1f s while "
+            "other tunnels of the connection needed the %d KiB it held (raise "
+            "connection-receive-budget or reclaim-stalled-after to keep stalled tunnels longer)",
+            event.stream_id, *self.peer[:2], event.stalled_s, event.held // 1024,
+        )  # fmt: skip
 
     def _new_peer_stream(self, stream_id: int) -> StreamHandler | None:
         # Only the server accepts peer-opened streams; data for a stream we already forgot

@@ -37,6 +37,8 @@ class EngineSettings:
     # it to stream_window for a fixed window per stream).
     initial_stream_window: int | None = None
     max_streams: int = 16384
+    # reset a tunnel whose app drained nothing this long once others need its memory; 0: never
+    reclaim_stalled_after_s: float = 1.0
     engine: EngineName = "aioquic"
     quic_lb: CidCodec | None = None  # server: QUIC-LB routable connection ids (aioquic only)
     send_budget: int = 16 * 1024 * 1024  # per connection, enforced by the session
