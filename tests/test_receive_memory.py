@@ -108,9 +108,8 @@ def _honest_rounds(pair: Pair) -> int:
 def test_stalled_tunnels_do_not_freeze_an_honest_one(
     certs: Certs, eng: str, stalled: int, each: int, read_first: int
 ) -> None:
-    """Issue 13 section 2: before, 7 stalled readers froze every other tunnel."""
-    if eng == "qh3":
-        pytest.xfail("qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')")
+    """Issue 13 section 2: before, 7 stalled readers froze every other tunnel (qh3: until
+    the tunnels holding its connection up are reclaimed)."""
     settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
     unloaded = make_pair(certs, settings)
     unloaded.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
@@ -129,11 +128,18 @@ def test_stalled_tunnels_do_not_freeze_an_honest_one(
     pair.on_server_data = tunnels
     for _ in range(400):  # let the stalled tunnels fill whatever they were granted
         pair.step()
-    assert pair.server.held_bytes >= stalled * 32 * KIB  # they did stall, holding data
+    # they did stall, holding data (qh3 delivers at most connection-window - its core's
+    # window, 8 MiB, before its gate closes)
+    assert pair.server.held_bytes >= min(stalled * 32 * KIB, 8 * MIB)
     took = _honest_rounds(pair)
-    assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
     held = pair.server.held_bytes
-    assert held + pair.server.receive_buffered <= DEFAULTS.receive_budget
+    assert held + getattr(pair.server, "receive_buffered", 0) <= DEFAULTS.receive_budget
+    if eng == "qh3" and took > 2 * alone:
+        pytest.xfail(
+            f"{took} ms against {alone} alone: qh3 2.1 has no per-stream credit hook, so "
+            "each stalled tunnel holds the connection up until it is reclaimed"
+        )
+    assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
 
 
 def _stall_one_after_another(
@@ -175,9 +181,8 @@ def test_tunnels_that_stall_one_after_another_do_not_freeze_an_honest_one(
     so together they came to hold the whole receive pool and the honest tunnel was left its
     initial window (50: 256 ms against 19 alone) or, at 500, nothing.  Now, under that
     pressure, the tunnels stalled longest are reset and their memory reclaimed (never the
-    honest one, nor the one that drains slowly)."""
-    if eng == "qh3":
-        pytest.xfail("qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')")
+    honest one, nor the one that drains slowly).  On qh3 the pressure is its gate (a stalled
+    tunnel over its window holds up the whole connection): it finishes, but later than 2x."""
     settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
     unloaded = make_pair(certs, settings)
     unloaded.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
@@ -185,8 +190,7 @@ def test_tunnels_that_stall_one_after_another_do_not_freeze_an_honest_one(
 
     pair, stuck, slow = _stall_one_after_another(certs, settings, stalled, each, read_first)
     before = len(_reclaimed(pair))
-    took = _honest_rounds(pair)
-    assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
+    took = _honest_rounds(pair)  # before, on both engines: never (3000 ms)
     reclaimed = _reclaimed(pair)
     assert reclaimed, "nothing was reclaimed"
     assert {e.stream_id for e in reclaimed} <= stuck  # never the honest or the slow one
@@ -195,26 +199,32 @@ def test_tunnels_that_stall_one_after_another_do_not_freeze_an_honest_one(
     # the peer was told: both halves of each reclaimed stream were reset
     resets = {e.stream_id for e in pair.client_events if isinstance(e, events.StreamReset)}
     assert {e.stream_id for e in reclaimed[:before]} <= resets
-    assert pair.server.held_bytes + pair.server.receive_buffered <= DEFAULTS.receive_budget
+    assert pair.server.held_bytes + getattr(pair.server, "receive_buffered", 0) <= (
+        DEFAULTS.receive_budget
+    )
+    if eng == "qh3" and took > 2 * alone:
+        pytest.xfail(
+            f"{took} ms against {alone} alone: qh3 2.1 has no per-stream credit hook, so "
+            "each stalled tunnel holds the connection up until it is reclaimed"
+        )
+    assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
 
 
 def test_without_pressure_no_stalled_tunnel_is_reclaimed(certs: Certs, eng: str) -> None:
     """Stalled tunnels that leave the others room are kept, however long they stall."""
     settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
-    pair, stuck, _ = _stall_one_after_another(certs, settings, 5, 2 * MIB, 1 * MIB)
+    # each parks 512 KiB: under qh3's per-stream gate (stream-window - its core's window)
+    pair, _, _ = _stall_one_after_another(certs, settings, 5, 3 * MIB // 2, 1 * MIB)
     for _ in range(3000):  # 3 simulated seconds more
         pair.step()
-    assert pair.server.held_bytes >= 5 * 32 * KIB  # they did stall, holding data
-    if eng == "aioquic":  # a qh3 connection is held up by any stalled tunnel (its gate)
-        _honest_rounds(pair)
+    assert pair.server.held_bytes >= 5 * 256 * KIB  # they did stall, holding data
+    _honest_rounds(pair)
     assert not _reclaimed(pair)
 
 
 def test_reclaiming_can_be_turned_off(certs: Certs, eng: str) -> None:
     """reclaim-stalled-after = 0: nothing is reset, and the honest tunnel is starved again
     (the behaviour before reclaiming, which the WARNING at start-up describes)."""
-    if eng == "qh3":
-        pytest.skip("qh3 reclaims nothing (docs/design.md, 'The qh3 engine')")
     settings = replace(
         DEFAULTS,
         engine=eng,  # type: ignore[arg-type]

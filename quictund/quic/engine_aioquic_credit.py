@@ -31,10 +31,9 @@ from quictund.quic.credit import (
     initial_stream_window,
     raised_limit,
 )
-from quictund.quic.engine import StreamReclaimed
 from quictund.quic.engine_aioquic_sched import SlicedSending
+from quictund.quic.reclaim import reclaim_longest_stalled
 from quictund.quic.settings import EngineSettings
-from quictund.wire import ErrorCode
 
 
 class ConsumptionCredit(SlicedSending):
@@ -136,22 +135,7 @@ class ConsumptionCredit(SlicedSending):
         ):
             return
         windows.refused = False
-        found = ledger.longest_stalled(self._reclaim_after)
-        if found is None:
-            return
-        stream_id, stalled_s = found
-        held = ledger.held.get(stream_id, 0)
-        for op in (self.reset_stream, self.stop_stream):
-            try:
-                op(stream_id, ErrorCode.RECLAIMED)
-            except (ValueError, AssertionError):
-                pass  # that half was already finished
-        self.release(stream_id)
-        self._events.append(
-            StreamReclaimed(
-                error_code=ErrorCode.RECLAIMED, stream_id=stream_id, held=held, stalled_s=stalled_s
-            )
-        )
+        reclaim_longest_stalled(self, ledger, self._reclaim_after, self._events.append)
 
     def _settle(self, stream: QuicStream) -> None:
         """aioquic discarded ``stream``: credit the rest of a released stream's extent."""

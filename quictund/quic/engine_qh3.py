@@ -55,6 +55,7 @@ from quictund.quic.credit import ReceiveLedger
 from quictund.quic.engine_qh3_core import announce_transport_parameters, new_core
 from quictund.quic.engine_qh3_events import FROM_QH3, OneEvent
 from quictund.quic.engine_qh3_tls import ClientAuthContext, ServerCheckContext
+from quictund.quic.reclaim import reclaim_gate
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
 from quictund.quic.stateless_reset import token
 
@@ -120,6 +121,7 @@ class Qh3Connection(QuicConnection):
         self._stream_gate = max(1, settings.stream_window - configuration.max_stream_data)
         self._conn_gate = max(1, settings.connection_window - configuration.max_data)
         self._ledger = ReceiveLedger()
+        self._reclaim_after = settings.reclaim_stalled_after_s
         self._released: dict[int, None] = {}  # insertion-ordered set
         self._live: set[int] = set()
         self._gate: int | None = None  # the stream whose backlog stopped event delivery
@@ -247,6 +249,7 @@ class Qh3Connection(QuicConnection):
         return event if convert is None else convert(event)
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        self._ledger.now = now  # the stall clock of the streams it delivers to (reclaim.py)
         # Fast path for 1-RTT packets once connected: one core call, no Python header parsing
         # or logging bookkeeping (a short-header packet always ends its datagram).
         if self._handshake_complete and data and not data[0] & 0x80 and self._quic_logger is None:
@@ -270,6 +273,11 @@ class Qh3Connection(QuicConnection):
         core = self._core
         if core is None:
             return []
+        self._ledger.now = now
+        if self._gate is not None and self._reclaim_after:
+            # the gate withholds every event of the connection, a new tunnel's included (we
+            # cannot see who waits): free it once the tunnel that closed it is stalled
+            reclaim_gate(self, self._ledger, self._gate, self._reclaim_after, self._events.append)
         if self._datagrams and self._handshake_complete:
             self._feed_datagrams(core)
         out = []
