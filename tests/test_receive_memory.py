@@ -108,8 +108,11 @@ def _honest_rounds(pair: Pair) -> int:
 def test_stalled_tunnels_do_not_freeze_an_honest_one(
     certs: Certs, eng: str, stalled: int, each: int, read_first: int
 ) -> None:
-    """Issue 13 section 2: before, 7 stalled readers froze every other tunnel (qh3: until
-    the tunnels holding its connection up are reclaimed)."""
+    """Issue 13 section 2: before, 7 stalled readers froze every other tunnel."""
+    if eng == "qh3":
+        # its gate withholds the honest tunnel's first bytes too, so the last stalled tunnel
+        # looks alone and is kept (docs/security.md, "Receive memory per connection")
+        pytest.xfail("qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')")
     settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
     unloaded = make_pair(certs, settings)
     unloaded.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
@@ -128,18 +131,11 @@ def test_stalled_tunnels_do_not_freeze_an_honest_one(
     pair.on_server_data = tunnels
     for _ in range(400):  # let the stalled tunnels fill whatever they were granted
         pair.step()
-    # they did stall, holding data (qh3 delivers at most connection-window - its core's
-    # window, 8 MiB, before its gate closes)
-    assert pair.server.held_bytes >= min(stalled * 32 * KIB, 8 * MIB)
+    assert pair.server.held_bytes >= stalled * 32 * KIB  # they did stall, holding data
     took = _honest_rounds(pair)
-    held = pair.server.held_bytes
-    assert held + getattr(pair.server, "receive_buffered", 0) <= DEFAULTS.receive_budget
-    if eng == "qh3" and took > 2 * alone:
-        pytest.xfail(
-            f"{took} ms against {alone} alone: qh3 2.1 has no per-stream credit hook, so "
-            "each stalled tunnel holds the connection up until it is reclaimed"
-        )
     assert took <= 2 * alone, f"{took} ms next to {stalled} stalled tunnels, {alone} ms alone"
+    held = pair.server.held_bytes
+    assert held + pair.server.receive_buffered <= DEFAULTS.receive_budget
 
 
 def _stall_one_after_another(

@@ -274,9 +274,9 @@ class Qh3Connection(QuicConnection):
         if core is None:
             return []
         self._ledger.now = now
-        if self._gate is not None and self._reclaim_after:
-            # the gate withholds every event of the connection, a new tunnel's included (we
-            # cannot see who waits): free it once the tunnel that closed it is stalled
+        if self._gate is not None and self._reclaim_after and len(self._live) > 1:
+            # the gate withholds every event of the connection from the other tunnels: free
+            # it once the tunnel that closed it is stalled (a lone tunnel is kept)
             reclaim_gate(self, self._ledger, self._gate, self._reclaim_after, self._events.append)
         if self._datagrams and self._handshake_complete:
             self._feed_datagrams(core)

@@ -246,15 +246,19 @@ def _reader_that_stalls(path: str, read_first: int) -> socket.socket:
     fixed (a loopback TCP socket's grow to 4 MiB, so the kernel, not quictund, would hold what
     a stalled reader leaves)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
-    sock.settimeout(30)
-    sock.connect(path)
-    sock.sendall(FLOOD)
-    got = 0
-    while got < read_first:
-        chunk = sock.recv(min(64 * KiB, read_first - got))
-        assert chunk, "the firehose ended early"
-        got += len(chunk)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        sock.settimeout(30)
+        sock.connect(path)
+        sock.sendall(FLOOD)
+        got = 0
+        while got < read_first:
+            chunk = sock.recv(min(64 * KiB, read_first - got))
+            assert chunk, "the firehose ended early"
+            got += len(chunk)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
