@@ -21,8 +21,9 @@ from quictund.identity import Identity
 from quictund.limits import AdmissionSettings, Limit, LimitLog, SourceBuckets, source_key
 from quictund.policy import Policy
 from quictund.quic import engine
+from quictund.quic.handlers import StreamHandler
 from quictund.quic.server import QuicServerProtocol
-from quictund.quic.session import Address, QuicSession, StreamHandler
+from quictund.quic.session import Address, QuicSession
 from quictund.quic.stateless_reset import Responder, derive_key, load_key
 from quictund.quic.udp import UdpSocket, open_udp
 from quictund.selfsigned import default_state_dir

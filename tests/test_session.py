@@ -11,7 +11,8 @@ import pytest
 from quictund import tls
 from quictund.quic import engine
 from quictund.quic.engine_aioquic import AioquicConnection
-from quictund.quic.session import QuicSession, StreamHandler
+from quictund.quic.handlers import StreamHandler
+from quictund.quic.session import QuicSession
 from tests.quic_packets import client_initial_datagram
 
 

@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable
 
 from quictund.quic import engine, tls_advice
+from quictund.quic.handlers import StreamHandler
 from quictund.quic.migrate import ClientPath
-from quictund.quic.session import Address, QuicSession, StreamHandler
+from quictund.quic.session import Address, QuicSession
 
 logger = logging.getLogger(__name__)
 

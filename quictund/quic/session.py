@@ -26,10 +26,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, StreamReclaimed, events
+from quictund.quic.handlers import Flushable, SessionOwner, StreamHandler
 from quictund.quic.liveness import Liveness
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.quic.send_refresh import BudgetRefresh
@@ -39,23 +39,6 @@ from quictund.wire import ErrorCode
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-
-
-class StreamHandler(Protocol):
-    def on_stream_data(self, data: bytes, end_stream: bool) -> None: ...
-    def on_stream_reset(self, error_code: int) -> None: ...
-    def on_stop_sending(self, error_code: int) -> None: ...
-    def on_send_ready(self) -> None: ...
-    def on_session_lost(self, reason: str) -> None: ...
-
-
-class Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
-class SessionOwner(Protocol):
-    def stream_opened(self, session: QuicSession, stream_id: int) -> StreamHandler | None: ...
-    def session_closed(self, session: QuicSession, reason: str) -> None: ...
 
 
 class QuicSession:
