@@ -234,3 +234,30 @@ def test_reclaiming_can_be_turned_off(certs: Certs, eng: str) -> None:
         pair.step()
     assert not _reclaimed(pair)
     assert pair.received[honest] < BULK
+
+
+def test_a_tunnel_that_stalls_beside_busy_ones_is_kept(certs: Certs, eng: str) -> None:
+    """Busy tunnels that drain fill the pool with credit, not with parked bytes: a tunnel
+    paused beside them (a terminal on XOFF) holds little and is never reclaimed for them.
+    (Before the parked-bytes condition, 64 busy tunnels opened 20 ms apart had it reset.)"""
+    settings = replace(DEFAULTS, engine=eng, max_streams=20000)  # type: ignore[arg-type]
+    pair = make_pair(certs, settings)
+    paused = pair.client.open_stream()
+    pair.client.send_stream_data(paused, b"p" * (64 * KIB))
+
+    def tunnels(p: Pair, sid: int, data: bytes) -> None:
+        if sid != paused:
+            p.consume(sid, len(data))
+
+    pair.on_server_data = tunnels
+    busy = []
+    for _ in range(64):  # each grows its window while fewer drain, then shares the pool
+        busy.append(sid := pair.client.open_stream())
+        pair.client.send_stream_data(sid, b"b" * (6 * MIB))
+        for _ in range(20):
+            pair.step()
+    for _ in range(1500):
+        pair.step()
+    assert pair.received[paused] > 0 and pair.consumed[paused] == 0
+    assert sum(pair.received[s] for s in busy) > 128 * MIB  # they were busy all along
+    assert not _reclaimed(pair)

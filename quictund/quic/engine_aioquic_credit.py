@@ -130,10 +130,13 @@ class ConsumptionCredit(SlicedSending):
         if self._reclaim_after is None:
             return
         windows = self._windows
-        if not windows.refused and self._local_max_data.used - self._credit_base <= (
-            self._pressure_mark
-        ):
-            return
+        if self._local_max_data.used - self._credit_base <= self._pressure_mark:
+            # A refused window is pressure only while parked bytes fill half the pool: busy
+            # tunnels that drain fill it with credit, and a tunnel paused beside them (a
+            # terminal on XOFF) holds little; resetting it would free nothing they need.
+            if not windows.refused or ledger.held_total < windows.pool // 2:
+                windows.refused = False
+                return
         windows.refused = False
         reclaim_longest_stalled(self, ledger, self._reclaim_after, self._events.append)
 
