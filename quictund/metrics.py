@@ -39,6 +39,13 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
+        self.reclaimed = Counter(
+            "quictund_tunnels_reclaimed",
+            "Established tunnels reset because their app read nothing while the other tunnels "
+            "of their QUIC connection needed the memory they held (either side reclaimed)",
+            ["listener"],
+            registry=r,
+        )
         self.bytes = Counter(
             "quictund_bytes",
             "Bytes carried, by the application that sent them",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from quictund.classify import Classifier
 from quictund.limits import SourceBuckets
+from quictund.wire import ErrorCode
 
 if TYPE_CHECKING:
     from quictund.metrics import Metrics
@@ -80,6 +81,9 @@ class TunnelRecord:
             **({"protocol": "udp"} if self.udp is not None else {}),
         }
 
+
+# how splice.py names the code in a reason: "peer reset the stream (reclaimed)"
+RECLAIMED_REASON = f"({ErrorCode.RECLAIMED.name.lower()})"
 
 _CATEGORIES = (
     ("no token", "no_token"),
@@ -210,6 +214,8 @@ class TunnelTable:
         if m is not None:
             if record.established:
                 m.closed.labels(record.listener).inc()
+                if RECLAIMED_REASON in reason:
+                    m.reclaimed.labels(record.listener).inc()
                 m.bytes.labels(record.listener, "client").inc(record.client_total_bytes)
                 m.bytes.labels(record.listener, "server").inc(record.server_total_bytes)
             else:

@@ -34,3 +34,22 @@ def test_open_flows_are_counted_at_every_scrape_and_never_twice() -> None:
     record.udp.to_tunnel = 5
     table.closed(record, "idle")
     assert _samples(metrics)[sent] == 5  # the flow's end adds only what no scrape saw
+
+
+def test_reclaimed_tunnels_are_counted_apart() -> None:
+    """A tunnel reset to reclaim its memory (either side) is closed *and* reclaimed."""
+    metrics = Metrics()
+    table = TunnelTable(metrics)
+    for reason in (
+        "peer reset the stream (reclaimed)",  # what splice.py says for ErrorCode.RECLAIMED
+        "peer stopped reading (reclaimed)",
+        "peer reset the stream (app_reset)",
+        "app closed",
+    ):
+        record = TunnelRecord(endpoint="client", listener="ssh", remote_endpoint_addr="")
+        table.add(record)
+        table.opened(record)
+        table.closed(record, reason)
+    samples = _samples(metrics)
+    assert samples[("quictund_tunnels_closed_total", (("listener", "ssh"),))] == 4
+    assert samples[("quictund_tunnels_reclaimed_total", (("listener", "ssh"),))] == 2
