@@ -6,14 +6,10 @@ Everything here reaches into qh3 beyond its public API; nothing else in quictund
 gap (docs/design.md, "Engine gaps") is closed, and where qh3 already closes it (evidence in
 tests/test_engines.py, run against both engines):
 
-* **Receive credit follows consumption.**  The core grants credit as data *leaves* it
-  (``consumed + window``, never doubling; qh3 ``src/quic/path.rs`` ``FlowLimit::consume``) and
-  the facade takes every event out at once.  Here events leave the core only while the tunnels
-  keep up: once a stream holds ``stream_window - core window`` undrained bytes (or the
-  connection ``connection_window - core window``), ``_drain_core`` stops until ``consume`` /
-  ``release`` bring it below.  So a peer may send at most ``consumed + stream_window``.  The
-  price: while one stream is over its budget, later events of the *whole connection* wait in
-  the core (head-of-line) -- qh3 2.1 has no per-stream credit hook.
+* **Receive credit follows consumption** (``engine_qh3_gate.py``): events leave the core only
+  while the tunnels keep up, so a peer may send at most ``consumed + stream_window``; the
+  price is head-of-line blocking of the whole connection while one tunnel is over its window
+  (qh3 2.1 has no per-stream credit hook), until that tunnel drains or is reclaimed.
 * **Out-of-window data** is a FLOW_CONTROL_ERROR and out-of-order data is capped per stream at
   one core window (``max_stream_reassembly``): qh3 closes both itself.
 * **Send backlog** is qh3's own ``get_send_buffer_size`` (bytes not yet sent once).
@@ -25,8 +21,8 @@ tests/test_engines.py, run against both engines):
   so a late (1 ms) timer is never a collapse (qh3 closes this itself).
 * **Gaps and refused streams** (issue 13): the core never credits a gap (credit follows bytes
   that left it) and frees a stream after our STOP_SENDING/RESET_STREAM, so a connection's
-  receive memory stays within its windows (tests/test_receive_memory.py).  Not closed:
-  stalled tunnels still hold up the others (the head-of-line gate above); see
+  receive memory stays within its windows (tests/test_receive_memory.py).  Only partly
+  closed: a stalled tunnel holds up the others (the gate above) until it is reclaimed; see
   docs/design.md, "The qh3 engine", for why a parked buffer cannot fix it.
 * **mTLS** (``engine_qh3_tls.py``): qh3's TLS server cannot ask for a client certificate at all.
   ``ClientAuthContext`` sends a CertificateRequest, reads the client's Certificate and
@@ -45,23 +41,19 @@ import collections
 import ssl
 from typing import Any
 
-from aioquic.quic import events
 from cryptography import x509
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 
 from quictund.identity import ANONYMOUS, Identity
-from quictund.quic.credit import ReceiveLedger
 from quictund.quic.engine_qh3_core import announce_transport_parameters, new_core
-from quictund.quic.engine_qh3_events import FROM_QH3, OneEvent
+from quictund.quic.engine_qh3_events import FROM_QH3
+from quictund.quic.engine_qh3_gate import LIVE_STATES, GatedEvents
 from quictund.quic.engine_qh3_tls import ClientAuthContext, ServerCheckContext
-from quictund.quic.reclaim import reclaim_gate
 from quictund.quic.settings import ALPNS, DATAGRAM_QUEUE, MAX_DATAGRAM_FRAME, EngineSettings
 from quictund.quic.stateless_reset import token
 
 __all__ = ["Qh3Connection", "QuicConfiguration", "make_configuration"]
-
-_LIVE_STATES = ("first_flight", "connected")
 
 
 def make_configuration(
@@ -95,7 +87,7 @@ def make_configuration(
     return config
 
 
-class Qh3Connection(QuicConnection):
+class Qh3Connection(GatedEvents):
     """qh3's ``QuicConnection`` with gated event delivery, our stream limits and mTLS."""
 
     def __init__(
@@ -118,13 +110,7 @@ class Qh3Connection(QuicConnection):
         self._server_pins = server_pins
         self._max_streams = settings.max_streams
         self._reset_key = settings.reset_key
-        self._stream_gate = max(1, settings.stream_window - configuration.max_stream_data)
-        self._conn_gate = max(1, settings.connection_window - configuration.max_data)
-        self._ledger = ReceiveLedger()
-        self._reclaim_after = settings.reclaim_stalled_after_s
-        self._released: dict[int, None] = {}  # insertion-ordered set
-        self._live: set[int] = set()
-        self._gate: int | None = None  # the stream whose backlog stopped event delivery
+        self._init_gate(settings, configuration.max_data, configuration.max_stream_data)
         self._peer_cert: x509.Certificate | None = None
 
     # ---- quictund's engine API ----------------------------------------------------------
@@ -138,19 +124,11 @@ class Qh3Connection(QuicConnection):
         core = self._core
         if self._close_event is not None:
             return True
-        return core is not None and core.state not in _LIVE_STATES
-
-    @property
-    def held_bytes(self) -> int:
-        return self._ledger.held_total
+        return core is not None and core.state not in LIVE_STATES
 
     @property
     def bytes_in_flight(self) -> int:
         return 0 if self._core is None else int(self._core.bytes_in_flight)
-
-    @property
-    def events_ready(self) -> bool:
-        return bool(self._events)
 
     def open_stream(self) -> int:
         """Open the next client stream, or raise ``ConnectionRefusedError`` at the peer's limit.
@@ -174,25 +152,6 @@ class Qh3Connection(QuicConnection):
     def sent_streams(self) -> set[int] | None:
         """None: the core does not say which streams it sent from (re-read them all)."""
         return None
-
-    def consume(self, stream_id: int, count: int) -> None:
-        """``count`` bytes of ``stream_id`` have been drained: the peer may send that many more."""
-        if self._ledger.consume(stream_id, count):
-            self._maybe_ungate()
-
-    def release(self, stream_id: int) -> None:
-        """Stop tracking ``stream_id``: what it holds no longer counts, its data is discarded."""
-        if stream_id in self._released:
-            return
-        self._ledger.forget(stream_id)
-        self._live.discard(stream_id)
-        self._released[stream_id] = None
-        if len(self._released) > 65536:
-            del self._released[next(iter(self._released))]
-        self._maybe_ungate()
-
-    def is_released(self, stream_id: int) -> bool:
-        return stream_id in self._released
 
     def send_datagram(self, data: bytes) -> bool:
         """Queue one DATAGRAM frame; beyond ``DATAGRAM_QUEUE`` drop the oldest (False)."""
@@ -273,11 +232,7 @@ class Qh3Connection(QuicConnection):
         core = self._core
         if core is None:
             return []
-        self._ledger.now = now
-        if self._gate is not None and self._reclaim_after and len(self._live) > 1:
-            # the gate withholds every event of the connection from the other tunnels: free
-            # it once the tunnel that closed it is stalled (a lone tunnel is kept)
-            reclaim_gate(self, self._ledger, self._gate, self._reclaim_after, self._events.append)
+        self._reclaim_if_gated(now)  # engine_qh3_gate.py
         if self._datagrams and self._handshake_complete:
             self._feed_datagrams(core)
         out = []
@@ -304,64 +259,6 @@ class Qh3Connection(QuicConnection):
             super().stop_stream(stream_id, error_code)
         except QuicConnectionError as exc:
             raise ValueError(str(exc)) from None
-
-    def _drain_core(self) -> None:
-        core = self._core
-        if core is None or (self._gate is not None and core.state in _LIVE_STATES):
-            return  # withheld: the core grants the peer credit as events leave it
-        ledger, released = self._ledger, self._released
-        out: Any = self._events  # holds aioquic events too (next_event converts the rest)
-        while (native := core.next_event()) is not None:
-            kind = native[0]
-            if kind == "stream_data":
-                sid, data = native[1], native[2]
-                if core.state not in _LIVE_STATES:
-                    # The connection is closing (e.g. the peer broke flow control): what the
-                    # gate withheld must not now flood in beyond the window.  Its tunnels are
-                    # reset when the session sees the close, so nothing would write it.
-                    continue
-                out.append(events.StreamDataReceived(data, native[3], sid))
-                if data and sid not in released:
-                    self._live.add(sid)
-                    ledger.delivered(sid, len(data))
-                    if (
-                        ledger.held[sid] >= self._stream_gate
-                        or ledger.held_total >= self._conn_gate
-                    ) and core.state in _LIVE_STATES:
-                        self._gate = sid
-                        return
-            elif kind == "stream_reset":
-                out.append(events.StreamReset(error_code=native[2], stream_id=native[1]))
-            elif kind == "stop_sending":
-                out.append(events.StopSendingReceived(error_code=native[2], stream_id=native[1]))
-            else:
-                if kind == "stream_finished":
-                    self._live.discard(native[1])
-                    released.pop(native[1], None)  # the core drops its late frames itself
-                self._drain_one(native)
-                core = self._core
-                if core is None:
-                    return
-
-    def _drain_one(self, native: tuple[Any, ...]) -> None:
-        """Let qh3's own ``_drain_core`` handle one event (TLS, CIDs, close...)."""
-        real = self._core
-        assert real is not None
-        self._core = OneEvent(real, native)  # type: ignore[assignment]
-        try:
-            super()._drain_core()
-        finally:
-            if isinstance(self._core, OneEvent):
-                self._core = real
-
-    def _maybe_ungate(self) -> None:
-        gate = self._gate
-        if gate is None:
-            return
-        ledger = self._ledger
-        if ledger.held.get(gate, 0) < self._stream_gate and ledger.held_total < self._conn_gate:
-            self._gate = None
-            self._drain_core()
 
     def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
         # qh3's own _create_core with our stream limits (it hard-codes 100 / 103).  We never
