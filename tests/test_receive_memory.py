@@ -154,14 +154,17 @@ def _stall_one_after_another(
         if sid != slow and (sid not in stuck or p.consumed[sid] < read_first):
             p.consume(sid, len(data))
 
+    def drain_slowly(p: Pair) -> None:  # after every round, for as long as the pair runs
+        if p.rounds % 20 == 0 and p.received[slow] > p.consumed[slow]:
+            p.consume(slow, 1024)
+
     pair.on_server_data = tunnels
+    pair.invariant = drain_slowly
     for _ in range(stalled):
         stuck.add(sid := pair.client.open_stream())
         pair.client.send_stream_data(sid, b"s" * each)
         for _ in range(60):
             pair.step()
-            if pair.rounds % 20 == 0 and pair.received[slow] > pair.consumed[slow]:
-                pair.consume(slow, 1024)
     return pair, stuck, slow
 
 

@@ -75,7 +75,11 @@ class GatedEvents(QuicConnection):
         self._ledger.now = now
         gate = self._gate
         if gate is not None and self._reclaim_after and len(self._live) > 1:
-            reclaim_gate(self, self._ledger, gate, self._reclaim_after, self._events.append)
+            over = self._ledger.held.get(gate, 0) >= self._stream_gate  # else: the total
+            reclaim_gate(
+                self, self._ledger, gate if over else None, self._reclaim_after,
+                self._events.append,
+            )  # fmt: skip
 
     def _drain_core(self) -> None:
         core = self._core

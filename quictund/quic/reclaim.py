@@ -43,17 +43,18 @@ def reclaim_longest_stalled(
 def reclaim_gate(
     conn: _Resettable,
     ledger: ReceiveLedger,
-    gate: int,
+    gate: int | None,
     after: float,
-    emit: Callable[[Any], None],  # an engine's event queue (qh3's holds its own types)
+    emit: Callable[[Any], None],
 ) -> bool:
-    """qh3: the stream ``gate`` holds up the connection's events (its backlog is over the
-    stream's window, engine_qh3.py); reset it once its tunnel drained nothing for ``after``
-    seconds.  A gate closed by the connection's total instead frees the longest stalled."""
-    since = ledger.quiet_since.get(gate)
-    if since is None:  # the gate is the connection's total: any stalled tunnel frees some
+    """qh3: its gate withholds the connection's events.  ``gate`` is the stream over its own
+    window that closed it: reset it once its tunnel drained nothing for ``after`` seconds.
+    ``None``: the connection's total closed it (the stream that crossed the mark may be one
+    still reading), and any stalled tunnel frees some: the longest stalled goes."""
+    if gate is None:
         return reclaim_longest_stalled(conn, ledger, after, emit)
-    if ledger.now - since < after:
+    since = ledger.quiet_since.get(gate)
+    if since is None or ledger.now - since < after:
         return False
     return _reclaim(conn, ledger, gate, ledger.now - since, emit)
 
