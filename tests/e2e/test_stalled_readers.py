@@ -278,10 +278,12 @@ def _was_reset(sock: socket.socket) -> bool:
 
 @pytest.mark.parametrize(("stalled", "flood_each", "read_first"), [(500, 3 * MiB // 2, 256 * KiB)])
 @pytest.mark.timeout(300)  # 500 tunnels open one after another on a loaded 2-core machine
-@pytest.mark.xfail(
+@pytest.mark.skipif(
     TEST_ENGINE == "qh3",
+    # Measured: every new reader waits behind the gate until a stalled one is reclaimed, so
+    # the 500 readers crawl past the test's 300 s.  The engine-pair test
+    # (tests/test_receive_memory.py) measures qh3's reclaim instead.
     reason="qh3 2.1 has no per-stream credit hook (docs/design.md, 'The qh3 engine')",
-    strict=False,
 )
 async def test_readers_that_stall_one_after_another_leave_the_honest_tunnel_flowing(
     server: Endpoint, tmp_path: Path, stalled: int, flood_each: int, read_first: int
