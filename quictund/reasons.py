@@ -38,9 +38,9 @@ _CODE_WORDS: dict[ErrorCode, str] = {
     ErrorCode.CONNECTION_LOST: "the server reported connection lost for the tunnel to {dest}",
     ErrorCode.CLOSED_BY_OPERATOR: "an operator on the server closed the tunnel to {dest} "
     "(DELETE /tunnels/UUID)",
-    ErrorCode.RECLAIMED: "the server reset the tunnel to {dest}: {dest} read nothing while "
-    "other tunnels needed the memory its data held (the server's reclaim-stalled-after and "
-    "connection-receive-budget)",
+    ErrorCode.RECLAIMED: "the server reclaimed the tunnel to {dest}: {dest} read nothing "
+    "while other tunnels needed the memory its data held (the server's "
+    "reclaim-stalled-after and connection-receive-budget)",
 }
 
 _ACK_WORDS: dict[int, str] = {

@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from quictund.quic.session import QuicSession
 
 logger = logging.getLogger(__name__)
+# this side reset the tunnel to take back its memory (quic/reclaim.py); "reclaimed" is what
+# tunnels.RECLAIMED_REASON counts, as in the peer's "peer reset the stream (reclaimed)"
+RECLAIMED_HERE = (
+    "reclaimed here: its app read nothing for reclaim-stalled-after while other tunnels of "
+    "the connection needed the memory its data held"
+)
 
 WRITE_HIGH_WATER = 256 * 1024
 _EARLY_READ = 64 * 1024  # what an unattached splice reads (it pauses at once)
@@ -206,8 +212,11 @@ class Splice(asyncio.BufferedProtocol):
             self._maybe_close()
 
     def on_stream_reset(self, error_code: int) -> None:
+        reason = f"peer reset the stream ({_code_name(error_code)})"
+        if self.session is not None and self.session.reclaimed_here(self.stream_id):
+            reason = RECLAIMED_HERE
         self._reset_stream(error_code)  # finish our sending half too, so the stream is freed
-        self._abort_app(f"peer reset the stream ({_code_name(error_code)})")
+        self._abort_app(reason)
 
     def on_stop_sending(self, error_code: int) -> None:
         self._reset_stream(error_code)

@@ -82,8 +82,9 @@ class TunnelRecord:
         }
 
 
-# how splice.py names the code in a reason: "peer reset the stream (reclaimed)"
-RECLAIMED_REASON = f"({ErrorCode.RECLAIMED.name.lower()})"
+# in every reason of a reclaimed tunnel: splice.py's "reclaimed here: ..." and "peer reset the
+# stream (reclaimed)", reasons.py's "the server reclaimed the tunnel to ..."
+RECLAIMED_REASON = ErrorCode.RECLAIMED.name.lower()
 
 _CATEGORIES = (
     ("no token", "no_token"),

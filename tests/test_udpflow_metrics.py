@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from quictund.metrics import Metrics
+from quictund.reasons import client_reason
+from quictund.splice import RECLAIMED_HERE
 from quictund.tunnels import TunnelRecord, TunnelTable
 from quictund.udpflow.flow import CONGESTION, FlowCounters
 
@@ -41,9 +43,10 @@ def test_reclaimed_tunnels_are_counted_apart() -> None:
     metrics = Metrics()
     table = TunnelTable(metrics)
     for reason in (
-        "peer reset the stream (reclaimed)",  # what splice.py says for ErrorCode.RECLAIMED
-        "peer stopped reading (reclaimed)",
-        "peer reset the stream (app_reset)",
+        RECLAIMED_HERE,  # this side reclaimed it
+        "peer reset the stream (reclaimed)",  # the peer did (a server's words)
+        client_reason("peer reset the stream (reclaimed)", "tcp:10.0.0.5:22"),  # a client's
+        client_reason("peer reset the stream (app_reset)", "tcp:10.0.0.5:22"),
         "app closed",
     ):
         record = TunnelRecord(endpoint="client", listener="ssh", remote_endpoint_addr="")
@@ -51,5 +54,5 @@ def test_reclaimed_tunnels_are_counted_apart() -> None:
         table.opened(record)
         table.closed(record, reason)
     samples = _samples(metrics)
-    assert samples[("quictund_tunnels_closed_total", (("listener", "ssh"),))] == 4
-    assert samples[("quictund_tunnels_reclaimed_total", (("listener", "ssh"),))] == 2
+    assert samples[("quictund_tunnels_closed_total", (("listener", "ssh"),))] == 5
+    assert samples[("quictund_tunnels_reclaimed_total", (("listener", "ssh"),))] == 3

@@ -79,3 +79,13 @@ def _reclaim(
             pass  # that half was already finished
     conn.release(stream_id)
     return True
+
+
+def reclaimed_message(event: StreamReclaimed, peer: tuple[str, int]) -> str:
+    """The WARNING the reclaiming side logs: which tunnel, why, and what to raise."""
+    return (
+        f"tunnel on stream {event.stream_id} with {peer[0]}:{peer[1]} reset: its app read "
+        f"nothing for {event.stalled_s:.1f} s while other tunnels of the connection needed "
+        f"the {event.held // 1024} KiB it held (raise connection-receive-budget or "
+        "reclaim-stalled-after to keep stalled tunnels longer)"
+    )

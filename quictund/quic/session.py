@@ -31,6 +31,7 @@ from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, StreamReclaimed, events
 from quictund.quic.handlers import Flushable, SessionOwner, StreamHandler
 from quictund.quic.liveness import Liveness
+from quictund.quic.reclaim import reclaimed_message
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.quic.send_refresh import BudgetRefresh
 from quictund.quic.stall import StallWatch
@@ -61,6 +62,7 @@ class QuicSession:
         self._on_cid = on_cid
         self._loop = asyncio.get_running_loop()
         self._handlers: dict[int, StreamHandler] = {}
+        self._reclaimed: set[int] = set()  # streams this side reclaimed, until forgotten
         self._budget: SendBudget[StreamHandler] = SendBudget(send_budget, conn.unsent)
         self._refresh = BudgetRefresh(
             self._budget,
@@ -196,6 +198,7 @@ class QuicSession:
     def forget(self, stream_id: int) -> None:
         """The tunnel on ``stream_id`` is over: drop its handler and its credit accounting."""
         self._handlers.pop(stream_id, None)
+        self._reclaimed.discard(stream_id)
         if self._budget.tracked or self._budget.waiting:
             self._budget.forget(stream_id)
             self._refresh.sent(MIN_READ)  # room freed: worth a re-read
@@ -203,6 +206,11 @@ class QuicSession:
         if self.conn.events_ready:
             self._events_pending = True
         self.transmit_soon()
+
+    def reclaimed_here(self, stream_id: int) -> bool:
+        """Whether the reset a tunnel is being told of is this side's reclaim (its own app
+        stalled), not the peer's RESET_STREAM with the same code."""
+        return stream_id in self._reclaimed
 
     def send_datagram(self, data: bytes) -> bool:
         """Queue one DATAGRAM frame (False: the engine's queue was full; it dropped its oldest)."""
@@ -371,9 +379,11 @@ class QuicSession:
                     event.stream_id, handler.on_stream_data, event.data, event.end_stream
                 )
             elif isinstance(event, events.StreamReset):
-                if isinstance(event, StreamReclaimed):
-                    self._log_reclaimed(event)
                 handler = self._handlers.get(event.stream_id)
+                if isinstance(event, StreamReclaimed):
+                    logger.warning("%s", reclaimed_message(event, self.peer))
+                    if handler is not None:  # it asks reclaimed_here, until it forgets
+                        self._reclaimed.add(event.stream_id)
                 if handler is not None:
                     self._guard_stream(event.stream_id, handler.on_stream_reset, event.error_code)
                 else:
@@ -404,14 +414,6 @@ class QuicSession:
             elif isinstance(event, events.ConnectionIdRetired):
                 if self._on_cid is not None:
                     self._on_cid(event.connection_id, False)
-
-    def _log_reclaimed(self, event: StreamReclaimed) -> None:
-        logger.warning(
-            "tunnel on stream %d with %s:%d reset: its app read nothing for %.1f s while "
-            "other tunnels of the connection needed the %d KiB it held (raise "
-            "connection-receive-budget or reclaim-stalled-after to keep stalled tunnels longer)",
-            event.stream_id, *self.peer[:2], event.stalled_s, event.held // 1024,
-        )  # fmt: skip
 
     def _new_peer_stream(self, stream_id: int) -> StreamHandler | None:
         # Only the server accepts peer-opened streams; data for a stream we already forgot

@@ -315,6 +315,15 @@ async def test_readers_that_stall_one_after_another_leave_the_honest_tunnel_flow
         reclaimed = client.messages("reset: its app read nothing for")
         assert reclaimed, "no stalled tunnel was reclaimed"
         assert all(e["level"] == "warning" for e in reclaimed)
+        # each side's tunnel line says who reclaimed: here, and the peer (the server)
+        await client.wait_log(
+            lambda e: e.get("msg") == "tunnel closed"
+            and str(e.get("reason", "")).startswith("reclaimed here:")
+        )
+        await server.wait_log(
+            lambda e: e.get("msg") == "tunnel closed"
+            and "(reclaimed)" in str(e.get("reason", ""))
+        )
         ended = sum(await asyncio.to_thread(lambda: [_was_reset(s) for s in socks]))
         assert ended >= len(reclaimed), f"{ended} apps saw the end, {len(reclaimed)} reclaimed"
         grown = client.rss_kib() - baseline
