@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -56,6 +57,22 @@ async def _iperf(port: int) -> dict[str, Any]:
     return data["end"]["sum"]  # type: ignore[no-any-return]
 
 
+def _port_free_for_tcp_and_udp() -> int:
+    """A port number both protocols can bind on 127.0.0.1, below the ephemeral range: a UDP
+    port the kernel picked could be some other test's outgoing TCP connection's local port
+    ("Address already in use" for the TCP listener, seen once in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10000, low), 200):
+        try:
+            with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no port free for both TCP and UDP below the ephemeral range")
+
+
 async def test_iperf3_udp_through_a_flow(state_dir: Path) -> None:
     with socket.socket() as probe:  # iperf3 cannot pick a free port itself
         probe.bind(("127.0.0.1", 0))
@@ -65,8 +82,8 @@ async def test_iperf3_udp_through_a_flow(state_dir: Path) -> None:
     )  # fmt: skip
     dest = f"127.0.0.1:{port}"
     server = await start_server(state_dir, "--allow", f"tcp:{dest}", "--allow", f"udp:{dest}")
-    udp = await start_client(server.address, f"udp:{dest}", listen="udp:127.0.0.1:0")
-    listen = int(udp.address.rsplit(":", 1)[1])
+    listen = _port_free_for_tcp_and_udp()
+    udp = await start_client(server.address, f"udp:{dest}", listen=f"udp:127.0.0.1:{listen}")
     tcp = await start_client(server.address, f"tcp:{dest}", listen=f"tcp:127.0.0.1:{listen}")
     try:
         await _listening(port)  # iperf3's server binds after it starts
