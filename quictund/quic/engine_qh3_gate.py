@@ -24,7 +24,7 @@ from qh3.quic.connection import QuicConnection
 
 from quictund.quic.credit import ReceiveLedger
 from quictund.quic.engine_qh3_events import OneEvent
-from quictund.quic.reclaim import reclaim_gate
+from quictund.quic.reclaim import reclaim_if_stalled, reclaim_longest_stalled
 from quictund.quic.settings import EngineSettings
 
 LIVE_STATES = ("first_flight", "connected")
@@ -73,13 +73,15 @@ class GatedEvents(QuicConnection):
         """Before each send pass: reset the tunnel that holds the gate once it is stalled, if
         another tunnel is live (a lone tunnel is kept, however long it stalls)."""
         self._ledger.now = now
-        gate = self._gate
-        if gate is not None and self._reclaim_after and len(self._live) > 1:
-            over = self._ledger.held.get(gate, 0) >= self._stream_gate  # else: the total
-            reclaim_gate(
-                self, self._ledger, gate if over else None, self._reclaim_after,
-                self._events.append,
-            )  # fmt: skip
+        gate, ledger, after = self._gate, self._ledger, self._reclaim_after
+        if gate is None or not after or len(self._live) < 2:
+            return
+        if ledger.held.get(gate, 0) >= self._stream_gate:
+            reclaim_if_stalled(self, ledger, gate, after, self._events.append)
+        else:
+            # the connection's total closed it, and the stream that crossed the mark may be
+            # one still reading: any stalled tunnel frees some, the longest stalled goes
+            reclaim_longest_stalled(self, ledger, after, self._events.append)
 
     def _drain_core(self) -> None:
         core = self._core

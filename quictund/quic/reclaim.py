@@ -40,23 +40,19 @@ def reclaim_longest_stalled(
     return _reclaim(conn, ledger, stream_id, stalled_s, emit)
 
 
-def reclaim_gate(
+def reclaim_if_stalled(
     conn: _Resettable,
     ledger: ReceiveLedger,
-    gate: int | None,
+    stream_id: int,
     after: float,
     emit: Callable[[Any], None],
 ) -> bool:
-    """qh3: its gate withholds the connection's events.  ``gate`` is the stream over its own
-    window that closed it: reset it once its tunnel drained nothing for ``after`` seconds.
-    ``None``: the connection's total closed it (the stream that crossed the mark may be one
-    still reading), and any stalled tunnel frees some: the longest stalled goes."""
-    if gate is None:
-        return reclaim_longest_stalled(conn, ledger, after, emit)
-    since = ledger.quiet_since.get(gate)
+    """Reset ``stream_id`` if its tunnel drained nothing for ``after`` seconds (qh3: the
+    stream over its own window that closed the gate)."""
+    since = ledger.quiet_since.get(stream_id)
     if since is None or ledger.now - since < after:
         return False
-    return _reclaim(conn, ledger, gate, ledger.now - since, emit)
+    return _reclaim(conn, ledger, stream_id, ledger.now - since, emit)
 
 
 def _reclaim(

@@ -38,8 +38,11 @@ class _FloodOrEcho(asyncio.Protocol):
 
     limit = 0
     written = 0  # across all connections, to see when the stalled ones are full
+    open = 0  # connections not yet closed, to wait for them at the end of a test
+    all_closed: asyncio.Event | None = None  # set when ``open`` comes to 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        _FloodOrEcho.open += 1
         self.t: asyncio.Transport = transport  # type: ignore[assignment]
         self.mode: str | None = None
         self.left = 0
@@ -64,6 +67,11 @@ class _FloodOrEcho(asyncio.Protocol):
             self.t.write_eof()
         return True
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        _FloodOrEcho.open -= 1
+        if not _FloodOrEcho.open and _FloodOrEcho.all_closed is not None:
+            _FloodOrEcho.all_closed.set()
+
     def pause_writing(self) -> None:
         self.paused = True
 
@@ -78,6 +86,18 @@ class _FloodOrEcho(asyncio.Protocol):
             self.t.write(chunk[:n])
             self.left -= n
             _FloodOrEcho.written += n
+
+
+async def _close(client: Endpoint, backend: Backend, socks: list[socket.socket]) -> None:
+    """End a test: its apps' sockets, the client, and the backend, once every firehose it
+    aborted has closed its socket (or they are reported unclosed when the loop goes)."""
+    for sock in socks:
+        sock.close()
+    await client.stop()
+    _FloodOrEcho.all_closed = closed = asyncio.Event()
+    backend.close()
+    if _FloodOrEcho.open:
+        await asyncio.wait_for(closed.wait(), 10)
 
 
 @pytest.fixture
@@ -181,10 +201,7 @@ async def test_stalled_readers_leave_the_honest_tunnel_flowing(
             f" 16 MiB both ways in {took:.1f} s, client RSS +{grown} KiB"
         )
     finally:
-        for sock in socks:
-            sock.close()
-        await client.stop()
-        backend.close()
+        await _close(client, backend, socks)
 
 
 # What each app offers its stalled destination: more than the destination's small socket and
@@ -236,8 +253,7 @@ async def test_stalled_destinations_leave_the_honest_tunnel_flowing(
     finally:
         for writer in writers:
             writer.transport.abort()
-        await client.stop()
-        backend.close()
+        await _close(client, backend, [])
 
 
 def _reader_that_stalls(path: str, read_first: int) -> socket.socket:
@@ -317,12 +333,13 @@ async def test_readers_that_stall_one_after_another_leave_the_honest_tunnel_flow
         assert all(e["level"] == "warning" for e in reclaimed)
         # each side's tunnel line says who reclaimed: here, and the peer (the server)
         await client.wait_log(
-            lambda e: e.get("msg") == "tunnel closed"
-            and str(e.get("reason", "")).startswith("reclaimed here:")
+            lambda e: (
+                e.get("msg") == "tunnel closed"
+                and str(e.get("reason", "")).startswith("reclaimed here:")
+            )
         )
         await server.wait_log(
-            lambda e: e.get("msg") == "tunnel closed"
-            and "(reclaimed)" in str(e.get("reason", ""))
+            lambda e: e.get("msg") == "tunnel closed" and "(reclaimed)" in str(e.get("reason", ""))
         )
         ended = sum(await asyncio.to_thread(lambda: [_was_reset(s) for s in socks]))
         assert ended >= len(reclaimed), f"{ended} apps saw the end, {len(reclaimed)} reclaimed"
@@ -335,10 +352,4 @@ async def test_readers_that_stall_one_after_another_leave_the_honest_tunnel_flow
             f" client RSS +{grown} KiB"
         )
     finally:
-        for sock in socks:
-            sock.close()
-        await client.stop()
-        backend.close()
-        # let the aborted firehoses close their sockets before the loop goes (on qh3 the
-        # readers time out with every firehose still open: ResourceWarnings failed the run)
-        await asyncio.sleep(0.1)
+        await _close(client, backend, socks)
