@@ -1,7 +1,7 @@
 """CPU per GiB of each engine's *packet work*, sender and receiver apart, with no sockets.
 
     python bench/engine_cpu.py [--mib 256] [--engines aioquic,qh3] [--runs 3]
-                               [--datagram 1452] [--profile sender|receiver]
+                               [--datagram 1452] [--profile sender|receiver] [--streams N]
 
 A client and a server connection of one engine (``engine.new_connection``, so every adapter
 override is in) exchange datagrams in this process: the client sends ``--mib`` MiB on one
@@ -63,9 +63,10 @@ class Side:
 
 
 def _connected(
-    name: str, datagram: int, certs: tuple[Path, Path], profile: str | None
-) -> tuple[Side, Side, int]:
-    """A handshaken client/server pair of engine ``name`` and a client stream both know."""
+    name: str, datagram: int, certs: tuple[Path, Path], profile: str | None, streams: int = 1
+) -> tuple[Side, Side, list[int]]:
+    """A handshaken client/server pair of engine ``name`` and ``streams`` client streams both
+    know."""
     settings = EngineSettings(engine=name, max_datagram_size=datagram)  # type: ignore[arg-type]
     cconf = engine.make_configuration(
         is_client=True, settings=settings, server_name="localhost", verify=False
@@ -84,27 +85,28 @@ def _connected(
         None,
     )
     pending = [(server, data, CLIENT) for data, _ in first]
-    stream: int | None = None
+    opened: list[int] = []
     for _ in range(100):
         for side, data, addr in pending:
             side.conn.receive_datagram(data, addr, now=time.monotonic())
         for side in (client, server):
             while (ev := side.conn.next_event()) is not None:
                 if side is client and isinstance(ev, events.HandshakeCompleted):
-                    stream = client.conn.open_stream()
-                    client.conn.send_stream_data(stream, b"hello")
+                    for _ in range(streams):
+                        opened.append(client.conn.open_stream())
+                        client.conn.send_stream_data(opened[-1], b"hello")
         pending = [
             (peer, data, addr)
             for side, peer, addr in ((client, server, CLIENT), (server, client, SERVER))
             for data, _ in side.conn.datagrams_to_send(now=time.monotonic())
         ]
-        if stream is not None and not pending:
+        if opened and not pending:
             break
-    if stream is None:
+    if not opened:
         raise SystemExit(f"{name}: no handshake")
     client.profiler = cProfile.Profile() if profile == "sender" else None
     server.profiler = cProfile.Profile() if profile == "receiver" else None
-    return client, server, stream
+    return client, server, opened
 
 
 def _print_profiles(*sides: Side) -> None:
@@ -115,10 +117,17 @@ def _print_profiles(*sides: Side) -> None:
 
 
 def one_run(
-    name: str, mib: int, datagram: int, certs: tuple[Path, Path], profile: str | None
+    name: str,
+    mib: int,
+    datagram: int,
+    certs: tuple[Path, Path],
+    profile: str | None,
+    streams: int = 1,
 ) -> tuple[float, float, int]:
-    """(sender CPU s per GiB, receiver CPU s per GiB, datagrams the sender sent)."""
-    sender, receiver, stream = _connected(name, datagram, certs, profile)
+    """(sender CPU s per GiB, receiver CPU s per GiB, datagrams the sender sent); with
+    ``streams`` > 1 the data is spread over that many busy tunnels, written round-robin."""
+    sender, receiver, opened = _connected(name, datagram, certs, profile, streams)
+    queued = max(QUEUED // streams, CHUNK)
     total = mib * 1024 * 1024
     block = bytes(CHUNK)
     written = got = sent = 0
@@ -127,9 +136,10 @@ def one_run(
         now = time.monotonic()
         if now > deadline:
             raise SystemExit(f"{name}: stuck at {got} of {total} bytes")
-        while written < total and sender.conn.unsent(stream) < QUEUED:
-            sender.call(sender.conn.send_stream_data, stream, block)
-            written += CHUNK
+        for stream in opened:
+            while written < total and sender.conn.unsent(stream) < queued:
+                sender.call(sender.conn.send_stream_data, stream, block)
+                written += CHUNK
         out = sender.call(sender.conn.datagrams_to_send, now=now)
         sent += len(out)
         for data, _ in out:
@@ -162,7 +172,7 @@ def echo_run(
     loop's timer would.  The fixed cost per call is what a request/response tunnel (redis,
     ssh keystrokes) pays.
     """
-    client, server, stream = _connected(name, datagram, certs, profile)
+    client, server, (stream,) = _connected(name, datagram, certs, profile)
     clock = time.monotonic()
     moved = 0
     for _ in range(rounds):
@@ -210,6 +220,7 @@ def main() -> None:
     ap.add_argument("--datagram", type=int, default=1452)
     ap.add_argument("--profile", choices=["sender", "receiver"])
     ap.add_argument("--echo", type=int, default=0, help="1-byte echoes instead of bulk")
+    ap.add_argument("--streams", type=int, default=1, help="bulk over this many streams")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as state:
         certs = ensure_self_signed(Path(state), ["localhost"])
@@ -220,7 +231,7 @@ def main() -> None:
                     one = echo_run(name, args.echo, args.datagram, certs, args.profile)
                     unit = "µs/echo"
                 else:
-                    one = one_run(name, args.mib, args.datagram, certs, args.profile)
+                    one = one_run(name, args.mib, args.datagram, certs, args.profile, args.streams)
                     unit = "s/GiB"
                 results.setdefault(name, []).append(one)
                 print(
@@ -228,7 +239,7 @@ def main() -> None:
                     f"{one[2]} datagrams",
                     flush=True,
                 )
-    what = f"{args.echo} echoes" if args.echo else f"{args.mib} MiB"
+    what = f"{args.echo} echoes" if args.echo else f"{args.mib} MiB on {args.streams} stream(s)"
     print(f"\nmedians of {args.runs} run(s), {what}, {args.datagram}-byte datagrams")
     for name, runs in results.items():
         cli = statistics.median(r[0] for r in runs)

@@ -25,6 +25,7 @@ import statistics
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any, cast
 
 BLOCK = os.urandom(256 * 1024)
@@ -215,19 +216,27 @@ def _percentiles(samples_us: list[float]) -> dict[str, float]:
     }
 
 
-async def latency(host: str, port: int, size: int, count: int) -> Any:
+async def latency(host: str, port: int, size: int, count: int, timeline: str | None = None) -> Any:
+    """Sequential echoes of ``size`` bytes; with ``timeline``, each sample's start
+    (CLOCK_MONOTONIC, the clock every process shares) and latency go to that file, one
+    ``start_s latency_us`` line each, so a tail can be matched to what happened then."""
     reader, writer = await asyncio.open_connection(host, port)
     _nodelay(writer.transport)
     writer.write(b"E")
     msg = os.urandom(size)
     samples = []
+    starts = []
     for i in range(count + count // 10):
         t0 = time.perf_counter()
         writer.write(msg)
         await reader.readexactly(size)
         if i >= count // 10:  # the first tenth warms up
             samples.append((time.perf_counter() - t0) * 1e6)
+            starts.append(time.monotonic() - samples[-1] / 1e6)
     writer.close()
+    if timeline:  # the echoes are over: nothing waits on this write
+        lines = (f"{t:.6f} {us:.1f}\n" for t, us in zip(starts, samples, strict=True))
+        await asyncio.to_thread(Path(timeline).write_text, "".join(lines))
     return _percentiles(samples)
 
 
@@ -267,9 +276,7 @@ async def idle(host: str, port: int, count: int) -> None:
         if len(errors) > 50:
             break
     print(
-        json.dumps(
-            {"opened": len(conns), "seconds": time.monotonic() - t0, "errors": errors[:5]}
-        ),
+        json.dumps({"opened": len(conns), "seconds": time.monotonic() - t0, "errors": errors[:5]}),
         flush=True,
     )
     loop = asyncio.get_running_loop()
@@ -310,6 +317,7 @@ async def main() -> None:
     lat.add_argument("--connect", type=_hostport, required=True)
     lat.add_argument("--size", type=int, default=1)
     lat.add_argument("--count", type=int, default=2000)
+    lat.add_argument("--timeline", help="write each sample's start and latency to this file")
     c = sub.add_parser("connect")
     c.add_argument("--connect", type=_hostport, required=True)
     c.add_argument("--count", type=int, default=300)
@@ -324,11 +332,9 @@ async def main() -> None:
         await idle(*args.connect, args.count)
         return
     if args.cmd == "bulk":
-        result = await bulk(
-            *args.connect, args.direction, args.conns, args.seconds, args.warmup
-        )
+        result = await bulk(*args.connect, args.direction, args.conns, args.seconds, args.warmup)
     elif args.cmd == "latency":
-        result = await latency(*args.connect, args.size, args.count)
+        result = await latency(*args.connect, args.size, args.count, args.timeline)
     else:
         result = await connect(*args.connect, args.count)
     print(json.dumps(result), flush=True)

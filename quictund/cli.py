@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quictund import allocator, config_files, inspect_cli, reload_cli
+from quictund import allocator, config_files, inspect_cli, memory, reload_cli
 from quictund._tasks import spawn
 from quictund.cli_parser import build_parser
 from quictund.compat import client_parser, compat_config, server_parser
@@ -89,7 +89,7 @@ def _serve(
             worker=worker,
             worker_api=worker_api,
         )
-        told = spawn(_tell_when_ready(daemon.ready, note), name="allocator-note")
+        told = spawn(_tell_when_ready(daemon.ready, note), name="when-ready")
         try:
             await daemon.run()
         finally:
@@ -179,9 +179,11 @@ def _allocator(prog: str) -> allocator.Plan | None:
 
 
 async def _tell_when_ready(ready: asyncio.Event, note: allocator.Plan | None) -> None:
-    """Say which allocator runs once the daemon is up: a configuration error stays the one
-    line it is."""
+    """Once the daemon is up: settle the cyclic collector (``memory.settle_collector``) and
+    say which allocator runs (after the start, so that a configuration error stays the one
+    line it is)."""
     await ready.wait()
+    memory.settle_collector()
     if note is not None and note.message:
         getattr(logger, note.level)("%s", note.message)
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
+import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from datetime import UTC
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +75,59 @@ async def test_reclaim_runs_again_for_what_was_freed_late() -> None:
         await asyncio.wait_for(freed.wait(), memory._FOLLOW_UP_S + 2)
     finally:
         gc.enable()
+
+
+def test_settle_collector_freezes_what_was_loaded_and_spaces_young_collections() -> None:
+    before = gc.get_threshold()
+    try:
+        memory.settle_collector()
+        assert gc.get_freeze_count() > 10_000  # what pytest and quictund imported
+        assert gc.get_threshold() == (memory.YOUNG_THRESHOLD, *before[1:])
+        # Only what existed is frozen: a cycle made afterwards is still collected.
+        made = []
+        for _ in range(3):
+            a: list[object] = []
+            a.append(a)
+            made.append(weakref.ref(_Box(a)))
+        gc.collect()
+        assert all(ref() is None for ref in made)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+class _Box:
+    """A weakly referenceable object inside a reference cycle."""
+
+    def __init__(self, inner: list[object]) -> None:
+        self.me = self
+        self.inner = inner
+
+
+def test_the_daemon_settles_its_collector_once_ready(tmp_path: Path) -> None:
+    conf = tmp_path / "s.toml"
+    conf.write_text(
+        '[log]\nlevel = "debug"\n\n[[server]]\nname = "t"\nlisten-on = "127.0.0.1:0"\n'
+        f'state-dir = "{tmp_path / "state"}"\nallow = ["tcp:127.0.0.1:9"]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quictund", "run", "--config", str(conf)],
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (line := proc.stderr.readline().decode()):
+            lines.append(line)
+            if "young collections every" in line:
+                break
+        froze = [x for x in lines if "young collections every" in x]
+        assert froze, "".join(lines)
+        assert any("ready:" in x for x in lines[: lines.index(froze[0])]), lines
+        count = int(froze[0].split("froze ", 1)[1].split()[0])
+        assert count > 10_000, froze  # the daemon's modules, its settings and certificates
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        proc.stderr.close()

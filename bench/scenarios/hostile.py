@@ -123,11 +123,14 @@ class _Sampler(threading.Thread):
             self.peak = max(self.peak, self.last)
 
 
-def _latency(ctx: BenchContext, address: str, count: int) -> subprocess.Popen[bytes]:
+def _latency(
+    ctx: BenchContext, address: str, count: int, timeline: str | None = None
+) -> subprocess.Popen[bytes]:
+    extra = ["--timeline", timeline] if timeline else []
     proc = ctx.procs.spawn(
         "hostile-echo",
         [ctx.python, str(REPO / "bench" / "load.py"), "latency", "--connect", address,
-         "--size", "1", "--count", str(count)],
+         "--size", "1", "--count", str(count), *extra],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     _pin(proc.pid, HONEST_CPUS)
@@ -235,9 +238,14 @@ def _measure(ctx: BenchContext, name: str, path: Any, wire: str, token: str) -> 
     sampler = _Sampler(server)
     sampler.start()
     ctx.log(f"{name}: {CONNECTIONS} hostile connections x ({streams} gap + {streams} flood)")
-    during = _latency(ctx, path.address, count * 4)  # runs across the ramp and the hold
+    # Each echo's start and latency, and the phases' times (CLOCK_MONOTONIC, as the echo's):
+    # where the tail falls in the attack.
+    timeline = ctx.workdir(name) / "hostile-echo-timeline.txt"
+    during = _latency(ctx, path.address, count * 4, str(timeline))  # the ramp and the hold
+    phases = {"attack": time.monotonic()}
     attackers = _attack(ctx, wire, token, streams)
     opened = _opened(attackers, sampler, base, 120)
+    phases["opened"] = time.monotonic()
     hold_until = time.monotonic() + 5  # hold: let what can pile up pile up
     while time.monotonic() < hold_until and sampler.last - base <= SAFETY_KIB:
         time.sleep(0.1)
@@ -246,7 +254,12 @@ def _measure(ctx: BenchContext, name: str, path: Any, wire: str, token: str) -> 
         ctx.log(f"  server grew past {SAFETY_KIB // MiB} MiB: attack stopped")
         for proc in attackers:
             proc.kill()  # at once; the server drops the connections at its idle timeout
+    phases["held"] = time.monotonic()
     p99_attack = _p99(during, 300)
+    phases["echo-done"] = time.monotonic()
+    (timeline.parent / "hostile-phases.txt").write_text(
+        "".join(f"{t:.6f} {phase}\n" for phase, t in phases.items())
+    )
     peak = sampler.peak
     _leave(ctx, attackers)
     if killed:
