@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quictund import memory
 from quictund.quic import engine
 from quictund.quic.engine import EngineSettings, events
 from quictund.selfsigned import ensure_self_signed
@@ -221,7 +222,14 @@ def main() -> None:
     ap.add_argument("--profile", choices=["sender", "receiver"])
     ap.add_argument("--echo", type=int, default=0, help="1-byte echoes instead of bulk")
     ap.add_argument("--streams", type=int, default=1, help="bulk over this many streams")
+    ap.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's collector settings (the daemon settles them: memory.py)",
+    )
     args = ap.parse_args()
+    if not args.default_gc:
+        memory.settle_collector()
     with tempfile.TemporaryDirectory() as state:
         certs = ensure_self_signed(Path(state), ["localhost"])
         results: dict[str, list[tuple[float, float, int]]] = {}
