@@ -80,8 +80,9 @@ def settle_collector() -> None:
     docstring); once, when the daemon is ready to serve.
 
     One full collection first, so start-up garbage is freed rather than frozen with the rest.
-    The older generations keep CPython's ratios: a cycle a closed tunnel leaves is still
-    collected, after ``YOUNG_THRESHOLD`` x 10 allocations at most in the middle generation.
+    The older generations keep CPython's ratios, so a cycle a closed tunnel leaves is still
+    collected: by the next middle collection if it is young, else by the next full one (and
+    after a connection with many streams, by ``reclaim``).
     """
     gc.collect()
     gc.freeze()

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import signal
-import subprocess
+import os
 import sys
-import time
 import weakref
 from collections.abc import Iterator
 from datetime import UTC
@@ -20,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from quictund import memory
+from tests.test_allocator import _start as start_daemon
+from tests.test_allocator import _stop as stop_daemon
 
 
 @pytest.fixture(autouse=True)
@@ -110,24 +110,11 @@ def test_the_daemon_settles_its_collector_once_ready(tmp_path: Path) -> None:
         '[log]\nlevel = "debug"\n\n[[server]]\nname = "t"\nlisten-on = "127.0.0.1:0"\n'
         f'state-dir = "{tmp_path / "state"}"\nallow = ["tcp:127.0.0.1:9"]\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quictund", "run", "--config", str(conf)],
-        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=Path(__file__).parents[1],
-    )  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[str] = []
+    # test_allocator's helpers: they return once the line is logged, after "ready:".
+    proc, lines = start_daemon(conf, dict(os.environ), "young collections every")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (line := proc.stderr.readline().decode()):
-            lines.append(line)
-            if "young collections every" in line:
-                break
-        froze = [x for x in lines if "young collections every" in x]
-        assert froze, "".join(lines)
-        assert any("ready:" in x for x in lines[: lines.index(froze[0])]), lines
-        count = int(froze[0].split("froze ", 1)[1].split()[0])
+        froze = lines[-1]
+        count = int(froze.split("froze ", 1)[1].split()[0])
         assert count > 10_000, froze  # the daemon's modules, its settings and certificates
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
-        proc.stderr.close()
+        stop_daemon(proc)
