@@ -23,6 +23,7 @@ from quictund.errors import ConfigError
 from quictund.hostaddrs import host_addresses
 from quictund.policy import Policy
 from quictund.quic import engine
+from quictund.quic.steering import SharedSockets
 from quictund.server_endpoint import ServerEndpoint
 from quictund.tokens import make_parser, make_source
 from quictund.tunnels import TunnelTable
@@ -49,11 +50,13 @@ class Builder:
         table: TunnelTable,
         *,
         worker: tuple[int, int] | None = None,
+        shared: SharedSockets | None = None,
         open_by_default: bool = False,
         dry_run: bool = False,
     ) -> None:
         self.table = table
         self.worker = worker
+        self.shared = shared  # the server sockets the supervisor bound for this worker
         self.open_by_default = open_by_default
         self.dry_run = dry_run  # validate only: write no certificate
         self._warnings: list[str] = []
@@ -85,6 +88,8 @@ class Builder:
         for endpoint in built.endpoints.values():
             endpoint.reuse_port = self.worker is not None
             endpoint.worker = None if self.worker is None else self.worker[0]
+            if isinstance(endpoint, ServerEndpoint):
+                endpoint.shared = self.shared
         return built
 
     def _engine_warnings(self, s: ClientSettings | ServerSettings) -> None:

@@ -20,6 +20,7 @@ import resource
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -30,6 +31,9 @@ from quictund.compat import client_parser, compat_config, server_parser
 from quictund.config_files import Config
 from quictund.errors import ConfigError
 from quictund.logs import setup_logging
+
+if TYPE_CHECKING:
+    from quictund.quic.steering import SharedSockets
 
 EX_CONFIG = 78
 logger = logging.getLogger("quictund")
@@ -75,6 +79,7 @@ def _serve(
     open_by_default: bool,
     worker: tuple[int, int] | None = None,
     worker_api: str | None = None,
+    shared: SharedSockets | None = None,
     note: allocator.Plan | None = None,
 ) -> int:
     from quictund.daemon import Daemon
@@ -88,6 +93,7 @@ def _serve(
             open_by_default=open_by_default,
             worker=worker,
             worker_api=worker_api,
+            shared=shared,
         )
         told = spawn(_tell_when_ready(daemon.ready, note), name="when-ready")
         try:
@@ -196,13 +202,17 @@ def _run(args: argparse.Namespace) -> int:
         config = _load(args)
         setup_logging(config.log.level, config.log.format)
         if args.worker:
+            from quictund.quic.steering import SharedSockets
+
             index, _, count = args.worker.partition("/")
+            slot = (int(index), int(count))
             return _serve(
                 config,
                 loader=lambda: _load(args),
                 open_by_default=False,
-                worker=(int(index), int(count)),
+                worker=slot,
                 worker_api=args.worker_api,
+                shared=SharedSockets(SharedSockets.parse(args.udp_socket), *slot),
                 note=chosen,
             )
         workers = args.workers or config.daemon.workers

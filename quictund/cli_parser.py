@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # I/N, set by the supervisor
     run.add_argument("--worker-api", default=None, help=argparse.SUPPRESS)
+    # ADDRESS=FD: a server socket the supervisor bound for this worker (quic/steering.py)
+    run.add_argument("--udp-socket", action="append", default=[], help=argparse.SUPPRESS)
     reload = sub.add_parser(
         "reload",
         help="reload a running daemon and wait for the verdict: exit 0 if the new "

@@ -44,6 +44,7 @@ from quictund.client_endpoint import ClientEndpoint
 from quictund.config_files import Config, ConfigProblems
 from quictund.errors import ConfigError
 from quictund.metrics import Metrics
+from quictund.quic.steering import SharedSockets
 from quictund.server_endpoint import ServerEndpoint
 from quictund.systemd import Notifier
 from quictund.tunnels import TunnelTable
@@ -88,6 +89,7 @@ class Daemon:
         dry_run: bool = False,
         worker: tuple[int, int] | None = None,
         worker_api: str | None = None,
+        shared: SharedSockets | None = None,
     ) -> None:
         # One of several workers (quictund/workers.py): share ports, serve UNIX listeners only
         # in worker 0, and answer the API on the supervisor's private socket only.
@@ -123,7 +125,11 @@ class Daemon:
         self._force = asyncio.Event()
         self._reload = asyncio.Event()
         self.builder = Builder(
-            self.table, worker=worker, open_by_default=open_by_default, dry_run=dry_run
+            self.table,
+            worker=worker,
+            shared=shared,
+            open_by_default=open_by_default,
+            dry_run=dry_run,
         )
         self.build = self.builder.build
         built = self.build(config)

@@ -22,10 +22,12 @@ from quictund.limits import AdmissionSettings, Limit, LimitLog, SourceBuckets, s
 from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.quic.handlers import StreamHandler
+from quictund.quic.quic_lb import CidSource
 from quictund.quic.server import QuicServerProtocol
 from quictund.quic.session import Address, QuicSession
 from quictund.quic.stateless_reset import Responder, derive_key, load_key
-from quictund.quic.udp import UdpSocket, open_udp
+from quictund.quic.steering import DEFAULT_CID_LENGTH, SharedSockets
+from quictund.quic.udp import UdpSocket, adopt_udp, open_udp
 from quictund.selfsigned import default_state_dir
 from quictund.server_handshake import Refused, ServerHandshake
 from quictund.splice import Splice
@@ -66,12 +68,18 @@ class ServerEndpoint(EndpointBase):
         self._tunnel_rate = SourceBuckets(settings.source_tunnel_rate, settings.source_tunnel_burst)
         self._per_identity: dict[str, int] = {}
         self._reset_key: bytes | None = None
+        self.shared: SharedSockets | None = None  # a worker's inherited sockets (steering.py)
+        self._steered = False
+        self._cids: CidSource | None = None
 
     async def start(self, tg: asyncio.TaskGroup) -> None:
-        """Bind the UDP socket; handshakes then run as tasks of ``tg``."""
+        """Bind the UDP socket (or take the one the supervisor bound for this worker);
+        handshakes then run as tasks of ``tg``."""
         self._tg = tg
         s = self.settings
-        codec = s.quic_lb_codec()  # QUIC-LB: Retry packets carry a routable id too
+        key = str(s.listen_on)
+        sock = self.shared.take(key) if self.shared is not None else None
+        self._steered = sock is not None
         proto = QuicServerProtocol(
             configuration=self.configuration,
             make_connection=self._make_connection,
@@ -80,19 +88,24 @@ class ServerEndpoint(EndpointBase):
             admission=self._admission_settings(),
             handshake_timeout_s=s.handshake_timeout_s,
             on_limit=self.limit_hit,
-            new_cid=None if codec is None else codec.new,
         )
+        self._proto = proto
+        self._issue_cids()  # QUIC-LB and worker ids: Retry packets carry them too
         try:
-            udp = await open_udp(
-                proto.datagram_received,
-                local=(s.listen_on.host, s.listen_on.port),
-                buffer=s.socket_buffer,
-                reuse_port=self.reuse_port,
-            )
+            if sock is not None:
+                udp = adopt_udp(sock, proto.datagram_received, buffer=s.socket_buffer)
+            else:
+                udp = await open_udp(
+                    proto.datagram_received,
+                    local=(s.listen_on.host, s.listen_on.port),
+                    buffer=s.socket_buffer,
+                    reuse_port=self.reuse_port,
+                )
         except OSError as exc:
+            self._give_back()
             raise ConfigError(f"listen-on {s.listen_on}: {os_reason(exc)}") from None
         proto.transport = udp
-        self._proto, self._udp = proto, udp
+        self._udp = udp
         self.bound = udp.sockname[:2]
         # Stateless resets: a key of this machine, address and worker (quic/stateless_reset.py)
         self._reset_key = reset_key(s, f"{format_host_port(*self.bound)} worker {self.worker}")
@@ -101,6 +114,38 @@ class ServerEndpoint(EndpointBase):
         logger.info(
             "[%s] server endpoint listening on udp %s", s.name, format_host_port(*self.bound)
         )
+        if self._steered:
+            logger.info(
+                "[%s] worker %s: datagrams steered to it by connection id", s.name, self.worker
+            )
+        if self.reuse_port and not self._steered and self.worker == 0:
+            logger.warning(
+                "[%s] the workers share udp %s by client address: a client whose address "
+                "changes (NAT rebinding, roaming) loses its connection (%s)",
+                s.name,
+                s.listen_on,
+                "quic-engine qh3 cannot issue connection ids that name a worker"
+                if s.quic_engine == "qh3"
+                else "listen-on added or changed by a reload; restart to steer it by "
+                "connection id",
+            )
+
+    def _issue_cids(self) -> None:
+        """Where this server's connection ids come from (new connections and Retry)."""
+        codec = self.settings.quic_lb_codec()
+        self._cids = codec
+        if self._steered and self.shared is not None:
+            self._cids = self.shared.cids(
+                None if codec is None else codec.new,
+                DEFAULT_CID_LENGTH if codec is None else codec.cid_length,
+            )
+        if self._proto is not None:
+            self._proto.new_cid = None if self._cids is None else self._cids.new
+
+    def _give_back(self) -> None:
+        if self._steered and self.shared is not None:
+            self.shared.give_back(str(self.settings.listen_on))
+            self._steered = False
 
     def stop_accepting(self) -> None:
         if self._proto is not None:
@@ -119,6 +164,7 @@ class ServerEndpoint(EndpointBase):
             splice.abort(reason, error_code)
         if self._udp is not None:
             self._udp.close()
+            self._give_back()
 
     @property
     def sessions(self) -> list[QuicSession]:
@@ -132,7 +178,9 @@ class ServerEndpoint(EndpointBase):
         s = self.settings
         return engine.new_connection(
             configuration=config,
-            settings=dataclasses.replace(s.engine_settings(), reset_key=self._reset_key),
+            settings=dataclasses.replace(
+                s.engine_settings(), reset_key=self._reset_key, quic_lb=self._cids
+            ),
             client_cafile=s.ca_file if s.verify_remote_endpoint else None,
             client_pins=frozenset(s.client_fingerprints or []),
             original_destination_connection_id=odcid,
@@ -233,6 +281,7 @@ class ServerEndpoint(EndpointBase):
             self._tunnel_rate.burst,
         ):
             self._tunnel_rate = other._tunnel_rate
+        self._issue_cids()
         if self._proto is not None:
             self._proto.admission.settings = other._admission_settings()
             self._proto.handshake_timeout_s = other.settings.handshake_timeout_s

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -37,7 +38,8 @@ from quictund.api.app import JSON, Request, Response, error_response, json_respo
 from quictund.api.http import ApiServer, start_tcp, start_unix
 from quictund.api.metrics_listener import start_metrics
 from quictund.config_files import Config
-from quictund.errors import ConfigError
+from quictund.errors import ConfigError, os_reason
+from quictund.quic.steering import DEFAULT_CID_LENGTH, bind_group
 from quictund.systemd import Notifier
 
 __all__ = ["Supervisor", "check_workers"]
@@ -57,6 +59,42 @@ def check_workers(config: Config, count: int) -> None:
     for s in config.servers:
         if s.listen_on.port == 0:
             raise ConfigError(f"server '{s.name}': listen-on port 0 cannot be shared by workers")
+
+
+def steered_groups(config: Config, count: int) -> dict[str, list[socket.socket]]:
+    """Bind every aioquic server's ``SO_REUSEPORT`` group of ``count`` sockets, steered by
+    connection id (quic/steering.py), by listen address.  qh3 cannot issue ids that name a
+    worker: its workers bind their own sockets, shared by client address (they warn)."""
+    groups: dict[str, list[socket.socket]] = {}
+    try:
+        for s in config.servers:
+            if s.quic_engine != "aioquic" or str(s.listen_on) in groups:
+                continue
+            codec = s.quic_lb_codec()
+            try:
+                infos = socket.getaddrinfo(
+                    s.listen_on.host or None,
+                    s.listen_on.port,
+                    type=socket.SOCK_DGRAM,
+                    flags=socket.AI_PASSIVE,
+                )
+                family, _, _, _, address = infos[0]
+                groups[str(s.listen_on)] = bind_group(
+                    family,
+                    address,
+                    count,
+                    DEFAULT_CID_LENGTH if codec is None else codec.cid_length,
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"server '{s.name}': listen-on {s.listen_on}: {os_reason(exc)}"
+                ) from None
+    except ConfigError:
+        for socks in groups.values():
+            for sock in socks:
+                sock.close()
+        raise
+    return groups
 
 
 async def api_call(path: str, method: str, target: str, within: float = 5.0) -> Response:
@@ -109,6 +147,9 @@ class Supervisor:
         self._dir = Path(tempfile.mkdtemp(prefix="quictund-workers-"))
         os.chmod(self._dir, 0o700)
         self.workers = [Worker(i, str(self._dir / f"w{i}.sock")) for i in range(count)]
+        # Each aioquic server's N sockets, bound here in order and kept for our lifetime, so
+        # that worker i (restarted or not) always holds index i of the group (steering.py).
+        self.groups: dict[str, list[socket.socket]] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._stopping = False
@@ -126,6 +167,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         codes: list[int] = []
         try:
+            self.groups = steered_groups(self.config, len(self.workers))
             async with asyncio.TaskGroup() as tg:
                 watchers = []
                 for worker in self.workers:
@@ -156,6 +198,9 @@ class Supervisor:
             for worker in self.workers:
                 if worker.proc is not None and worker.proc.returncode is None:
                     worker.proc.kill()
+            for socks in self.groups.values():
+                for sock in socks:
+                    sock.close()
             for path in self._dir.glob("*"):
                 path.unlink(missing_ok=True)
             self._dir.rmdir()
@@ -166,9 +211,12 @@ class Supervisor:
 
     async def _spawn(self, worker: Worker) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+        fds = {key: socks[worker.index].fileno() for key, socks in self.groups.items()}
+        sockets = [x for key, fd in fds.items() for x in ("--udp-socket", f"{key}={fd}")]
         worker.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "quictund", "run", *self.run_args,
             "--worker", f"{worker.index}/{len(self.workers)}", "--worker-api", worker.api,
+            *sockets, pass_fds=list(fds.values()),
             env=env, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""aioquic glue for QUIC-LB: the server's connection ids come from a ``CidCodec``.
+"""aioquic glue for issued connection ids: the server's come from a ``CidSource`` -- a QUIC-LB
+``CidCodec``, or a worker's ``steering.WorkerCids`` (which may wrap one).
 
 aioquic draws every connection id it issues from ``os.urandom`` in two places: the first one
 (``_host_cids[0]``, also the Initial/Handshake source connection id and the
@@ -16,10 +17,10 @@ import os
 
 from aioquic.quic.connection import QuicConnection, QuicConnectionId
 
-from quictund.quic.quic_lb import CidCodec
+from quictund.quic.quic_lb import CidSource
 
 
-def install(conn: QuicConnection, codec: CidCodec) -> None:
+def install(conn: QuicConnection, codec: CidSource) -> None:
     """Make ``conn`` (a server connection not yet used) issue only ``codec``'s ids."""
     if codec.cid_length != conn._configuration.connection_id_length:
         raise ValueError(

@@ -33,6 +33,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 UNROUTABLE_CONFIG = 0b111
 MIN_NONCE = 4
@@ -109,6 +110,16 @@ def decode(cid: bytes, server_id_len: int) -> DecodedCid:
         nonce=bytes(cid[1 + server_id_len :]),
         length_bits=cid[0] & LENGTH_MASK,
     )
+
+
+class CidSource(Protocol):
+    """What issues a server's connection ids: a ``CidCodec``, or a worker's ids
+    (``quic/steering.py``'s ``WorkerCids``, which may wrap one)."""
+
+    @property
+    def cid_length(self) -> int: ...
+
+    def new(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

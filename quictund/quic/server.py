@@ -43,7 +43,8 @@ class QuicServerProtocol:
         admission: AdmissionSettings | None = None,
         handshake_timeout_s: float = 10.0,
         on_limit: Callable[[Limit, str], None] | None = None,
-        new_cid: Callable[[], bytes] | None = None,  # Retry's id (QUIC-LB: quic/quic_lb.py)
+        # Retry's id: QUIC-LB's (quic/quic_lb.py) or a worker's (quic/steering.py); else random
+        new_cid: Callable[[], bytes] | None = None,
         resets: Responder | None = None,  # stateless resets (quic/stateless_reset.py)
     ) -> None:
         self._configuration = configuration
@@ -53,7 +54,7 @@ class QuicServerProtocol:
         self.admission = Admission(admission or AdmissionSettings())
         self.handshake_timeout_s = handshake_timeout_s
         self._on_limit = on_limit
-        self._new_cid = new_cid or (lambda: os.urandom(8))
+        self.new_cid = new_cid
         self.resets = resets
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
@@ -131,7 +132,7 @@ class QuicServerProtocol:
             addr=source, token=header.token, half_open=len(self._half_open), now=now
         )
         if verdict.decision is Decision.RETRY:
-            scid = self._new_cid()
+            scid = self.new_cid() if self.new_cid is not None else os.urandom(8)
             token = self.admission.tokens.issue(source, header.destination_cid, now)
             self.transport.sendto(engine.retry(header, scid, token), addr)
             self._limit(Limit.RETRY, f"{peer}: {len(self._half_open)} handshakes in progress")

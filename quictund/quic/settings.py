@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from quictund.quic.quic_lb import CidCodec
+from quictund.quic.quic_lb import CidSource
 
 ALPN = "quic-tun"
 # Offered first by quictund (docs/design.md, "UDP flows"): a peer that selects it takes UDP
@@ -40,7 +40,9 @@ class EngineSettings:
     # reset a tunnel whose app drained nothing this long once others need its memory; 0: never
     reclaim_stalled_after_s: float = 1.0
     engine: EngineName = "aioquic"
-    quic_lb: CidCodec | None = None  # server: QUIC-LB routable connection ids (aioquic only)
+    # server: where connection ids come from, when not random: QUIC-LB routable ids, and/or
+    # ids that name a worker (quic/steering.py); aioquic only
+    quic_lb: CidSource | None = None
     send_budget: int = 16 * 1024 * 1024  # per connection, enforced by the session
     # server: stateless reset tokens are HMAC(reset_key, cid) (quic/stateless_reset.py)
     reset_key: bytes | None = field(default=None, repr=False)

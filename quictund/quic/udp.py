@@ -367,3 +367,15 @@ async def open_udp(
         sock.close()
         raise
     return UdpSocket(sock, on_datagram, connected=remote is not None, on_error=on_error)
+
+
+def adopt_udp(
+    sock: socket.socket,
+    on_datagram: Callable[[bytes, tuple[Any, ...]], None],
+    *,
+    buffer: int = 4 * 1024 * 1024,
+) -> UdpSocket:
+    """Drive a UDP socket bound elsewhere (a worker's, bound by its supervisor:
+    quic/steering.py) as ``open_udp`` drives its own."""
+    tune_socket(sock, buffer)
+    return UdpSocket(sock, on_datagram)

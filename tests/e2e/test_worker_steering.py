@@ -1,0 +1,111 @@
+"""A server's workers keep a client whose address changes (quic/steering.py).
+
+One server daemon with ``workers = 2``; a NAT (``cid_router.Nat``, a real UDP forwarder on
+loopback) in front of it; one client daemon with 12 client endpoints behind the NAT, each its
+own QUIC connection, so the connections spread over both workers.  The NAT then gives every
+client a new source port at once, as a NAT rebinding does.  With the aioquic engine the
+supervisor bound the workers' sockets and steers each datagram by its connection id: every
+tunnel keeps echoing and no client reconnects.  The control is qh3, which cannot issue ids that
+name a worker: its workers share the port by client address, say so in a WARNING, and the
+rebinding moves some clients onto the worker that does not know them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cid_router import Nat
+from tests.e2e.daemons import LOG_TOML, run_daemon
+from tests.e2e.harness import ENGINE_TOML, Endpoint, echo
+from tests.e2e.test_daemon import free_udp_port
+from tests.e2e.test_quic_lb_e2e import DEAD_AFTER_S, KEEP_ALIVE_S, ROAMERS, _rebind_and_watch
+
+KNOBS = f"keep-alive = {KEEP_ALIVE_S}\ndead-after = {DEAD_AFTER_S}\n"
+
+
+async def _server(tmp: Path, echo_path: Path, engine: str) -> tuple[Endpoint, int]:
+    port = free_udp_port()
+    conf = tmp / "s.toml"
+    conf.write_text(
+        f'{LOG_TOML}[daemon]\nworkers = 2\n[[server]]\nname = "edge"\n'
+        f'listen-on = "127.0.0.1:{port}"\nstate-dir = "{tmp}"\nallow = ["unix:{echo_path}"]\n'
+        f'quic-engine = "{engine}"\n{KNOBS}'
+    )
+    server = await run_daemon(conf, listeners=2)  # one line per worker
+    await server.wait_log(lambda e: "ready: 2 workers" in e.get("msg", ""), within=60)
+    return server, port
+
+
+async def _clients(tmp: Path, sock_dir: Path, echo_path: Path, at: tuple[str, int]) -> Endpoint:
+    conf = tmp / "c.toml"
+    conf.write_text(
+        LOG_TOML
+        + "".join(
+            f'[[client]]\nname = "r{i}"\nlisten-on = "unix:{sock_dir}/r{i}.sock"\n'
+            f'server-endpoint = "{at[0]}:{at[1]}"\nverify-remote-endpoint = false\n'
+            f'token-source = "unix:{echo_path}"\n{ENGINE_TOML}{KNOBS}'
+            for i in range(ROAMERS)
+        )
+    )
+    return await run_daemon(conf, listeners=ROAMERS)
+
+
+async def _rebinding(tmp: Path, sock_dir: Path, engine: str) -> tuple[int, int, Endpoint]:
+    """Returns (tunnels that broke, clients that logged a lost connection, the server)."""
+    echo_path = sock_dir / "echo.sock"
+    backend = await echo().unix(str(echo_path))
+    started: list[Endpoint] = []
+    nat: Nat | None = None
+    try:
+        server, port = await _server(tmp, echo_path, engine)
+        started.append(server)
+        nat = Nat(("127.0.0.1", port))
+        clients = await _clients(tmp, sock_dir, echo_path, await nat.start())
+        started.append(clients)
+        broke = await _rebind_and_watch(nat, sock_dir)
+        lost = {
+            e.get("msg", "").split("]")[0]
+            for e in clients.logs
+            if "QUIC connection to" in e.get("msg", "")
+        }
+        return broke, len(lost), server
+    finally:
+        for ep in started:
+            if ep.proc.returncode is None:
+                ep.proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(ep.proc.wait(), 30)
+                except TimeoutError:
+                    ep.kill()
+                    await ep.proc.wait()
+        if nat is not None:
+            nat.close()
+        backend.close()
+
+
+async def test_workers_keep_a_client_whose_address_changes(
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    broke, lost, server = await _rebinding(tmp_path, short_tmp, "aioquic")
+    print(f"\nsteered by connection id: {broke} of {ROAMERS} tunnels broke, {lost} reconnected")
+    msgs = [e.get("msg", "") for e in server.logs]
+    assert sum("steered to it by connection id" in m for m in msgs) == 2
+    assert not any("share udp" in m for m in msgs)
+    assert (broke, lost) == (0, 0)
+
+
+async def test_qh3_workers_share_by_address_and_say_so(tmp_path: Path, short_tmp: Path) -> None:
+    """The control: the same rebinding, the server's workers sharing the port by address."""
+    pytest.importorskip("qh3")
+    broke, lost, server = await _rebinding(tmp_path, short_tmp, "qh3")
+    print(f"\nshared by address: {broke} of {ROAMERS} tunnels broke, {lost} reconnected")
+    warnings = [e for e in server.logs if "by client address" in e.get("msg", "")]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning", warnings
+    assert "qh3" in warnings[0]["msg"]
+    # 12 clients over 2 workers: all staying on their worker by chance is (1/2)**12
+    assert broke >= 1 and lost >= 1, (broke, lost)
+
