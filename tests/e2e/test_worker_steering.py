@@ -13,7 +13,9 @@ rebinding moves some clients onto the worker that does not know them.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,32 +24,49 @@ from tests.e2e.cid_router import Nat
 from tests.e2e.daemons import LOG_TOML, run_daemon
 from tests.e2e.harness import ENGINE_TOML, Endpoint, echo
 from tests.e2e.test_daemon import free_udp_port
-from tests.e2e.test_quic_lb_e2e import DEAD_AFTER_S, KEEP_ALIVE_S, ROAMERS, _rebind_and_watch
+from tests.e2e.test_quic_lb_e2e import (
+    DEAD_AFTER_S,
+    KEEP_ALIVE_S,
+    ROAMERS,
+    _echo_ok,
+    _rebind_and_watch,
+)
+from tests.e2e.test_workers import children
 
-KNOBS = f"keep-alive = {KEEP_ALIVE_S}\ndead-after = {DEAD_AFTER_S}\n"
+
+def _knobs(dead_after: float) -> str:
+    return f"keep-alive = {KEEP_ALIVE_S}\ndead-after = {dead_after}\n"
 
 
-async def _server(tmp: Path, echo_path: Path, engine: str) -> tuple[Endpoint, int]:
+async def _server(
+    tmp: Path, echo_path: Path, engine: str, dead_after: float = DEAD_AFTER_S
+) -> tuple[Endpoint, int]:
     port = free_udp_port()
     conf = tmp / "s.toml"
     conf.write_text(
         f'{LOG_TOML}[daemon]\nworkers = 2\n[[server]]\nname = "edge"\n'
         f'listen-on = "127.0.0.1:{port}"\nstate-dir = "{tmp}"\nallow = ["unix:{echo_path}"]\n'
-        f'quic-engine = "{engine}"\n{KNOBS}'
+        f'quic-engine = "{engine}"\n{_knobs(dead_after)}'
     )
     server = await run_daemon(conf, listeners=2)  # one line per worker
     await server.wait_log(lambda e: "ready: 2 workers" in e.get("msg", ""), within=60)
     return server, port
 
 
-async def _clients(tmp: Path, sock_dir: Path, echo_path: Path, at: tuple[str, int]) -> Endpoint:
+async def _clients(
+    tmp: Path,
+    sock_dir: Path,
+    echo_path: Path,
+    at: tuple[str, int],
+    dead_after: float = DEAD_AFTER_S,
+) -> Endpoint:
     conf = tmp / "c.toml"
     conf.write_text(
         LOG_TOML
         + "".join(
             f'[[client]]\nname = "r{i}"\nlisten-on = "unix:{sock_dir}/r{i}.sock"\n'
             f'server-endpoint = "{at[0]}:{at[1]}"\nverify-remote-endpoint = false\n'
-            f'token-source = "unix:{echo_path}"\n{ENGINE_TOML}{KNOBS}'
+            f'token-source = "unix:{echo_path}"\n{ENGINE_TOML}{_knobs(dead_after)}'
             for i in range(ROAMERS)
         )
     )
@@ -109,3 +128,62 @@ async def test_qh3_workers_share_by_address_and_say_so(tmp_path: Path, short_tmp
     # 12 clients over 2 workers: all staying on their worker by chance is (1/2)**12
     assert broke >= 1 and lost >= 1, (broke, lost)
 
+
+
+def _worker_pid(supervisor: int, index: int, count: int) -> int:
+    for pid in children(supervisor):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"--worker" in argv and argv[argv.index(b"--worker") + 1] == f"{index}/{count}".encode():
+            return pid
+    raise AssertionError(f"no worker {index}/{count} under {supervisor}")
+
+
+async def test_a_restarted_worker_gets_its_socket_and_resets_its_lost_clients(
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    """Worker 1 is killed.  The supervisor kept its socket, so datagrams for its connections
+    wait there (not spread over the others), and the restarted worker 1 answers them with
+    stateless resets (its key: same address, same index): those clients reconnect within
+    seconds, not at dead-after (15 s here), and worker 0's clients never notice."""
+    echo_path = short_tmp / "echo.sock"
+    backend = await echo().unix(str(echo_path))
+    server = clients = None
+    try:
+        server, port = await _server(tmp_path, echo_path, "aioquic", dead_after=15.0)
+        clients = await _clients(
+            tmp_path, short_tmp, echo_path, ("127.0.0.1", port), dead_after=15.0
+        )
+        tunnels = [
+            await asyncio.open_unix_connection(str(short_tmp / f"r{i}.sock"))
+            for i in range(ROAMERS)
+        ]
+        assert all(await asyncio.gather(*(_echo_ok(t, 0) for t in tunnels)))
+        os.kill(_worker_pid(server.proc.pid, 1, 2), signal.SIGKILL)
+        killed = time.monotonic()
+        alive = list(range(ROAMERS))
+        for n in range(1, 33):  # 8 s: the restart's back-off (1 s), start-up, one keep-alive
+            ok = await asyncio.gather(*(_echo_ok(tunnels[i], n) for i in alive))
+            alive = [i for i, good in zip(alive, ok, strict=True) if good]
+            await asyncio.sleep(0.25)
+        broke = ROAMERS - len(alive)
+        closed = [e for e in clients.logs if e.get("msg") == "tunnel closed"]
+        print(f"\nworker 1 killed: {broke} of {ROAMERS} tunnels reset, {len(closed)} closed")
+        assert 1 <= broke < ROAMERS, broke  # both workers had clients: (1/2)**11 otherwise
+        assert len(closed) == broke
+        assert all("QUIC connection lost" in e["reason"] for e in closed), closed
+        for i in range(ROAMERS):  # every client tunnels again, worker 1's through the new one
+            again = await asyncio.open_unix_connection(str(short_tmp / f"r{i}.sock"))
+            assert await _echo_ok(again, 99)
+            again[1].close()
+        assert time.monotonic() - killed < 15.0  # before dead-after could have done it
+        msgs = [e.get("msg", "") for e in server.logs]
+        assert sum("steered to it by connection id" in m for m in msgs) == 3
+        assert any("worker 1 exited" in m for m in msgs)
+        for _, writer in tunnels:
+            writer.close()
+    finally:
+        for ep in (clients, server):
+            if ep is not None and ep.proc.returncode is None:
+                ep.proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(ep.proc.wait(), 30)
+        backend.close()
