@@ -5,13 +5,17 @@ before the network is (docs/performance.md).  So the daemon can run as N process
 
 * Every worker runs the whole configuration.  TCP listeners and server UDP sockets are bound
   with ``SO_REUSEPORT``: the kernel spreads new app connections over the workers (each worker's
-  client endpoint has its own QUIC connection), and hashes each client's UDP address onto one
-  worker, so a server-side QUIC connection stays on one process.  A UNIX listener cannot be
-  shared that way; worker 0 alone serves it.  Ports must therefore be fixed (not 0).
+  client endpoint has its own QUIC connection).  An aioquic server's sockets are bound here,
+  one per worker in a fixed order, and the kernel steers each datagram to the worker its
+  connection id names (``quic/steering.py``), so a server-side QUIC connection stays on one
+  process whatever address its client comes from; a qh3 server's workers bind their own and
+  the kernel hashes client addresses.  A UNIX listener cannot be shared that way; worker 0
+  alone serves it.  Ports must therefore be fixed (not 0).
 * The supervisor owns what must be single: the public API socket (it fans each request out to
   the workers' private API sockets and merges the answers: tunnels of all workers, metrics with
   a ``worker`` label), sd_notify (READY once every worker is; a reload is finished when every
-  worker has answered it), signals (forwarded), and restarting a worker that died.
+  worker has answered it), signals (forwarded), restarting a worker that died (on the sockets
+  it had), and the steered server sockets.
 """
 
 from __future__ import annotations
