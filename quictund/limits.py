@@ -99,6 +99,20 @@ class TokenBucket:
         return False
 
 
+def worker_share(settings: AdmissionSettings, workers: int) -> AdmissionSettings:
+    """One worker's part of the connection limits, so that N workers admit what one process
+    would: a server's connections spread evenly over its workers (each goes to the worker its
+    random first connection id names: quic/steering.py), so each worker takes 1/N of them."""
+    if workers <= 1:
+        return settings
+    return AdmissionSettings(
+        max_half_open=-(-settings.max_half_open // workers),
+        retry_threshold=-(-settings.retry_threshold // workers),
+        connection_rate=settings.connection_rate / workers,
+        connection_burst=max(1.0, settings.connection_burst / workers),
+    )
+
+
 class SourceBuckets:
     """A token bucket per source key, bounded to ``max_sources`` (LRU)."""
 

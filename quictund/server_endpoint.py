@@ -18,7 +18,14 @@ from quictund.config import ServerSettings
 from quictund.endpoint import EndpointBase
 from quictund.errors import ConfigError, os_reason
 from quictund.identity import Identity
-from quictund.limits import AdmissionSettings, Limit, LimitLog, SourceBuckets, source_key
+from quictund.limits import (
+    AdmissionSettings,
+    Limit,
+    LimitLog,
+    SourceBuckets,
+    source_key,
+    worker_share,
+)
 from quictund.policy import Policy
 from quictund.quic import engine
 from quictund.quic.handlers import StreamHandler
@@ -84,7 +91,7 @@ class ServerEndpoint(EndpointBase):
             configuration=self.configuration,
             make_connection=self._make_connection,
             new_session=self._new_session,
-            max_connections=s.max_connections,
+            max_connections=-(-s.max_connections // self.workers),  # this worker's share
             admission=self._admission_settings(),
             handshake_timeout_s=s.handshake_timeout_s,
             on_limit=self.limit_hit,
@@ -187,14 +194,23 @@ class ServerEndpoint(EndpointBase):
             retry_source_connection_id=retry_scid,
         )
 
+    @property
+    def workers(self) -> int:
+        """How many workers serve this listener (1 without ``workers``)."""
+        return self.shared.count if self.shared is not None else 1
+
     def _admission_settings(self) -> AdmissionSettings:
+        """The connection limits, this worker's share of them.  Tunnel limits
+        (``source-tunnel-rate``, ``max-tunnels-per-identity``) stay whole: a connection's
+        tunnels all live on one worker."""
         s = self.settings
-        return AdmissionSettings(
+        whole = AdmissionSettings(
             max_half_open=s.max_half_open,
             retry_threshold=s.retry_threshold,
             connection_rate=s.source_connection_rate,
             connection_burst=s.source_connection_burst,
         )
+        return worker_share(whole, self.workers)
 
     def limit_hit(self, limit: Limit, detail: str) -> None:
         """Count a refusal (metric ``quictund_limit_hits_total``) and log it, throttled."""

@@ -15,6 +15,7 @@ from quictund.limits import (
     SourceBuckets,
     TokenBucket,
     source_key,
+    worker_share,
 )
 
 ADDR = ("127.0.0.1", 40000)
@@ -127,3 +128,24 @@ def test_limit_log_throttles_and_counts() -> None:
     line = log.hit(Limit.TUNNEL_RATE, "d", now=10.5)
     assert line == "limit tunnel-rate: 3 refusals since the last report (first: b)"
     assert log.hits == {Limit.TUNNEL_RATE: 4, Limit.HALF_OPEN: 1}
+
+
+@given(
+    st.integers(1, 100_000),
+    st.integers(1, 100_000),
+    st.floats(0.1, 1e6),
+    st.floats(1.0, 1e6),
+    st.integers(1, 64),
+)
+def test_workers_together_admit_what_one_process_would(
+    half_open: int, threshold: int, rate: float, burst: float, workers: int
+) -> None:
+    whole = AdmissionSettings(half_open, threshold, rate, burst)
+    share = worker_share(whole, workers)
+    assert whole.max_half_open <= share.max_half_open * workers < whole.max_half_open + workers
+    threshold_sum = share.retry_threshold * workers
+    assert whole.retry_threshold <= threshold_sum < whole.retry_threshold + workers
+    assert abs(share.connection_rate * workers - rate) <= rate * 1e-9
+    assert share.connection_burst >= 1.0
+    assert share.connection_burst * workers >= burst * (1 - 1e-9)
+    assert worker_share(whole, 1) == whole

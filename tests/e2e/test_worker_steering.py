@@ -13,12 +13,16 @@ rebinding moves some clients onto the worker that does not know them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 
 import pytest
+from aioquic.asyncio import connect
+from aioquic.quic.configuration import QuicConfiguration
 
 from tests.e2e.cid_router import Nat
 from tests.e2e.daemons import LOG_TOML, run_daemon
@@ -187,3 +191,42 @@ async def test_a_restarted_worker_gets_its_socket_and_resets_its_lost_clients(
                 ep.proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(ep.proc.wait(), 30)
         backend.close()
+
+
+async def test_workers_share_the_connection_limit(tmp_path: Path, short_tmp: Path) -> None:
+    """``max-connections = 4`` with 2 workers: each worker admits 2 (its share), so the daemon
+    admits at most 4 of 8 connections, as one process would, not 4 per worker."""
+    port = free_udp_port()
+    conf = tmp_path / "s.toml"
+    conf.write_text(
+        f'{LOG_TOML}[daemon]\nworkers = 2\n[[server]]\nname = "edge"\n'
+        f'listen-on = "127.0.0.1:{port}"\nstate-dir = "{tmp_path}"\n'
+        f'allow = ["unix:{short_tmp}/none.sock"]\nmax-connections = 4\n'
+    )
+    server = await run_daemon(conf, listeners=2)
+    try:
+        await server.wait_log(lambda e: "ready: 2 workers" in e.get("msg", ""), within=60)
+        config = QuicConfiguration(is_client=True, alpn_protocols=["quic-tun"])
+        config.verify_mode = ssl.CERT_NONE
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def one() -> bool:
+                try:
+                    async with asyncio.timeout(3):
+                        proto = await stack.enter_async_context(
+                            connect("127.0.0.1", port, configuration=config)
+                        )
+                        await proto.ping()
+                    return True
+                except TimeoutError:
+                    return False
+
+            admitted = sum([await one() for _ in range(8)])
+        print(f"\n{admitted} of 8 connections admitted (max-connections = 4, 2 workers)")
+        # each worker takes 2; fewer than 4 when the ids sent 7 or 8 of them to one worker
+        assert 2 <= admitted <= 4
+        hits = [e for e in server.logs if "max-connections" in e.get("msg", "")]
+        assert hits, "a refusal was logged"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.proc.wait(), 30)
