@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from quictund._signals import ignore_from_now
 from quictund._tasks import first_of, spawn
 from quictund.addresses import parse_host_port
 from quictund.api.app import Router
@@ -156,7 +157,7 @@ class Daemon:
     # ---- running -------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        if self._stop.is_set():
+        if self._stop.is_set() and not self._force.is_set():
             logger.warning("second stop signal: closing every tunnel now")
             self._force.set()
         self._stop.set()
@@ -199,11 +200,8 @@ class Daemon:
         finally:
             for client in self.clients:
                 client.stop_accepting()
-            if signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
-                    # We are on our way out: a late SIGTERM must not turn exit 0 into -15.
-                    signal.signal(sig, signal.SIG_IGN)
+            if signals:  # on our way out: a late SIGTERM must not turn exit 0 into -15
+                ignore_from_now(loop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
     def status_line(self) -> str:
         line = (

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from quictund._signals import ignore_from_now
 from quictund._tasks import first_of
 from quictund.api.app import JSON, Request, Response, error_response, json_response
 from quictund.api.http import ApiServer, start_tcp, start_unix
@@ -196,9 +197,8 @@ class Supervisor:
                 codes = await self._stop_workers()
                 for task in watchers:
                     task.cancel()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+        finally:  # on our way out, as the daemon (quictund/_signals.py)
+            ignore_from_now(loop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
             for worker in self.workers:
                 if worker.proc is not None and worker.proc.returncode is None:
                     worker.proc.kill()

@@ -368,3 +368,33 @@ async def test_watchdog_and_coalesced_reloads(short_tmp: Path, state_dir: Path) 
         notes.close()
         if run.proc.returncode is None:
             run.proc.kill()
+
+
+async def test_signals_while_exiting_never_kill_the_daemon(
+    short_tmp: Path, state_dir: Path
+) -> None:
+    """SIGTERM after SIGTERM, ~10,000 a second, all through the shutdown: the daemon still
+    exits 0, never -15 (the stop and reload signals are ignored from the moment it stops
+    handling them: quictund/_signals.py)."""
+    conf = short_tmp / "d.toml"
+    conf.write_text(server_toml("s", free_udp_port(), state_dir, ["tcp:127.0.0.1:9"]))
+    for _ in range(10):  # the window was microseconds wide: one round in 3-15 hit it
+        notes = Notifications(short_tmp / "notify")
+        run = await Run.start("--config", str(conf), notify=notes.path)
+        try:
+            assert (await notes.next())["READY"] == "1"
+            sent = 0
+            while run.proc.returncode is None:
+                try:
+                    os.kill(run.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    break
+                sent += 1
+                await asyncio.sleep(0.0001)  # ~10,000 a second: the daemon keeps up
+            assert await run.stop() == 0, f"exit after {sent} SIGTERMs"
+            assert sent > 1
+        finally:
+            if run.proc.returncode is None:
+                run.proc.kill()
+            notes.sock.close()
+            (short_tmp / "notify").unlink(missing_ok=True)
