@@ -210,8 +210,14 @@ async def test_reload_keeps_unchanged_tunnels(short_tmp: Path, state_dir: Path, 
         size = 48 * 1024 * 1024
         payload = os.urandom(size)
 
+        reloaded = asyncio.Event()
+
         async def send() -> None:
             for i in range(0, size, 1 << 20):
+                if i == size - (1 << 20):
+                    # The last MiB only after the reload: however fast the machine moves the
+                    # rest, the tunnel is open across the reload and carries data after it.
+                    await reloaded.wait()
                 writer.write(payload[i : i + (1 << 20)])
                 await writer.drain()
             writer.write_eof()
@@ -236,6 +242,7 @@ async def test_reload_keeps_unchanged_tunnels(short_tmp: Path, state_dir: Path, 
         line = await run.wait_log("reloaded:", start=mark)
         assert "started b" in line and "stopped c" in line and "kept 2" in line
         assert not transfer.done(), "the transfer must still be running during the reload"
+        reloaded.set()
         _, (n, digest) = await asyncio.wait_for(transfer, 120)
         assert (n, digest) == (size, hashlib.sha256(payload).hexdigest())
         writer.close()
