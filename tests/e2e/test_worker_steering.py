@@ -43,18 +43,30 @@ def _knobs(dead_after: float) -> str:
 
 
 async def _server(
-    tmp: Path, echo_path: Path, engine: str, dead_after: float = DEAD_AFTER_S
+    tmp: Path, echo_path: Path, engine: str, dead_after: float = DEAD_AFTER_S, extra: str = ""
 ) -> tuple[Endpoint, int]:
     port = free_udp_port()
     conf = tmp / "s.toml"
     conf.write_text(
         f'{LOG_TOML}[daemon]\nworkers = 2\n[[server]]\nname = "edge"\n'
         f'listen-on = "127.0.0.1:{port}"\nstate-dir = "{tmp}"\nallow = ["unix:{echo_path}"]\n'
-        f'quic-engine = "{engine}"\n{_knobs(dead_after)}'
+        f'quic-engine = "{engine}"\n{_knobs(dead_after)}{extra}'
     )
     server = await run_daemon(conf, listeners=2)  # one line per worker
     await server.wait_log(lambda e: "ready: 2 workers" in e.get("msg", ""), within=60)
     return server, port
+
+
+async def _stop(*endpoints: Endpoint | None) -> None:
+    """SIGTERM each daemon still running and wait for it (SIGKILL after 30 s)."""
+    for ep in endpoints:
+        if ep is not None and ep.proc.returncode is None:
+            ep.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ep.proc.wait(), 30)
+            except TimeoutError:
+                ep.kill()
+                await ep.proc.wait()
 
 
 async def _clients(
@@ -97,14 +109,7 @@ async def _rebinding(tmp: Path, sock_dir: Path, engine: str) -> tuple[int, int, 
         }
         return broke, len(lost), server
     finally:
-        for ep in started:
-            if ep.proc.returncode is None:
-                ep.proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(ep.proc.wait(), 30)
-                except TimeoutError:
-                    ep.kill()
-                    await ep.proc.wait()
+        await _stop(*started)
         if nat is not None:
             nat.close()
         backend.close()
@@ -186,26 +191,17 @@ async def test_a_restarted_worker_gets_its_socket_and_resets_its_lost_clients(
         for _, writer in tunnels:
             writer.close()
     finally:
-        for ep in (clients, server):
-            if ep is not None and ep.proc.returncode is None:
-                ep.proc.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(ep.proc.wait(), 30)
+        await _stop(clients, server)
         backend.close()
 
 
 async def test_workers_share_the_connection_limit(tmp_path: Path, short_tmp: Path) -> None:
     """``max-connections = 4`` with 2 workers: each worker admits 2 (its share), so the daemon
     admits at most 4 of 8 connections, as one process would, not 4 per worker."""
-    port = free_udp_port()
-    conf = tmp_path / "s.toml"
-    conf.write_text(
-        f'{LOG_TOML}[daemon]\nworkers = 2\n[[server]]\nname = "edge"\n'
-        f'listen-on = "127.0.0.1:{port}"\nstate-dir = "{tmp_path}"\n'
-        f'allow = ["unix:{short_tmp}/none.sock"]\nmax-connections = 4\n'
+    server, port = await _server(
+        tmp_path, short_tmp / "none.sock", "aioquic", extra="max-connections = 4\n"
     )
-    server = await run_daemon(conf, listeners=2)
     try:
-        await server.wait_log(lambda e: "ready: 2 workers" in e.get("msg", ""), within=60)
         config = QuicConfiguration(is_client=True, alpn_protocols=["quic-tun"])
         config.verify_mode = ssl.CERT_NONE
         async with contextlib.AsyncExitStack() as stack:
@@ -228,5 +224,4 @@ async def test_workers_share_the_connection_limit(tmp_path: Path, short_tmp: Pat
         hits = [e for e in server.logs if "max-connections" in e.get("msg", "")]
         assert hits, "a refusal was logged"
     finally:
-        server.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.proc.wait(), 30)
+        await _stop(server)
