@@ -12,7 +12,8 @@ to the engine adapter before the real-process benches (bulk.py, run.py) confirm 
 leaves out: sockets (sendmsg/recvmsg, GSO), the event loop, the tunnel's TCP side.
 
 ``--profile`` runs cProfile on one side's calls and prints the top functions (``SORT`` and
-``TOP`` in the environment: pstats sort key and how many).
+``TOP`` in the environment: pstats sort key and how many; ``PROFILE_OUT``: also dump the stats
+to that file, for pstats' callers and callees).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def _print_profiles(*sides: Side) -> None:
         if side.profiler is not None:
             stats = pstats.Stats(side.profiler).sort_stats(os.environ.get("SORT", "tottime"))
             stats.print_stats(int(os.environ.get("TOP", "30")))
+            if os.environ.get("PROFILE_OUT"):
+                side.profiler.dump_stats(os.environ["PROFILE_OUT"])
 
 
 def one_run(

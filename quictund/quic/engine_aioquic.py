@@ -258,10 +258,18 @@ class AioquicConnection(ConsumptionCredit):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         self.reclaim_if_pressed(now)
-        datagrams = super().datagrams_to_send(now)
+        fast = build.fast_transmit
+        datagrams = None if fast is None else fast(self, now)
+        if datagrams is None:
+            datagrams = super().datagrams_to_send(now)
         if self._pacing_at is None:  # stopped for want of data, not by the pacer
             aioquic_cc.note_app_limited(self._loss, self._max_datagram_size)
         return datagrams
+
+    def get_timer(self) -> float | None:
+        fast = build.fast_timer
+        at = None if fast is None else fast(self)
+        return super().get_timer() if at is None else at
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)

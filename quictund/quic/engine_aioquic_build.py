@@ -1,6 +1,6 @@
 """aioquic adapter, part: the compiled per-packet path, when it is there (issue 15).
 
-Four pieces, all Cython in this directory (docs/performance.md has what each saves):
+Five pieces, all Cython in this directory (docs/performance.md has what each saves):
 
 * aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the
   name it imported into ``aioquic.quic.connection``.  :func:`install` points that name at
@@ -14,6 +14,9 @@ Four pieces, all Cython in this directory (docs/performance.md has what each sav
 * :data:`fast_write` (``_aioquic_send.write_application``) builds the 1-RTT packets of an
   established connection with no rare frame waiting; ``SlicedSending._write_application``
   calls it first and aioquic's own method when it declines.
+* :data:`fast_transmit` and :data:`fast_timer` (``_aioquic_transmit``) are the whole send pass
+  (``datagrams_to_send``) and ``get_timer`` of an established connection with one validated
+  path; ``AioquicConnection`` calls them first and aioquic's own methods when they decline.
 
 All of it stays aioquic's own pure-Python code when the modules were not built (no C compiler
 or Python headers at install time) or when ``QUICTUND_PURE_PYTHON=1`` asks for it (``make
@@ -47,6 +50,10 @@ fast_receive: Callable[[Any, bytes, Any, float], bool] | None = None
 # the compiled common send case (_aioquic_send.write_application), once installed: True if it
 # built the packets, False if aioquic's _write_application must
 fast_write: Callable[[Any, Any, Any, float], bool] | None = None
+# the compiled send pass and timer (_aioquic_transmit), once installed: the datagrams / the
+# timer, or None if aioquic's datagrams_to_send / get_timer must
+fast_transmit: Callable[[Any, float], list[tuple[bytes, Any]] | None] | None = None
+fast_timer: Callable[[Any], float | None] | None = None
 
 
 def install() -> str:
@@ -62,14 +69,17 @@ def install() -> str:
         from quictund.quic._aioquic_protect import PacketOpener
         from quictund.quic._aioquic_receive import receive_short
         from quictund.quic._aioquic_send import write_application
+        from quictund.quic._aioquic_transmit import datagrams_to_send, get_timer
     except ImportError as exc:
         BUILDER = f"aioquic's pure-Python packet path (the compiled one is not built: {exc})"
         return BUILDER
-    global _opener, fast_receive, fast_write
+    global _opener, fast_receive, fast_write, fast_transmit, fast_timer
     aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
     _opener = PacketOpener
     fast_receive = receive_short
     fast_write = write_application
+    fast_transmit = datagrams_to_send
+    fast_timer = get_timer
     BUILDER = "compiled"
     return BUILDER
 

@@ -1,0 +1,6 @@
+"""Types of the compiled send pass and timer (_aioquic_transmit.pyx)."""
+
+from typing import Any
+
+def datagrams_to_send(conn: Any, now: float) -> list[tuple[bytes, Any]] | None: ...
+def get_timer(conn: Any) -> float | None: ...
