@@ -1,8 +1,9 @@
 """Build hook for quictund's compiled modules; everything else is in pyproject.toml.
 
 ``quictund/quic/_aioquic_builder.pyx``, ``_aioquic_protect.pyx``, ``_aioquic_receive.pyx``,
-``_aioquic_send.pyx`` and ``_aioquic_transmit.pyx`` (Cython) are the aioquic engine's packet
-builder, packet protection, common receive and send cases and send pass in C (issue 15, docs/performance.md).  They are *optional*:
+``_aioquic_send.pyx``, ``_aioquic_transmit.pyx`` and ``_aioquic_ack.pyx`` (Cython) are the aioquic
+engine's packet builder, packet protection, common receive and send cases, send pass and ACK
+handling in C (issue 15, docs/performance.md).  They are *optional*:
 without a C compiler and Python's headers the build goes on without them and quictund runs
 aioquic's own pure-Python code for all of it (the daemon logs a WARNING saying so;
 quictund/quic/engine_aioquic_build.py).
@@ -12,6 +13,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = (
+    "_aioquic_ack",
     "_aioquic_builder",
     "_aioquic_protect",
     "_aioquic_receive",

@@ -118,6 +118,8 @@ def install(loss: QuicPacketRecovery, max_datagram_size: int) -> None:
             received(**kwargs)
             cc.on_ack_done(kwargs["now"])
 
+        # the compiled ACK path (_aioquic_ack.pyx) makes the same call when it sees this mark
+        on_ack_received.ack_done_for = cc  # type: ignore[attr-defined]
         loss.on_ack_received = on_ack_received  # type: ignore[method-assign]
 
 

@@ -294,6 +294,11 @@ class AioquicConnection(ConsumptionCredit):
         if stream.stream_id is not None:
             self._activate(stream.stream_id)
 
+    def _handle_ack_frame(self, context: Any, frame_type: int, buf: Any) -> None:
+        fast = build.fast_ack
+        if fast is None or not fast(self, context, frame_type, buf):
+            super()._handle_ack_frame(context, frame_type, buf)
+
     def _get_or_create_stream(self, frame_type: int, stream_id: int) -> QuicStream:
         # Every frame that concerns a stream (STREAM, RESET_STREAM, STOP_SENDING,
         # MAX_STREAM_DATA, STREAM_DATA_BLOCKED) fetches it here: the one place to put a stream

@@ -1,6 +1,6 @@
 """aioquic adapter, part: the compiled per-packet path, when it is there (issue 15).
 
-Five pieces, all Cython in this directory (docs/performance.md has what each saves):
+Six pieces, all Cython in this directory (docs/performance.md has what each saves):
 
 * aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the
   name it imported into ``aioquic.quic.connection``.  :func:`install` points that name at
@@ -17,6 +17,9 @@ Five pieces, all Cython in this directory (docs/performance.md has what each sav
 * :data:`fast_transmit` and :data:`fast_timer` (``_aioquic_transmit``) are the whole send pass
   (``datagrams_to_send``) and ``get_timer`` of an established connection with one validated
   path; ``AioquicConnection`` calls them first and aioquic's own methods when they decline.
+* :data:`fast_ack` (``_aioquic_ack.handle_ack``) handles an ACK frame of a 1-RTT packet, loss
+  recovery and RTT included; ``AioquicConnection._handle_ack_frame`` calls it first and
+  aioquic's handler when it declines.
 
 All of it stays aioquic's own pure-Python code when the modules were not built (no C compiler
 or Python headers at install time) or when ``QUICTUND_PURE_PYTHON=1`` asks for it (``make
@@ -54,6 +57,9 @@ fast_write: Callable[[Any, Any, Any, float], bool] | None = None
 # timer, or None if aioquic's datagrams_to_send / get_timer must
 fast_transmit: Callable[[Any, float], list[tuple[bytes, Any]] | None] | None = None
 fast_timer: Callable[[Any], float | None] | None = None
+# the compiled ACK frame handler (_aioquic_ack.handle_ack), once installed: True if it handled
+# the frame, False if aioquic's _handle_ack_frame must
+fast_ack: Callable[[Any, Any, int, Any], bool] | None = None
 
 
 def install() -> str:
@@ -65,6 +71,7 @@ def install() -> str:
         BUILDER = f"aioquic's pure-Python packet path ({PURE_ENV} is set)"
         return BUILDER
     try:
+        from quictund.quic._aioquic_ack import handle_ack
         from quictund.quic._aioquic_builder import PacketBuilder
         from quictund.quic._aioquic_protect import PacketOpener
         from quictund.quic._aioquic_receive import receive_short
@@ -73,13 +80,14 @@ def install() -> str:
     except ImportError as exc:
         BUILDER = f"aioquic's pure-Python packet path (the compiled one is not built: {exc})"
         return BUILDER
-    global _opener, fast_receive, fast_write, fast_transmit, fast_timer
+    global _opener, fast_receive, fast_write, fast_transmit, fast_timer, fast_ack
     aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
     _opener = PacketOpener
     fast_receive = receive_short
     fast_write = write_application
     fast_transmit = datagrams_to_send
     fast_timer = get_timer
+    fast_ack = handle_ack
     BUILDER = "compiled"
     return BUILDER
 
