@@ -1,9 +1,9 @@
 """Build hook for quictund's compiled modules; everything else is in pyproject.toml.
 
 ``quictund/quic/_aioquic_builder.pyx``, ``_aioquic_protect.pyx``, ``_aioquic_receive.pyx``,
-``_aioquic_send.pyx``, ``_aioquic_transmit.pyx`` and ``_aioquic_ack.pyx`` (Cython) are the aioquic
-engine's packet builder, packet protection, common receive and send cases, send pass and ACK
-handling in C (issue 15, docs/performance.md).  They are *optional*:
+``_aioquic_send.pyx``, ``_aioquic_sched.pyx``, ``_aioquic_transmit.pyx`` and ``_aioquic_ack.pyx``
+(Cython) are the aioquic engine's packet builder, packet protection, common receive and send
+cases, sliced send queue, send pass and ACK handling in C (issue 15, docs/performance.md).  They are *optional*:
 without a C compiler and Python's headers the build goes on without them and quictund runs
 aioquic's own pure-Python code for all of it (the daemon logs a WARNING saying so;
 quictund/quic/engine_aioquic_build.py).
@@ -17,6 +17,7 @@ MODULES = (
     "_aioquic_builder",
     "_aioquic_protect",
     "_aioquic_receive",
+    "_aioquic_sched",
     "_aioquic_send",
     "_aioquic_transmit",
 )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic.quic.connection import QuicConnection
 from cryptography.x509.oid import NameOID
 
 from quictund.quic import engine
-from quictund.quic import engine_aioquic_sched as sched
+from quictund.quic import engine_aioquic_build as build
 from quictund.quic.engine import EngineSettings, events
 from quictund.quic.engine_aioquic import AioquicConnection
 from tests.engine_pair import (
@@ -589,25 +590,37 @@ def test_streams_waiting_for_connection_credit_leave_the_queue_until_max_data(
     assert got == dict.fromkeys(sids, 2048 + 3)
 
 
+@pytest.mark.parametrize("sliced", ["compiled", "python"])
 def test_a_full_congestion_window_ends_the_pass_at_once(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, sliced: str
 ) -> None:
     """1,000 tunnels with data queued and a full congestion window: a send pass (one per ACK
     or timer of that connection) asks one slice of streams, not all 125, and when the window
     opens the streams not asked are served in turn, none starved.  Before, each such pass
-    asked every slice: 1.3 ms to send nothing (bench note in docs/security.md)."""
+    asked every slice: 1.3 ms to send nothing (bench note in docs/security.md).  Both sliced
+    passes: the compiled one (_aioquic_sched.pyx) and the Python method."""
+    if sliced == "compiled" and build.fast_sliced is None:
+        pytest.skip(f"not built: {build.BUILDER}")
+    if sliced == "python":
+        monkeypatch.setattr(build, "fast_sliced", None)
     pair, sids = _thousand_greeted_streams(certs)
     server = pair.server
     for sid in sids:
         server.send_stream_data(sid, b"z" * 1000)
     first = server.datagrams_to_send(now=pair.now)  # the pass that fills the window
     assert first
-    asked = []
-    real = sched._slice_end
-    monkeypatch.setattr(sched, "_slice_end", lambda q, pos: asked.append(pos) or real(q, pos))
+    asked = []  # one packet-writer call per slice asked
+    writer = build.fast_write
+
+    def counting(conn: Any, builder: Any, path: Any, now: float) -> bool:
+        asked.append(len(conn._streams_queue))
+        return writer is not None and writer(conn, builder, path, now)
+
+    monkeypatch.setattr(build, "fast_write", counting)
     assert server.datagrams_to_send(now=pair.now) == []  # nothing fits: no ACK is due either
     assert len(asked) == 1 and len(server._streams_queue) >= 990
-    monkeypatch.setattr(sched, "_slice_end", real)
+    assert asked[0] < 990  # a slice, not the queue
+    monkeypatch.setattr(build, "fast_write", writer)
     for data, _ in first:
         pair.engine_client.receive_datagram(data, SERVER_ADDR, now=pair.now)
     pair.pump()  # the window opens as ACKs come back: every tunnel gets its 1,000 bytes

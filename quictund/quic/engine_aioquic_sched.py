@@ -56,6 +56,10 @@ class SlicedSending(QuicConnection):
         # once this one has nothing left to send, so 100 busy tunnels cost what 8 do.
         # Fairness across calls is aioquic's own rule applied to the whole queue: streams that
         # sent new data go to the back, behind those not reached and those that had nothing.
+        sliced = build.fast_sliced  # this method, compiled (_aioquic_sched.pyx)
+        if sliced is not None:
+            sliced(self, builder, network_path, now, QuicConnection._write_application)
+            return
         if self._parked and self._remote_max_data_used < self._remote_max_data:
             self._unpark()  # MAX_DATA (or the peer's transport parameters) raised the limit
         every = self._streams
