@@ -87,7 +87,7 @@ def handle_ack(conn, context, long frame_type, buf):
     if not loss.peer_completed_address_validation:
         loss.peer_completed_address_validation = True
     cdef double now = context.time
-    space = conn._spaces[_EPOCH_ONE_RTT]
+    space = conn._one_rtt[1]  # the 1-RTT space (AioquicConnection._initialize)
     _reordering_on_ack(loss, ranges, ack_delay, now, space)
     if ack_done is not None:
         ack_done.on_ack_done(now)

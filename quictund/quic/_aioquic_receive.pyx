@@ -127,11 +127,14 @@ def receive_short(conn, data, addr, double now):
     if dcid != host_cid:
         return False
 
-    cryptos = conn._cryptos
-    spaces = conn._spaces
-    space = spaces[_ONE_RTT]
+    # the 1-RTT pair, space and crypto stream and the 0-RTT pair (AioquicConnection._initialize:
+    # aioquic's dictionaries are keyed by an Enum whose hash is Python code)
+    one_rtt = conn._one_rtt
+    if one_rtt is None:
+        return False
+    crypto, space, _crypto_stream, crypto_zero_rtt = one_rtt
     try:
-        plain_header, plain_payload, packet_number = cryptos[_ONE_RTT].decrypt_packet(
+        plain_header, plain_payload, packet_number = crypto.decrypt_packet(
             data, 1 + cid_length, space.expected_packet_number
         )
     except (KeyUnavailableError, CryptoError):
@@ -152,7 +155,7 @@ def receive_short(conn, data, addr, double now):
         space.expected_packet_number = packet_number + 1
     is_client = conn._is_client
     if not is_client:
-        zero_rtt = cryptos[_ZERO_RTT].recv
+        zero_rtt = crypto_zero_rtt.recv
         if zero_rtt.is_valid():
             zero_rtt.teardown()  # RFC 9001 section 4.9.3
     if packet_number > conn._spin_highest_pn:

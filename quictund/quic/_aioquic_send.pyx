@@ -79,14 +79,15 @@ def write_application(conn, builder, network_path, double now):
     """
     if conn._quic_logger is not None or not conn._handshake_complete:
         return False
-    crypto = conn._cryptos[_EPOCH_ONE_RTT]
+    one_rtt = conn._one_rtt  # (pair, space, crypto stream, 0-RTT pair): AioquicConnection
+    if one_rtt is None:
+        return False
+    crypto, space, crypto_stream, _ = one_rtt
     if not crypto.send.is_valid():
         return False
-    crypto_stream = conn._crypto_streams[_EPOCH_ONE_RTT]
     if not _nothing_rare(conn, network_path, crypto_stream):
         return False
 
-    space = conn._spaces[_EPOCH_ONE_RTT]
     pacer = conn._loss._pacer
     credit_dirty = conn._credit_dirty
     datagrams = conn._datagrams_pending

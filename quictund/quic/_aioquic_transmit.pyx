@@ -103,7 +103,7 @@ cdef list _flush(conn, builder, network_path, double now):
     loss = conn._loss
     cc = loss._cc
     own_sent = type(loss).on_packet_sent is _ON_PACKET_SENT
-    space = conn._spaces[_EPOCH_ONE_RTT]
+    space = conn._one_rtt[1]  # set once the connection has keys (AioquicConnection._initialize)
     for packet in packets:
         packet.sent_time = now
         if packet.epoch is not _EPOCH_ONE_RTT:  # cannot happen: only 1-RTT packets were built

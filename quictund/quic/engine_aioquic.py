@@ -145,6 +145,7 @@ class AioquicConnection(ConsumptionCredit):
         self._local_max_streams_uni.value = 0
         self._local_max_streams_uni.sent = 0
         self.packets_lost = 0
+        self._one_rtt: tuple[Any, Any, Any, Any] | None = None  # _initialize sets it
         install_reordering(self._loss)  # reordering-tolerant loss detection
         count_losses = self._loss._on_packets_lost
 
@@ -277,7 +278,8 @@ class AioquicConnection(ConsumptionCredit):
         # A pending ACK rides with this data instead of leaving alone when its delay runs
         # out: aioquic writes an ACK only once due, so each request/response round trip
         # cost every side a separate ACK datagram (built, sent, received, processed).
-        space = self._spaces[tls.Epoch.ONE_RTT]
+        one_rtt = self._one_rtt
+        space = self._spaces[tls.Epoch.ONE_RTT] if one_rtt is None else one_rtt[1]
         if space.ack_at is not None:
             space.ack_at = 0.0
 
@@ -319,6 +321,16 @@ class AioquicConnection(ConsumptionCredit):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
+        # What the compiled paths look up per packet, once: aioquic's dictionaries are keyed
+        # by tls.Epoch, whose hash is Python code (ten calls per request/response per side).
+        # Only _initialize creates these entries (a version change replaces INITIAL's alone).
+        one = tls.Epoch.ONE_RTT
+        self._one_rtt = (
+            self._cryptos[one],
+            self._spaces[one],
+            self._crypto_streams[one],
+            self._cryptos[tls.Epoch.ZERO_RTT],
+        )
         build.open_fast([*self._cryptos.values(), *self._cryptos_initial.values()])
         for space in self._spaces.values():  # 128 packet numbers were not enough: received.py
             space.received_packets = ReceivedWindow()  # type: ignore[assignment]
