@@ -3,7 +3,7 @@
 ``quictund/quic/_aioquic_builder.pyx``, ``_aioquic_protect.pyx``, ``_aioquic_receive.pyx``,
 ``_aioquic_send.pyx``, ``_aioquic_sched.pyx``, ``_aioquic_transmit.pyx`` and ``_aioquic_ack.pyx``
 (Cython) are the aioquic engine's packet builder, packet protection, common receive and send
-cases, sliced send queue, send pass and ACK handling in C (issue 15, docs/performance.md).  They are *optional*:
+cases, sliced send queue, send pass and ACK handling in C, and ``_bbr.pyx`` its BBR model (issue 15, docs/performance.md).  They are *optional*:
 without a C compiler and Python's headers the build goes on without them and quictund runs
 aioquic's own pure-Python code for all of it (the daemon logs a WARNING saying so;
 quictund/quic/engine_aioquic_build.py).
@@ -20,6 +20,7 @@ MODULES = (
     "_aioquic_sched",
     "_aioquic_send",
     "_aioquic_transmit",
+    "_bbr",
 )
 
 setup(

@@ -3,11 +3,26 @@ fairness, and following a capacity change."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
+from quictund.quic import engine_aioquic_build as build
 from quictund.quic.bbr import Bbr, MaxFilter, Mode
 from quictund.quic.pacing import Pacer
 from tests.ccsim import MDS, Flow, Link
+
+build.install()
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every check on quictund.quic.bbr's model and on its compiled twin (_bbr.pyx)."""
+    if request.param == "compiled":
+        if build.bbr_model is None:
+            pytest.skip(f"not built: {build.BUILDER}")
+        monkeypatch.setattr(sys.modules[__name__], "Bbr", build.bbr_model)
+    return str(request.param)
 
 RATE = 20e6 / 8  # 20 Mbit/s keeps the simulation fast
 RTT = 0.05

@@ -87,14 +87,23 @@ class Traced(Timed):
         super().__init__(certs, SETTINGS)
         self.samples: list[tuple[float, float]] = []
         for conn in (self.pair.client, self.pair.server):
-            model = conn._loss._cc.model
-            inner = model.on_rtt
+            cc = conn._loss._cc
+            cc.model = _Recording(cc.model, self.samples)
 
-            def on_rtt(now: float, rtt: float, inner: Any = inner) -> None:
-                self.samples.append((now, rtt))
-                inner(now, rtt)
 
-            model.on_rtt = on_rtt
+class _Recording:
+    """A BBR model (Python or compiled) that records the RTT samples it is given."""
+
+    def __init__(self, model: Any, samples: list[tuple[float, float]]) -> None:
+        self._model = model
+        self._samples = samples
+
+    def on_rtt(self, now: float, rtt: float) -> None:
+        self._samples.append((now, rtt))
+        self._model.on_rtt(now, rtt)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _twice(

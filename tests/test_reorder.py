@@ -4,6 +4,9 @@ spurious loss back out of its loss guard."""
 
 from __future__ import annotations
 
+import pytest
+
+from quictund.quic import engine_aioquic_build as build
 from quictund.quic.bbr import Bbr
 from quictund.quic.reorder import (
     K_PACKET_THRESHOLD,
@@ -96,8 +99,22 @@ def test_memory_is_bounded() -> None:
     assert len(win.on_ack([range(900, 1000)], now=0.0, srtt=RTT)) == 100
 
 
-def test_bbr_takes_a_spurious_loss_back() -> None:
-    bbr = Bbr(max_datagram_size=1200)
+BBRS = [Bbr, pytest.param(None, id="compiled")]
+
+
+def _bbr(impl: type[Bbr] | None) -> Bbr:
+    """quictund.quic.bbr's model, or its compiled twin (_bbr.pyx) for None."""
+    build.install()
+    if impl is None:
+        if build.bbr_model is None:
+            pytest.skip(f"not built: {build.BUILDER}")
+        return build.bbr_model(max_datagram_size=1200)  # type: ignore[no-any-return]
+    return impl(max_datagram_size=1200)
+
+
+@pytest.mark.parametrize("impl", BBRS)
+def test_bbr_takes_a_spurious_loss_back(impl: type[Bbr] | None) -> None:
+    bbr = _bbr(impl)
     for _ in range(3):
         bbr.on_lost(1200)
     bbr.on_spurious(1200)
@@ -125,9 +142,10 @@ def test_tolerated_reordering_keeps_the_window() -> None:
     assert not win.was_lost(5)
 
 
-def test_bbr_min_rtt_ignores_a_lone_short_sample() -> None:
+@pytest.mark.parametrize("impl", BBRS)
+def test_bbr_min_rtt_ignores_a_lone_short_sample(impl: type[Bbr] | None) -> None:
     """One packet that jumped 25 ms ahead on a 50 ms path must not halve BBR's min_rtt."""
-    bbr = Bbr(max_datagram_size=1200)
+    bbr = _bbr(impl)
     now = 0.0
     for rtt in (0.050, 0.051, 0.025, 0.050, 0.052, 0.026, 0.051):
         now += 0.01

@@ -21,6 +21,7 @@ from aioquic.quic.congestion.base import QuicCongestionControl, register_congest
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketRecovery
 
+from quictund.quic import engine_aioquic_build as build
 from quictund.quic.bbr import Bbr, SentState
 from quictund.quic.pacing import Pacer
 
@@ -32,7 +33,8 @@ class BbrCongestionControl(QuicCongestionControl):
 
     def __init__(self, *, max_datagram_size: int) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
-        self.model = Bbr(max_datagram_size=max_datagram_size)
+        model = build.bbr_model or Bbr  # the compiled one (_bbr.pyx) once installed
+        self.model: Bbr = model(max_datagram_size=max_datagram_size)
         self.congestion_window = self.model.cwnd
 
     @property

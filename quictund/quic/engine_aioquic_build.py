@@ -1,6 +1,6 @@
 """aioquic adapter, part: the compiled per-packet path, when it is there (issue 15).
 
-Seven pieces, all Cython in this directory (docs/performance.md has what each saves):
+Eight pieces, all Cython in this directory (docs/performance.md has what each saves):
 
 * aioquic's connection makes a ``QuicPacketBuilder`` per ``datagrams_to_send`` call, by the
   name it imported into ``aioquic.quic.connection``.  :func:`install` points that name at
@@ -19,6 +19,8 @@ Seven pieces, all Cython in this directory (docs/performance.md has what each sa
   path; ``AioquicConnection`` calls them first and aioquic's own methods when they decline.
 * :data:`fast_sliced` (``_aioquic_sched.write_sliced``) is the adapter's own sliced send pass
   (``SlicedSending._write_application``) compiled; the Python method runs when it is not built.
+* :data:`bbr_model` (``_bbr.Bbr``) is ``quictund.quic.bbr.Bbr`` compiled, the model that
+  ``aioquic_cc.BbrCongestionControl`` drives.
 * :data:`fast_ack` (``_aioquic_ack.handle_ack``) handles an ACK frame of a 1-RTT packet, loss
   recovery and RTT included; ``AioquicConnection._handle_ack_frame`` calls it first and
   aioquic's handler when it declines.
@@ -61,6 +63,8 @@ fast_transmit: Callable[[Any, float], list[tuple[bytes, Any]] | None] | None = N
 fast_timer: Callable[[Any], float | None] | None = None
 # the adapter's sliced send pass, compiled (_aioquic_sched.write_sliced), once installed
 fast_sliced: Callable[[Any, Any, Any, float, Any], None] | None = None
+# quictund.quic.bbr.Bbr compiled (_bbr.Bbr), once installed
+bbr_model: Any = None
 # the compiled ACK frame handler (_aioquic_ack.handle_ack), once installed: True if it handled
 # the frame, False if aioquic's _handle_ack_frame must
 fast_ack: Callable[[Any, Any, int, Any], bool] | None = None
@@ -82,10 +86,12 @@ def install() -> str:
         from quictund.quic._aioquic_sched import write_sliced
         from quictund.quic._aioquic_send import write_application
         from quictund.quic._aioquic_transmit import datagrams_to_send, get_timer
+        from quictund.quic._bbr import Bbr
     except ImportError as exc:
         BUILDER = f"aioquic's pure-Python packet path (the compiled one is not built: {exc})"
         return BUILDER
     global _opener, fast_receive, fast_write, fast_transmit, fast_timer, fast_ack, fast_sliced
+    global bbr_model
     aioquic.quic.connection.QuicPacketBuilder = PacketBuilder  # type: ignore[attr-defined,assignment]
     _opener = PacketOpener
     fast_receive = receive_short
@@ -94,6 +100,7 @@ def install() -> str:
     fast_timer = get_timer
     fast_ack = handle_ack
     fast_sliced = write_sliced
+    bbr_model = Bbr
     BUILDER = "compiled"
     return BUILDER
 
