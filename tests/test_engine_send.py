@@ -149,6 +149,15 @@ def test_a_bulk_transfer_is_built_byte_for_byte_as_aioquic_builds_it(
     _built_by_the_compiled_path(counted, fast)
 
 
+# a stream window larger than the connection's, so the connection's credit binds
+CREDIT_BOUND = EngineSettings(
+    stream_window=512 * KIB,
+    initial_stream_window=512 * KIB,
+    connection_window=128 * KIB,
+    receive_budget=128 * KIB,
+)
+
+
 def _credit_bound(pair: Pair) -> None:
     """The server reads nothing until the client ran out of connection credit, then all."""
     pair.on_server_data = None
@@ -166,14 +175,7 @@ def _credit_bound(pair: Pair) -> None:
 def test_sending_up_to_the_connection_credit_is_built_as_aioquic_builds_it(
     certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a stream window larger than the connection's, so the connection's credit binds
-    settings = EngineSettings(
-        stream_window=512 * KIB,
-        initial_stream_window=512 * KIB,
-        connection_window=128 * KIB,
-        receive_budget=128 * KIB,
-    )
-    fast, control, counted = _twice(certs, monkeypatch, _credit_bound, settings)
+    fast, control, counted = _twice(certs, monkeypatch, _credit_bound, CREDIT_BOUND)
     assert fast.pair.received == control.pair.received
     assert fast.packets == control.packets
     _built_by_the_compiled_path(counted, fast)

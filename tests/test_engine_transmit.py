@@ -22,6 +22,7 @@ from quictund.quic import engine_aioquic_build as build
 from quictund.quic.engine import EngineSettings
 from tests.engine_pair import KIB, Certs, Pair, make_certs
 from tests.test_engine_send import (
+    CREDIT_BOUND,
     SETTINGS,
     Recorded,
     _bulk,
@@ -139,42 +140,24 @@ def _mostly_compiled(transmit: Counted, timer: Counted) -> None:
     assert timer.took > 10 * max(timer.declined, 1), (timer.took, timer.declined)
 
 
-def test_a_bulk_transfer_sends_and_times_as_aioquic_does(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("scenario", "settings"),
+    [
+        (_bulk, SETTINGS),
+        (_request_response, SETTINGS),
+        (_lossy, SETTINGS),  # retransmissions, loss timers
+        (_credit_bound, CREDIT_BOUND),  # sending up to the connection's credit
+    ],
+    ids=["bulk", "request-response", "lossy", "credit-bound"],
+)
+def test_send_passes_and_timers_are_aioquics(
+    certs: Certs,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Callable[[Pair], None],
+    settings: EngineSettings,
 ) -> None:
-    fast, control, transmit, timer = _twice(certs, monkeypatch, _bulk)
-    assert len(fast.packets) > 500
-    _same(fast, control)
-    _mostly_compiled(transmit, timer)
-
-
-def test_request_response_sends_and_times_as_aioquic_does(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast, control, transmit, timer = _twice(certs, monkeypatch, _request_response)
-    _same(fast, control)
-    _mostly_compiled(transmit, timer)
-
-
-def test_retransmissions_and_loss_timers_are_as_aioquic_has_them(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast, control, transmit, timer = _twice(certs, monkeypatch, _lossy)
-    _same(fast, control)
-    assert fast.pair.client.packets_lost > 10
-    _mostly_compiled(transmit, timer)
-
-
-def test_sending_up_to_the_connection_credit_is_as_aioquic_does_it(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = EngineSettings(
-        stream_window=512 * KIB,
-        initial_stream_window=512 * KIB,
-        connection_window=128 * KIB,
-        receive_budget=128 * KIB,
-    )
-    fast, control, transmit, timer = _twice(certs, monkeypatch, _credit_bound, settings)
+    fast, control, transmit, timer = _twice(certs, monkeypatch, scenario, settings)
+    assert len(fast.packets) > 50
     _same(fast, control)
     _mostly_compiled(transmit, timer)
 
