@@ -25,7 +25,7 @@ BUILT_FROM = pyproject.toml setup.py $(wildcard quictund/quic/*.pyx)
 STAMP   = $(VENV)/.installed-$(shell cat $(BUILT_FROM) | sha1sum | cut -c1-12)
 
 # The engine tests again on aioquic's own pure-Python packet path (the fallback when the
-# compiled one, quictund/quic/_aioquic_*.pyx, is not built)
+# compiled one, quictund/quic/_aioquic_*.pyx and _bbr.pyx, is not built)
 PURE_TESTS = tests/test_engine.py tests/test_engines.py tests/test_engine_bbr.py \
 	tests/test_engine_reorder.py tests/test_engine_receive.py tests/test_session.py \
 	tests/test_receive_memory.py \
