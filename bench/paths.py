@@ -135,6 +135,27 @@ def wait_log(
     raise PathError(f"no {needle!r} in {path} within {within} s")
 
 
+# what an aioquic daemon logs when it runs aioquic's own packet path (engine_aioquic_build)
+PURE_PATH_LOG = "pure-Python packet path"
+
+
+def _compiled_or_asked(log: Path) -> None:
+    """Refuse a daemon that fell back to aioquic's pure-Python packet path unless the bench was
+    asked for it (QUICTUND_PURE_PYTHON): its figures would pass for the compiled path's.  A tree
+    edited while the bench ran (a compiled module imported but not built yet) did that once and
+    read as a 2x regression."""
+    if os.environ.get("QUICTUND_PURE_PYTHON", "") not in ("", "0"):
+        return
+    text = log.read_text(errors="replace") if log.exists() else ""
+    for line in text.splitlines():
+        if PURE_PATH_LOG in line:
+            why = line.partition("aioquic engine: ")[2].partition(";")[0] or line.strip()
+            raise PathError(
+                f"the daemon runs {why} (see {log}); rebuild the tree (pip install -e .), "
+                "bench a frozen checkout, or set QUICTUND_PURE_PYTHON=1 to bench that path"
+            )
+
+
 def make_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
     """A CA and a server certificate it signed for ``hosts`` (IP SANs), ECDSA P-256, kept in
     ``directory``: (ca.pem, cert.pem, key.pem).  A real chain, because some verifiers (rustls'
@@ -368,6 +389,7 @@ class PathFactory:
             procs.append(proc)
             try:
                 wait_log(self.procs.log_path(f"{tag}-{role}"), "endpoint listening on", proc)
+                _compiled_or_asked(self.procs.log_path(f"{tag}-{role}"))
             except PathError:
                 for p in procs:
                     self.procs.stop(p)
