@@ -38,7 +38,6 @@ from aioquic.quic.stream import FinalSizeError, StreamFinishedError
 
 cdef object _CONNECTED = QuicConnectionState.CONNECTED
 cdef object _ONE_RTT = tls.Epoch.ONE_RTT
-cdef object _ZERO_RTT = tls.Epoch.ZERO_RTT
 cdef object _END_STATES = END_STATES
 cdef object _PADDING = QuicFrameType.PADDING
 cdef object _PROTOCOL_VIOLATION = QuicErrorCode.PROTOCOL_VIOLATION
@@ -132,7 +131,9 @@ def receive_short(conn, data, addr, double now):
     one_rtt = conn._one_rtt
     if one_rtt is None:
         return False
-    crypto, space, _crypto_stream, crypto_zero_rtt = one_rtt
+    crypto = one_rtt[0]
+    space = one_rtt[1]
+    crypto_zero_rtt = one_rtt[3]
     try:
         plain_header, plain_payload, packet_number = crypto.decrypt_packet(
             data, 1 + cid_length, space.expected_packet_number

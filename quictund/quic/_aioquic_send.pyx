@@ -27,11 +27,9 @@ it side by side and compares their packets byte for byte.
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from aioquic import tls
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilderStop
 
-cdef object _EPOCH_ONE_RTT = tls.Epoch.ONE_RTT
 cdef object _ONE_RTT = QuicPacketType.ONE_RTT
 cdef object _DATAGRAM = QuicFrameType.DATAGRAM_WITH_LENGTH
 cdef object _Stop = QuicPacketBuilderStop

@@ -110,19 +110,9 @@ class EnginePacer:
 
 
 def install(loss: QuicPacketRecovery, max_datagram_size: int) -> None:
-    """Replace aioquic's pacer and give BBR its once-per-ACK-frame call."""
-    cc = loss._cc
-    loss._pacer = EnginePacer(cc, max_datagram_size)  # type: ignore[assignment]
-    if isinstance(cc, BbrCongestionControl):
-        received = loss.on_ack_received
-
-        def on_ack_received(**kwargs: Any) -> None:
-            received(**kwargs)
-            cc.on_ack_done(kwargs["now"])
-
-        # the compiled ACK path (_aioquic_ack.pyx) makes the same call when it sees this mark
-        on_ack_received.ack_done_for = cc  # type: ignore[attr-defined]
-        loss.on_ack_received = on_ack_received  # type: ignore[method-assign]
+    """Replace aioquic's pacer (BBR's once-per-ACK call is made by
+    ``aioquic_recovery.ReorderingRecovery.on_ack_received``)."""
+    loss._pacer = EnginePacer(loss._cc, max_datagram_size)  # type: ignore[assignment]
 
 
 def note_app_limited(loss: QuicPacketRecovery, max_datagram_size: int) -> None:

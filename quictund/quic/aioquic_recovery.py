@@ -20,6 +20,7 @@ Only the engine adapter may touch aioquic internals; this module is part of it (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aioquic.quic.packet_builder import QuicSentPacket
@@ -50,6 +51,9 @@ class ReorderingRecovery(QuicPacketRecovery):
     _undo_state: dict[str, Any] | None
     _undo_pending: int
     _undo_since: float
+    # BBR's once-per-ACK-frame model run (``BbrCongestionControl.on_ack_done``); None for
+    # aioquic's own controllers, which need no such call
+    ack_done: Callable[[float], None] | None
 
     def window(self, space: QuicPacketSpace) -> ReorderWindow:
         win = self.windows.get(id(space))
@@ -93,6 +97,8 @@ class ReorderingRecovery(QuicPacketRecovery):
             pn < below and pn not in space.sent_packets and not win.was_lost(pn) for pn in holes
         ):
             win.on_reordered()  # a hole was filled late, and not declared lost: tolerated
+        if self.ack_done is not None:
+            self.ack_done(now)
 
     def _detect_loss(self, *, now: float, space: QuicPacketSpace) -> None:
         """RFC 9002 §6.1 with the packet and time thresholds of this space's window."""
@@ -180,4 +186,6 @@ def install(loss: QuicPacketRecovery) -> ReorderingRecovery:
     loss._undo_state = None
     loss._undo_pending = 0
     loss._undo_since = 0.0
+    cc = loss._cc
+    loss.ack_done = cc.on_ack_done if isinstance(cc, BbrCongestionControl) else None
     return loss
