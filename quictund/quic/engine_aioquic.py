@@ -57,6 +57,7 @@ from quictund.quic.aioquic_recovery import install as install_reordering
 from quictund.quic.credit import (
     initial_stream_window,
 )
+from quictund.quic.engine_aioquic_acks import LoneAck
 from quictund.quic.engine_aioquic_cids import install as install_quic_lb
 from quictund.quic.engine_aioquic_credit import ConsumptionCredit
 from quictund.quic.engine_aioquic_tls import ClientAuthContext, ServerCheckContext
@@ -146,6 +147,7 @@ class AioquicConnection(ConsumptionCredit):
         self._local_max_streams_uni.sent = 0
         self.packets_lost = 0
         self._one_rtt: tuple[Any, Any, Any, Any] | None = None  # _initialize sets it
+        self._lone_ack = LoneAck(self._ack_delay)
         install_reordering(self._loss)  # reordering-tolerant loss detection
         count_losses = self._loss._on_packets_lost
 
@@ -252,9 +254,14 @@ class AioquicConnection(ConsumptionCredit):
             return
         self._ledger.now = now  # the stall clock of the streams it delivers to
         before = paths.active_path(self)
+        one_rtt = self._one_rtt
+        space = None if one_rtt is None else one_rtt[1]
+        seen = None if space is None else self._lone_ack.before(space)
         fast = build.fast_receive
         if fast is None or not fast(self, data, addr, now):
             super().receive_datagram(data, addr, now)
+        if seen is not None:
+            self._lone_ack.after(space, seen, now)  # a lone packet's ACK may wait for data
         paths.after_receive(self, before)  # a client moved: challenge it now (roaming)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:

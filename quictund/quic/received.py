@@ -26,7 +26,7 @@ MAX_RANGES = 256
 class ReceivedWindow:
     """``add`` and ``in`` as aioquic's ``QuicPacketNumberWindow``, over a wider window."""
 
-    __slots__ = ("_lower", "_max_ranges", "_starts", "_stops", "_window")
+    __slots__ = ("_lower", "_max_ranges", "_starts", "_stops", "_window", "count")
 
     def __init__(self, window: int = WINDOW, max_ranges: int = MAX_RANGES) -> None:
         self._lower = 0  # every packet number below this counts as received
@@ -34,6 +34,7 @@ class ReceivedWindow:
         self._stops: list[int] = []
         self._window = window
         self._max_ranges = max_ranges
+        self.count = 0  # calls of ``add``: packets taken (engine_aioquic_acks.py reads it)
 
     def __contains__(self, packet_number: int) -> bool:
         if packet_number < self._lower:
@@ -42,6 +43,7 @@ class ReceivedWindow:
         return i >= 0 and packet_number < self._stops[i]
 
     def add(self, packet_number: int) -> None:
+        self.count += 1
         starts, stops = self._starts, self._stops
         if packet_number < self._lower:
             return
