@@ -2,15 +2,15 @@
 
     load.py serve --host H --port P       the target app; prints its port, runs until killed
     load.py bulk --connect H:P --direction up|down [--conns N] [--seconds T] [--warmup W]
-    load.py latency --connect H:P --size BYTES [--count N]
+    load.py latency --connect H:P --size BYTES [--count N] [--think]
     load.py connect --connect H:P [--count N]
     load.py idle --connect H:P --count N  (interactive: see ``idle``)
 
 Client commands print one JSON line.  The first byte a client sends picks what the app does
 with the connection: ``U`` sink (it reports the bytes received so far as an 8-byte counter
 every 10 ms, so the sender measures goodput where it arrives, not what sits in buffers), ``D``
-source (it sends until the connection closes), ``E`` echo.  The same bytes cross every path,
-so the app costs every path the same.
+source (it sends until the connection closes), ``E`` echo, ``W`` echo ``THINK_S`` late.  The
+same bytes cross every path, so the app costs every path the same.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, cast
 
 BLOCK = os.urandom(256 * 1024)
 ACK_EVERY = 0.01  # s between the sink's byte counters
+THINK_S = 0.005  # how late the app answers a "W" (think) echo
 _COUNT = struct.Struct("!Q")
 
 
@@ -101,6 +102,9 @@ class AppProtocol(_Pump):
         if self.mode == b"E":
             if data:
                 self.transport.write(data)
+        elif self.mode == b"W":  # echo after THINK_S: an app that takes a while to answer
+            if data:
+                asyncio.get_running_loop().call_later(THINK_S, self.transport.write, data)
         elif self.mode == b"U":
             self.received += len(data)
             now = time.monotonic()
@@ -216,13 +220,16 @@ def _percentiles(samples_us: list[float]) -> dict[str, float]:
     }
 
 
-async def latency(host: str, port: int, size: int, count: int, timeline: str | None = None) -> Any:
+async def latency(
+    host: str, port: int, size: int, count: int, timeline: str | None = None, think: bool = False
+) -> Any:
     """Sequential echoes of ``size`` bytes; with ``timeline``, each sample's start
     (CLOCK_MONOTONIC, the clock every process shares) and latency go to that file, one
-    ``start_s latency_us`` line each, so a tail can be matched to what happened then."""
+    ``start_s latency_us`` line each, so a tail can be matched to what happened then.  With
+    ``think`` the app answers each echo ``THINK_S`` late (a database, a backend)."""
     reader, writer = await asyncio.open_connection(host, port)
     _nodelay(writer.transport)
-    writer.write(b"E")
+    writer.write(b"W" if think else b"E")
     msg = os.urandom(size)
     samples = []
     starts = []
@@ -318,6 +325,7 @@ async def main() -> None:
     lat.add_argument("--size", type=int, default=1)
     lat.add_argument("--count", type=int, default=2000)
     lat.add_argument("--timeline", help="write each sample's start and latency to this file")
+    lat.add_argument("--think", action="store_true", help="the app answers THINK_S late")
     c = sub.add_parser("connect")
     c.add_argument("--connect", type=_hostport, required=True)
     c.add_argument("--count", type=int, default=300)
@@ -334,7 +342,7 @@ async def main() -> None:
     if args.cmd == "bulk":
         result = await bulk(*args.connect, args.direction, args.conns, args.seconds, args.warmup)
     elif args.cmd == "latency":
-        result = await latency(*args.connect, args.size, args.count, args.timeline)
+        result = await latency(*args.connect, args.size, args.count, args.timeline, args.think)
     else:
         result = await connect(*args.connect, args.count)
     print(json.dumps(result), flush=True)
