@@ -35,6 +35,7 @@ from quictund.quic.reclaim import reclaimed_message
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.quic.send_refresh import BudgetRefresh
 from quictund.quic.stall import StallWatch
+from quictund.quic.timers import timer_delay
 from quictund.wire import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ class QuicSession:
             self._timer = None
         self._timer_at = at
         if at is not None:
-            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer)
+            self._timer = self._loop.call_later(timer_delay(at, time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
