@@ -26,12 +26,10 @@ Rules:
    No record asks where it was logged from or by which thread or process (no format shows
    it: the logging HOWTO's "Optimization"), and a value is checked for quoting by two C-speed
    tests instead of a Python loop over its characters: ~17 us a line.
-6. ... and is written after the packets of its loop turn (``_Handler``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -87,7 +85,6 @@ def setup_logging(level: str = "info", fmt: str = "console", stream: TextIO | No
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
-        old.flush()  # its pending lines first (rule 6)
         root.removeHandler(old)
         old.close()  # a StreamHandler never closes its stream; this only deregisters it
     root.addHandler(handler)
@@ -189,61 +186,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler[TextIO]):
-    """The handler ``setup_logging`` owns (a second call finds and replaces it by its class).
-
-    Rule 6: inside a running event loop a record is formatted and written once the callbacks
-    already queued have run (``call_soon``), together with every other record of that loop
-    turn, in one write.  A new tunnel logs "tunnel open" between queuing its ack and the
-    transmit that sends it, so the line's ~20 µs (format, write) sat on every new tunnel's
-    round trip, on each daemon (docs/performance.md, "Log lines after the packets").  Nothing
-    waits longer than that turn: outside a loop (start-up, shutdown, another thread), or when
-    the loop that was to write them is not the one running, records are written at once, and
-    ``flush`` (``logging.shutdown`` calls it at exit) writes what is pending.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self._pending: list[logging.LogRecord] = []
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that will write them
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if self._pending and (loop is None or loop is not self._loop or loop.is_closed()):
-            self._write_pending()  # that loop is gone or elsewhere: keep the order
-        if loop is None:
-            super().emit(record)
-            return
-        self._pending.append(record)
-        if len(self._pending) == 1:
-            self._loop = loop
-            loop.call_soon(self._write_pending)
-
-    def flush(self) -> None:
-        if self._pending:
-            self._write_pending()
-        super().flush()
-
-    def _write_pending(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # a StreamHandler always has its lock
-            records, self._pending = self._pending, []
-            if not records:
-                return
-            lines = []
-            for record in records:
-                try:
-                    lines.append(self.format(record))
-                except Exception:
-                    self.handleError(record)
-            if not lines:
-                return
-            try:
-                self.stream.write(self.terminator.join(lines) + self.terminator)
-                super().flush()
-            except Exception:
-                self.handleError(records[-1])
+    """Marks the handler ``setup_logging`` owns, so a second call can find and replace it."""
 
 
 def _parse_level(level: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import json
@@ -239,71 +238,3 @@ def test_records_carry_no_caller_thread_or_process() -> None:
     assert record.thread is None and record.process is None
     logging.getLogger("quictund.tunnel").info("still logs", extra={"fields": {"peer": "a b"}})
     assert 'still logs peer="a b"' in stream.getvalue()
-
-
-class _Writes(io.StringIO):
-    """A stream that counts its writes."""
-
-    writes = 0
-
-    def write(self, text: str) -> int:
-        self.writes += 1
-        return super().write(text)
-
-
-def test_in_a_loop_lines_are_written_after_the_callbacks_already_queued() -> None:
-    """Rule 6: a tunnel queues its ack's transmit, then logs; the transmit goes first, and
-    the turn's lines leave in one write."""
-    stream = _Writes()
-    setup_logging("info", "console", stream=stream)
-    log = logging.getLogger("quictund.test")
-    seen: list[str] = []
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_soon(lambda: seen.append(stream.getvalue()))  # the transmit, queued first
-        log.info("tunnel open")
-        log.warning("and another line")
-        assert stream.getvalue() == ""
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    asyncio.run(main())
-    assert seen == [""]
-    assert [line.split(": ", 1)[1] for line in lines(stream)] == ["tunnel open", "and another line"]
-    assert stream.writes == 1
-
-
-def test_outside_a_loop_lines_are_written_at_once() -> None:
-    stream = io.StringIO()
-    setup_logging("info", "console", stream=stream)
-    logging.getLogger("quictund.test").info("now")
-    assert lines(stream)[0].endswith("quictund.test: now")
-
-
-def test_lines_a_loop_left_behind_come_first_and_flush_writes_them() -> None:
-    """A loop that stopped before its write ran: the next line (outside it) writes them first,
-    in order; ``flush`` (``logging.shutdown`` at exit) writes them too."""
-    stream = io.StringIO()
-    setup_logging("info", "console", stream=stream)
-    log = logging.getLogger("quictund.test")
-    loop = asyncio.new_event_loop()
-
-    def last_callback() -> None:
-        log.info("first")
-        loop.stop()  # the loop ends before the write it queued runs
-
-    loop.call_soon(last_callback)
-    loop.run_forever()
-    loop.close()
-    assert stream.getvalue() == ""
-    log.info("second")
-    assert [line.split(": ", 1)[1] for line in lines(stream)] == ["first", "second"]
-
-    loop = asyncio.new_event_loop()
-    loop.call_soon(last_callback)
-    loop.run_forever()
-    loop.close()
-    handler = next(h for h in logging.getLogger().handlers if isinstance(h, logs._Handler))
-    handler.flush()
-    assert lines(stream)[-1].endswith(": first")
