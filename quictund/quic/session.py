@@ -14,10 +14,8 @@ Responsibilities, and the rules that keep them cheap:
   oldest first once data went out.  Re-reading every queued stream's backlog costs one engine
   call per stream, so with many streams it runs at most every few milliseconds, and while
   little was sent (a peer that grants no credit), at most every 100 ms.
-* **Keep-alive and liveness** (rules in ``quic/liveness.py``): PING while silent or while our
-  data goes unacknowledged; the peer is dead after ``dead_after_s`` of either.  aioquic
-  neither pings nor declares a silent peer dead before its idle timeout.  A client also PINGs
-  when the datagrams it was receiving stop (``quic/stall.py``: a NAT rebinding).
+* **Keep-alive, liveness and stall probes** are ``quic/session_watch.py``'s (``PeerWatch``):
+  the session tells it what arrived and what was acknowledged, and sends its PINGs.
 """
 
 from __future__ import annotations
@@ -30,11 +28,10 @@ from collections.abc import Callable
 from quictund.identity import Identity
 from quictund.quic.engine import EngineConnection, StreamReclaimed, events
 from quictund.quic.handlers import Flushable, SessionOwner, StreamHandler
-from quictund.quic.liveness import Liveness
 from quictund.quic.reclaim import reclaimed_message
 from quictund.quic.send_budget import DEFAULT_BUDGET, MIN_READ, SendBudget
 from quictund.quic.send_refresh import BudgetRefresh
-from quictund.quic.stall import StallWatch
+from quictund.quic.session_watch import PeerWatch
 from quictund.quic.timers import timer_delay
 from quictund.wire import ErrorCode
 
@@ -76,14 +73,7 @@ class QuicSession:
         self._events_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._keepalive: asyncio.TimerHandle | None = None
-        # client: PING when a stream of datagrams stops (a NAT rebinding; quic/stall.py)
-        self._stall = StallWatch(keepalive_s) if conn.is_client and keepalive_s > 0 else None
-        self._stall_timer: asyncio.TimerHandle | None = None
-        self._stall_ping = 0  # its ACK is answered by one more PING (quic/stall.py)
         self._ping_uid = 0
-        self.created_at = time.monotonic()
-        self._live = Liveness(self.created_at, keepalive_s=keepalive_s, dead_after_s=dead_after_s)
         self.handshake_done: asyncio.Future[None] = self._loop.create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
@@ -96,9 +86,18 @@ class QuicSession:
         # UDP flows (quictund/udpflow): the negotiated ALPN and who takes DATAGRAM frames.
         self.alpn: str | None = None
         self.datagram_handler: Callable[[bytes], None] | None = None
-        if keepalive_s > 0:
-            first = min(keepalive_s, dead_after_s)
-            self._keepalive = self._loop.call_later(first, self._on_keepalive)
+        self._watch = PeerWatch(
+            self._loop,
+            peer=peer,
+            is_client=conn.is_client,
+            keepalive_s=keepalive_s,
+            dead_after_s=dead_after_s,
+            rtt=lambda: float(conn.stats()["rtt_s"]),
+            in_flight=lambda: conn.stats()["bytes_in_flight"] > 0,
+            ping=self._ping,
+            dead=self._peer_dead,
+        )
+        self.created_at = self._watch.created_at
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -106,15 +105,13 @@ class QuicSession:
         if self.closed.is_set():
             return
         now = time.monotonic()
-        if self._stall is not None and self._stall.received(now - self.last_rx):
-            self._stall_timer = self._loop.call_later(0, self._on_stall_check)
-        self._live.heard(now)
+        self._watch.heard(now)
         self.datagrams_in += 1
         self.bytes_in += len(data)
         in_flight = self.conn.bytes_in_flight
         self.conn.receive_datagram(data, addr, now)
         if self.conn.bytes_in_flight < in_flight:  # it acknowledged something of ours
-            self._live.acknowledged(now)
+            self._watch.acknowledged(now)
         self._process_events()
         self.transmit_soon()
 
@@ -250,9 +247,9 @@ class QuicSession:
         self.close_reason = reason
         self.closed.set()
         self._refresh.cancel()
-        for handle in (self._timer, self._keepalive, self._stall_timer):
-            if handle is not None:
-                handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._watch.stop()
         if not self.handshake_done.done():
             self.handshake_done.set_exception(ConnectionError(reason))
             self.handshake_done.exception()  # mark retrieved; the connector reads close_reason
@@ -332,34 +329,13 @@ class QuicSession:
     @property
     def last_rx(self) -> float:
         """When the last datagram from the peer arrived (``time.monotonic``)."""
-        return self._live.last_rx
+        return self._watch.last_rx
 
-    def _on_keepalive(self) -> None:
-        verdict = self._live.check(
-            time.monotonic(), in_flight=self.conn.stats()["bytes_in_flight"] > 0
-        )
-        if verdict.dead is not None:
-            logger.warning("QUIC peer %s:%d %s; connection declared lost", *self.peer, verdict.dead)
-            self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
-            self._transmit()
-            self._terminate("peer unresponsive")
-            return
-        if verdict.ping:
-            self._ping()
-        self._keepalive = self._loop.call_later(verdict.next_s, self._on_keepalive)
-
-    def _on_stall_check(self) -> None:
-        self._stall_timer = None
-        if self._stall is None or self.closed.is_set():
-            return
-        silent = time.monotonic() - self.last_rx
-        ping, wait = self._stall.due(silent, float(self.conn.stats()["rtt_s"]))
-        if wait is not None:
-            self._stall_timer = self._loop.call_later(wait, self._on_stall_check)
-        if ping:
-            logger.debug("%.2f s without a datagram from %s:%d after a stream: PING", silent,
-                         *self.peer)  # fmt: skip
-            self._stall_ping = self._ping()
+    def _peer_dead(self) -> None:
+        """``PeerWatch``: the peer stopped answering; close with CONNECTION_LOST."""
+        self.conn.close(error_code=ErrorCode.CONNECTION_LOST, reason_phrase="peer silent")
+        self._transmit()
+        self._terminate("peer unresponsive")
 
     def _ping(self) -> int:
         """Queue a PING (its ACK comes back as ``PingAcknowledged`` with this uid)."""
@@ -397,10 +373,7 @@ class QuicSession:
                 if self.datagram_handler is not None:
                     self._guard(self.datagram_handler, event.data)
             elif isinstance(event, events.PingAcknowledged):
-                self._live.acknowledged(time.monotonic())
-                if event.uid == self._stall_ping:  # acknowledge the peer's ACK (quic/stall.py)
-                    self._stall_ping = 0
-                    self._ping()
+                self._watch.ping_acknowledged(event.uid)
             elif isinstance(event, events.HandshakeCompleted):
                 self.alpn = event.alpn_protocol
                 if not self.handshake_done.done():
