@@ -7,8 +7,8 @@ datagram does.  Handling one went through six layers of Python: aioquic's
 adapter's ``ReorderingRecovery.on_ack_received`` (spurious losses, the holes below the largest
 acknowledged packet, RTT samples of packets that jumped ahead, BBR's once-per-ACK call),
 aioquic's ``on_ack_received`` (the acknowledged packets, the RTT estimate) and the adapter's
-``_detect_loss`` (RFC 9002 section 6.1 with adaptive thresholds): ~20 of the ~70 µs an engine spent per echo
-(docs/performance.md).
+``_detect_loss`` (RFC 9002 section 6.1 with adaptive thresholds): ~20 of the ~70 µs an engine
+spent per echo (docs/performance.md).
 
 :func:`handle_ack` does all six for an ACK frame in a 1-RTT packet of a connection whose
 recovery is the adapter's ``ReorderingRecovery`` (every aioquic connection quictund makes) and

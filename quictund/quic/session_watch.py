@@ -23,8 +23,6 @@ from quictund.quic.stall import StallWatch
 
 logger = logging.getLogger("quictund.quic.session")  # its lines read as the session's
 
-Address = tuple[str, int]
-
 
 class PeerWatch:
     """Keep-alive, liveness and stall probes of one QUIC connection."""
@@ -33,7 +31,7 @@ class PeerWatch:
         self,
         loop: asyncio.AbstractEventLoop,
         *,
-        peer: Address,
+        peer: tuple[str, int],
         is_client: bool,
         keepalive_s: float,
         dead_after_s: float,
@@ -48,7 +46,6 @@ class PeerWatch:
         self._in_flight = in_flight  # whether our data waits for an ACK
         self._ping = ping  # queue a PING; its uid comes back with PingAcknowledged
         self._dead = dead  # close the connection: the peer is gone
-        self._stopped = False
         # client: PING when a stream of datagrams stops (a NAT rebinding; quic/stall.py)
         self._stall = StallWatch(keepalive_s) if is_client and keepalive_s > 0 else None
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -82,7 +79,7 @@ class PeerWatch:
             self._ping()
 
     def stop(self) -> None:
-        self._stopped = True
+        """The session is over: no more probes (a cancelled handle never runs)."""
         for handle in (self._keepalive, self._stall_timer):
             if handle is not None:
                 handle.cancel()
@@ -101,7 +98,7 @@ class PeerWatch:
 
     def _on_stall_check(self) -> None:
         self._stall_timer = None
-        if self._stall is None or self._stopped:
+        if self._stall is None:
             return
         silent = time.monotonic() - self.last_rx
         ping, wait = self._stall.due(silent, self._rtt())
