@@ -9,7 +9,10 @@
                   (``quictund``, ``quictund-qh3``, ...) adds its own TOML lines to both
                   listeners (a line ``server:key = v`` or ``client:key = v`` goes to one);
 * ``quictun-go``  quic-tun's Go binaries, when ``QUICTUN_BIN`` names them (a directory with
-                  quictun-server and quictun-client, or one of the two files).
+                  quictun-server and quictun-client, or one of the two files);
+* ``python-floor`` only when named in ``--paths``: ``bench/floor_relay.py``, a uvloop relay
+                  pair with no QUIC (no encryption, no reliability): what the shape of a Python
+                  tunnel costs by itself.  Request/response rows only; it loses data in bulk.
 
 A ``PathSpec`` says where the app connects (``listen``), where the server end listens and the
 client end connects (``wire``) and where the traffic goes (``target``), and the network
@@ -238,6 +241,7 @@ class PathFactory:
             "stunnel": self._stunnel,
             "ssh": self._ssh,
             "quictun-go": self._quictun_go,
+            "python-floor": self._python_floor,
         }
         if name in self.variants:
             launcher = lambda spec, tag: self._quictund(spec, tag, name)  # noqa: E731
@@ -423,6 +427,28 @@ class PathFactory:
         )  # fmt: skip
         running = RunningPath(
             "quictun-go", *spec.listen, {"client": client.pid, "server": server.pid},
+            [server, client],
+        )  # fmt: skip
+        self._ready(running, spec, [(spec.listen, spec.client_ns)])
+        return running
+
+    def _python_floor(self, spec: PathSpec, tag: str) -> RunningPath:
+        spec = _fill(spec, socket.SOCK_DGRAM)
+        relay = str(BENCH / "floor_relay.py")
+        server = self.procs.spawn(
+            f"{tag}-server",
+            [self.python, relay, "server", "--listen", f"{spec.wire[0]}:{spec.wire[1]}",
+             "--target", f"{spec.target[0]}:{spec.target[1]}"],
+            ns=spec.server_ns,
+        )  # fmt: skip
+        client = self.procs.spawn(
+            f"{tag}-client",
+            [self.python, relay, "client", "--listen", f"{spec.listen[0]}:{spec.listen[1]}",
+             "--server", f"{spec.wire[0]}:{spec.wire[1]}"],
+            ns=spec.client_ns,
+        )  # fmt: skip
+        running = RunningPath(
+            "python-floor", *spec.listen, {"client": client.pid, "server": server.pid},
             [server, client],
         )  # fmt: skip
         self._ready(running, spec, [(spec.listen, spec.client_ns)])

@@ -41,6 +41,7 @@ PATH_NOTES = {
     "stunnel": "stunnel4 client+server, TLS 1.3 AES-128-GCM",
     "ssh": "`ssh -N -L` to our own sshd, aes128-gcm@openssh.com",
     "quictun-go": "quic-tun (Go) from `QUICTUN_BIN`",
+    "python-floor": "bench/floor_relay.py: a uvloop UDP relay with no QUIC (a floor, not a tunnel)",
 }
 
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         paths.append("quictun-go")
     if args.paths:
         wanted = args.paths.split(",")
-        missing = [p for p in wanted if p not in paths]
+        missing = [p for p in wanted if p not in [*paths, "python-floor"]]
         if missing:
             raise SystemExit(f"unknown path(s) {missing}; have {paths}")
         paths = wanted
