@@ -71,9 +71,7 @@ class _ToUdp(asyncio.Protocol):
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Back(self), remote_addr=self.server
-        )
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Back(self), remote_addr=self.server)
         self.udp = udp
         for data in self.early:
             self._send(data)

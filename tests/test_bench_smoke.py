@@ -1,5 +1,6 @@
-"""The benchmark harness itself works: a quick latency run over direct TCP and quictund (a
-few seconds) produces numbers for both paths and leaves no process behind.  Speed is not
+"""The benchmark harness itself works: a quick latency run over direct TCP, the bare Python
+relay (bench/floor_relay.py) and quictund (a few seconds) produces numbers for each path and
+leaves no process behind.  Speed is not
 asserted here; bench/run.py measures it."""
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def test_quick_latency_run(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "latency",
-            "--paths", "direct,quictund", "--scale", "0.2", "--no-docs", "--out", str(out),
+            "--paths", "direct,python-floor,quictund", "--scale", "0.2", "--no-docs",
+            "--out", str(out),
         ],
         capture_output=True,
         text=True,
@@ -41,7 +43,7 @@ def test_quick_latency_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     got = {(r["path"], r["metric"]): r["value"] for r in rows}
-    for path in ("direct", "quictund"):
+    for path in ("direct", "python-floor", "quictund"):
         for metric in (
             "echo 1 B, p50",
             "echo 16 KiB, p99",
@@ -49,8 +51,10 @@ def test_quick_latency_run(tmp_path: Path) -> None:
         ):
             value = got.get((path, metric))
             assert value is not None and value > 0, (path, metric, proc.stdout[-2000:])
-    # a tunnel adds work: quictund's echo cannot beat the same echo without it
+    # a tunnel adds work: neither the bare relay's echo nor quictund's beats the same echo
+    # without it
     assert got[("quictund", "echo 1 B, p50")] > got[("direct", "echo 1 B, p50")]
+    assert got[("python-floor", "echo 1 B, p50")] > got[("direct", "echo 1 B, p50")]
     assert _processes_mentioning(str(out)) == []
 
 
