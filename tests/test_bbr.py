@@ -115,6 +115,80 @@ def test_app_limited_samples_do_not_lower_the_estimate() -> None:
     assert cc.btl_bw >= 0.9 * bw
 
 
+def test_probe_rtt_after_a_quiet_phase_keeps_the_bandwidth_estimate() -> None:
+    # The lossy bench's bimodal rows: a bulk flow, then a request/response phase on the same
+    # connection, whose rounds age the filter's maximum past its 10 rounds and whose samples,
+    # a little above min_rtt, let min_rtt's 10 s run out: PROBE_RTT begins there, and the next
+    # bulk transfer starts under its 4-packet window.  Those samples (~2 % of the link, and
+    # not app-limited: the sender has data) replaced the aged maximum, and the flow crawled
+    # back from there at 1.25x per PROBE_BW cycle.
+    flow = Flow(_bbr())
+    cc = flow.cc
+    Link(rate=RATE, rtt=RTT, limit=BDP, flows=[flow]).run(5.0)
+    bw = cc.btl_bw
+    assert bw >= 0.9 * RATE
+    for size, _state in flow.outstanding.values():  # in flight when the first link stopped
+        cc.on_lost(size)
+    flow.outstanding.clear()
+    flow.inflight, flow.wake_at = 0, None
+    now = 5.5
+    for _ in range(400):  # one request per round trip until min_rtt's window runs out
+        cc.on_app_limited(0)
+        state = cc.on_sent(now, 0, 100)
+        now += RTT * 1.02
+        cc.on_acked(now, 100, state)
+        cc.on_rtt(now, RTT * 1.02)
+        cc.on_ack_done(now, 0)
+        if cc.mode is Mode.PROBE_RTT:
+            break
+    assert cc.mode is Mode.PROBE_RTT
+    watch = _Lowest(cc)
+    flow.cc = watch  # type: ignore[assignment]
+    flow.start = now  # the bulk transfer starts under PROBE_RTT's window
+    Link(rate=RATE, rtt=RTT, limit=BDP, flows=[flow]).run(now + 2.0)
+    assert cc.mode is Mode.PROBE_BW and cc.min_rtt <= RTT * 1.1  # PROBE_RTT ran its course
+    assert watch.lowest >= 0.9 * bw  # before: 2 % of it
+    assert flow.goodput(now + 0.5, now + 2.0) >= 0.8 * RATE
+
+
+class _Lowest:
+    """A model whose lowest ``btl_bw`` after any ACK frame is kept (ccsim drives it)."""
+
+    def __init__(self, cc: Bbr) -> None:
+        self.cc = cc
+        self.lowest = cc.btl_bw
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.cc, name)
+
+    def on_ack_done(self, now: float, bytes_in_flight: int) -> None:
+        self.cc.on_ack_done(now, bytes_in_flight)
+        self.lowest = min(self.lowest, self.cc.btl_bw)
+
+
+def test_min_rtt_ignores_a_few_samples_that_overtook_the_others() -> None:
+    # 1 % of packets and of ACKs jumping 25 ms ahead on a 50 ms path: a sample of ~25 ms (one
+    # of them jumped) or ~1 ms (both did), sometimes two or three in a row at low rates
+    cc = _bbr()
+    now = 0.0
+    for _ in range(10):
+        now += 0.01
+        cc.on_rtt(now, RTT)
+    for burst in ([0.025, 0.026], [0.0015, 0.002, 0.026], [0.025], [0.001, 0.001, 0.001]):
+        for rtt in burst:
+            now += 0.005
+            cc.on_rtt(now, rtt)
+        assert cc.min_rtt == RTT, burst
+        for _ in range(3):
+            now += 0.01
+            cc.on_rtt(now, RTT)
+    # a path whose delay really fell shows it in every sample, and min_rtt follows
+    for _ in range(4):
+        now += 0.01
+        cc.on_rtt(now, 0.03)
+    assert cc.min_rtt == 0.03
+
+
 def test_an_app_limited_flow_is_not_paced_below_its_initial_rate() -> None:
     # request/response: one small packet per round trip, every sample app-limited.  A pacing
     # rate taken from those samples would hold a retransmission burst back for seconds.

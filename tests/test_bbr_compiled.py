@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(COMPILED is None, reason=f"not built: {build.BUI
 
 FIELDS = (
     "mds min_cwnd cwnd pacing_rate mode pacing_gain cwnd_gain delivered _delivered_time "
-    "_first_sent_time _app_limited_until _acked_in_frame min_rtt _prev_rtt _min_rtt_stamp "
+    "_first_sent_time _app_limited_until _acked_in_frame min_rtt _recent_rtt _min_rtt_stamp "
     "round_count _next_round_delivered filled_pipe _full_bw _full_bw_count _cycle_index "
     "_cycle_stamp _lost_in_cycle _probe_rtt_done _probe_rtt_round_done _prior_cwnd _round_lost "
     "_round_delivered _round_lost_packets inflight_cap bw_cap congestion_rounds _agg_start "

@@ -57,7 +57,7 @@ def _window(conn: Any) -> dict[str, Any]:
         "rtt": (loss._rtt_latest, loss._rtt_min, loss._rtt_variance),
         "pto_count": loss._pto_count,
         "bbr_delivered": loss._cc.model.delivered if conn.is_client else None,
-        "bbr_rtt": (loss._cc.model.min_rtt, loss._cc.model._prev_rtt),
+        "bbr_rtt": (loss._cc.model.min_rtt, loss._cc.model._recent_rtt),
     }
 
 

@@ -27,6 +27,7 @@ from quictund.quic.bbr import (
     LOSS_RECOVERY_PER_ROUND,
     LOSS_THRESHOLD,
     MIN_CWND_PACKETS,
+    MIN_RTT_CONFIRM,
     MIN_RTT_SAMPLE_S,
     MIN_RTT_WINDOW_S,
     PACING_MARGIN,
@@ -54,6 +55,7 @@ cdef double _LOSS_BETA = LOSS_BETA
 cdef double _LOSS_RECOVERY = LOSS_RECOVERY_PER_ROUND
 cdef double _EXTRA_ACKED_MAX_S = EXTRA_ACKED_MAX_S
 cdef double _MIN_RTT_SAMPLE_S = MIN_RTT_SAMPLE_S
+cdef Py_ssize_t _MIN_RTT_CONFIRM = MIN_RTT_CONFIRM
 
 cdef object _STARTUP = Mode.STARTUP
 cdef object _DRAIN = Mode.DRAIN
@@ -144,7 +146,7 @@ cdef class Bbr:
     cdef public long long _acked_in_frame
     cdef readonly MaxFilter _bw
     cdef public double min_rtt
-    cdef public object _prev_rtt
+    cdef public object _recent_rtt
     cdef public double _min_rtt_stamp
     cdef public long long round_count, _next_round_delivered
     cdef public bint filled_pipe
@@ -180,7 +182,7 @@ cdef class Bbr:
         self._acked_in_frame = 0
         self._bw = MaxFilter(BW_WINDOW_ROUNDS)
         self.min_rtt = float("inf")
-        self._prev_rtt = None
+        self._recent_rtt = ()
         self._min_rtt_stamp = 0.0
         self.round_count = 0
         self._next_round_delivered = 0
@@ -267,12 +269,14 @@ cdef class Bbr:
             rtt = _MIN_RTT_SAMPLE_S
         if self.pacing_rate is None:
             self.pacing_rate = _STARTUP_GAIN * self.cwnd / rtt
-        # min_rtt takes the larger of two consecutive samples (bbr.py says why)
-        prev = self._prev_rtt
-        cdef double other = rtt if (prev is None or not prev) else <double>prev
-        self._prev_rtt = rtt
-        if other > rtt:  # max(rtt, prev or rtt)
-            rtt = other
+        # min_rtt takes the largest of the last MIN_RTT_CONFIRM samples (bbr.py says why)
+        cdef tuple recent = self._recent_rtt
+        self._recent_rtt = (recent + (rtt,))[1 - _MIN_RTT_CONFIRM :]
+        cdef double other
+        for value in recent:
+            other = value
+            if other > rtt:
+                rtt = other
         cdef bint expired = now > self._min_rtt_stamp + _MIN_RTT_WINDOW_S
         if rtt <= self.min_rtt or expired:
             self.min_rtt = rtt
@@ -426,6 +430,9 @@ cdef class Bbr:
         self._probe_rtt_done = None
 
     cdef void _handle_probe_rtt(self, double now, long long bytes_in_flight, bint round_start):
+        # PROBE_RTT's low-rate samples never lower btl_bw (bbr.py says why)
+        cdef long long until = self.delivered + bytes_in_flight
+        self._app_limited_until = until if until >= 1 else 1  # max(..., 1)
         if self._probe_rtt_done is None:
             if bytes_in_flight <= self.min_cwnd:
                 self._probe_rtt_done = now + _PROBE_RTT_S

@@ -52,6 +52,7 @@ LOSS_BETA = 0.7
 LOSS_RECOVERY_PER_ROUND = 1.05
 EXTRA_ACKED_MAX_S = 0.1  # ack-aggregation allowance at most this many seconds of btl_bw
 MIN_RTT_SAMPLE_S = 0.0001  # an ACK handled in the same clock tick reads as 0
+MIN_RTT_CONFIRM = 4  # a lower min_rtt must show in this many consecutive RTT samples
 
 
 class Mode(Enum):
@@ -132,7 +133,7 @@ class Bbr:
         # model
         self._bw = MaxFilter(BW_WINDOW_ROUNDS)
         self.min_rtt = math.inf
-        self._prev_rtt: float | None = None
+        self._recent_rtt: tuple[float, ...] = ()  # the last MIN_RTT_CONFIRM - 1 raw samples
         self._min_rtt_stamp = 0.0
         self.round_count = 0
         self._next_round_delivered = 0
@@ -218,10 +219,17 @@ class Bbr:
             # as Linux: start pacing at the startup gain over the initial window and RTT, so
             # an app-limited flow (tiny delivery-rate samples) is never paced below that
             self.pacing_rate = STARTUP_GAIN * self.cwnd / rtt
-        # min_rtt takes the larger of two consecutive samples: one packet (or ACK) that
-        # overtook the others on a reordering path reads 25 ms on a 50 ms path, and as min_rtt
-        # it would halve the BDP and the window for 10 s; a real RTT drop shows in both
-        rtt, self._prev_rtt = max(rtt, self._prev_rtt or rtt), rtt
+        # min_rtt takes the largest of the last MIN_RTT_CONFIRM samples: a packet or an ACK
+        # that overtook the others on a reordering path reads 25 ms on a 50 ms path (both:
+        # ~1 ms), and as min_rtt it shrinks the BDP and the window for 10 s.  With 1 % of
+        # packets and of ACKs jumping ahead, two such samples in a row came a few times a
+        # second at low rates, and min_rtt fell to 26, then 8 ms: the window to a third of
+        # the path's BDP, the rate with it (bench/scenarios/lossy.py, "25 ms ahead").  A real
+        # RTT drop shows in every sample.
+        recent = self._recent_rtt
+        self._recent_rtt = (*recent, rtt)[1 - MIN_RTT_CONFIRM :]
+        if recent:
+            rtt = max(rtt, *recent)
         expired = now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         if rtt <= self.min_rtt or expired:
             self.min_rtt = rtt
@@ -359,6 +367,13 @@ class Bbr:
         self._probe_rtt_done = None
 
     def _handle_probe_rtt(self, now: float, bytes_in_flight: int, round_start: bool) -> None:
+        # As Linux's BBR: what leaves under PROBE_RTT's 4-packet window is delivered at a
+        # fraction of the path's rate, and those samples must not lower btl_bw.  They did when
+        # the filter's maximum was older than its 10 rounds -- after an idle or request/response
+        # phase, whose rounds count too -- and the flow restarted at ~1 % of the path's rate,
+        # then climbed back at 1.25x per PROBE_BW cycle for seconds (the lossy bench's
+        # bimodal rows).  Marked app-limited, they count only if they are higher.
+        self._app_limited_until = max(self.delivered + bytes_in_flight, 1)
         if self._probe_rtt_done is None:
             if bytes_in_flight <= self.min_cwnd:
                 self._probe_rtt_done = now + PROBE_RTT_S
