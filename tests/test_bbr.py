@@ -166,29 +166,6 @@ class _Lowest:
         self.lowest = min(self.lowest, self.cc.btl_bw)
 
 
-def test_min_rtt_ignores_a_few_samples_that_overtook_the_others() -> None:
-    # 1 % of packets and of ACKs jumping 25 ms ahead on a 50 ms path: a sample of ~25 ms (one
-    # of them jumped) or ~1 ms (both did), sometimes two or three in a row at low rates
-    cc = _bbr()
-    now = 0.0
-    for _ in range(10):
-        now += 0.01
-        cc.on_rtt(now, RTT)
-    for burst in ([0.025, 0.026], [0.0015, 0.002, 0.026], [0.025], [0.001, 0.001, 0.001]):
-        for rtt in burst:
-            now += 0.005
-            cc.on_rtt(now, rtt)
-        assert cc.min_rtt == RTT, burst
-        for _ in range(3):
-            now += 0.01
-            cc.on_rtt(now, RTT)
-    # a path whose delay really fell shows it in every sample, and min_rtt follows
-    for _ in range(4):
-        now += 0.01
-        cc.on_rtt(now, 0.03)
-    assert cc.min_rtt == 0.03
-
-
 def test_an_app_limited_flow_is_not_paced_below_its_initial_rate() -> None:
     # request/response: one small packet per round trip, every sample app-limited.  A pacing
     # rate taken from those samples would hold a retransmission burst back for seconds.
