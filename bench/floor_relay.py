@@ -62,12 +62,13 @@ class _ToUdp(asyncio.Protocol):
         self.tcp: asyncio.Transport | None = None
         self.udp: asyncio.DatagramTransport | None = None
         self.early: list[bytes] = []
+        self.opening: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.tcp = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        asyncio.get_running_loop().create_task(self._open())
+        self.opening = asyncio.get_running_loop().create_task(self._open(), name="floor-open")
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -117,7 +118,8 @@ class _Server(asyncio.DatagramProtocol):
         conn = self.conns.get(addr)
         if conn is None:
             conn = self.conns[addr] = _ToTarget(self, addr)
-            asyncio.get_running_loop().create_task(conn.open(self.target))
+            loop = asyncio.get_running_loop()
+            conn.opening = loop.create_task(conn.open(self.target), name="floor-connect")
         conn.write(_open(data))
 
 
@@ -126,6 +128,7 @@ class _ToTarget(asyncio.Protocol):
         self.server, self.addr = server, addr
         self.tcp: asyncio.Transport | None = None
         self.early: list[bytes] = []
+        self.opening: asyncio.Task[None] | None = None
 
     async def open(self, target: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()

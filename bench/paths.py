@@ -410,47 +410,40 @@ class PathFactory:
             raise SystemExit("QUICTUN_BIN is not set")
         spec = _fill(spec, socket.SOCK_DGRAM)
         api = [free_port("127.0.0.1", ns) for ns in (spec.server_ns, spec.client_ns)]
-        server = self.procs.spawn(
-            f"{tag}-server",
+        return self._pair(
+            "quictun-go", tag, spec,
             [server_bin, "--listen-on", f"{spec.wire[0]}:{spec.wire[1]}",
              "--httpd-listen-on", f"127.0.0.1:{api[0]}", "--log-level", "warn"],
-            ns=spec.server_ns,
-        )  # fmt: skip
-        time.sleep(0.5)
-        client = self.procs.spawn(
-            f"{tag}-client",
             [client_bin, "--listen-on", f"tcp:{spec.listen[0]}:{spec.listen[1]}",
              "--server-endpoint", f"{spec.wire[0]}:{spec.wire[1]}",
              "--token-source", f"tcp:{spec.target[0]}:{spec.target[1]}",
              "--httpd-listen-on", f"127.0.0.1:{api[1]}", "--log-level", "warn"],
-            ns=spec.client_ns,
+            settle=0.5,
         )  # fmt: skip
-        running = RunningPath(
-            "quictun-go", *spec.listen, {"client": client.pid, "server": server.pid},
-            [server, client],
-        )  # fmt: skip
-        self._ready(running, spec, [(spec.listen, spec.client_ns)])
-        return running
 
     def _python_floor(self, spec: PathSpec, tag: str) -> RunningPath:
         spec = _fill(spec, socket.SOCK_DGRAM)
         relay = str(BENCH / "floor_relay.py")
-        server = self.procs.spawn(
-            f"{tag}-server",
+        return self._pair(
+            "python-floor", tag, spec,
             [self.python, relay, "server", "--listen", f"{spec.wire[0]}:{spec.wire[1]}",
              "--target", f"{spec.target[0]}:{spec.target[1]}"],
-            ns=spec.server_ns,
-        )  # fmt: skip
-        client = self.procs.spawn(
-            f"{tag}-client",
             [self.python, relay, "client", "--listen", f"{spec.listen[0]}:{spec.listen[1]}",
              "--server", f"{spec.wire[0]}:{spec.wire[1]}"],
-            ns=spec.client_ns,
         )  # fmt: skip
+
+    def _pair(
+        self, name: str, tag: str, spec: PathSpec, server_argv: list[str],
+        client_argv: list[str], settle: float = 0.0,
+    ) -> RunningPath:  # fmt: skip
+        """A server process and a client process; ready once the client's listener accepts
+        (``settle``: seconds the server needs before its client may start)."""
+        server = self.procs.spawn(f"{tag}-server", server_argv, ns=spec.server_ns)
+        time.sleep(settle)
+        client = self.procs.spawn(f"{tag}-client", client_argv, ns=spec.client_ns)
         running = RunningPath(
-            "python-floor", *spec.listen, {"client": client.pid, "server": server.pid},
-            [server, client],
-        )  # fmt: skip
+            name, *spec.listen, {"client": client.pid, "server": server.pid}, [server, client]
+        )
         self._ready(running, spec, [(spec.listen, spec.client_ns)])
         return running
 
