@@ -357,3 +357,34 @@ def test_stream_frames_out_of_order_and_repeated_arrive_once_in_order(
     assert _server_bytes(pair, 0) == b"".join(chunks)
     ends = [e for e in pair.server_events if isinstance(e, events.StreamDataReceived)]
     assert ends[-1].end_stream and not any(e.end_stream for e in ends[:-1])
+
+
+def test_bytes_waiting_behind_a_hole_earn_credit_up_to_three_windows(
+    certs: Certs, path: Counted | None
+) -> None:
+    """A lost packet leaves a hole the tunnel cannot read past: the bytes behind it are
+    credited as if consumed (up to 3 windows), so the sender is not stopped one window past
+    the hole for the round trips the retransmission takes (docs/performance.md)."""
+    pair = _pair(certs)
+    window, chunk = SETTINGS.stream_window, 1000
+    pair.on_server_data = None  # stream 4 below: delivered, never consumed
+    for offset in range(0, window - chunk + 1, chunk):
+        _send_plain(pair, _stream(4, offset, b"y" * chunk))
+
+    def limit(stream_id: int) -> int:
+        pair.server.datagrams_to_send(now=pair.now)  # settles credit, as a send pass does
+        return int(pair.server._streams[stream_id].max_stream_data_local)
+
+    assert limit(4) == window  # held in order (a stalled reader): no more credit
+    pair.on_server_data = lambda p, sid, data: p.consume(sid, len(data))
+    end = chunk
+    while end + chunk <= min(limit(0), 3 * window):  # everything but the first chunk
+        _send_plain(pair, _stream(0, end, b"x" * chunk))
+        end += chunk
+    assert end >= 3 * window - chunk  # far past the stream's own window
+    assert limit(0) <= 4 * window
+    assert _server_bytes(pair, 0) == b""
+    _send_plain(pair, _stream(0, 0, b"x" * chunk))  # the retransmission fills the hole
+    assert _server_bytes(pair, 0) == b"x" * end
+    if path is not None:
+        assert path.took >= end // chunk  # the stream frames went the compiled way

@@ -365,6 +365,8 @@ cdef Py_ssize_t _stream_frame(
             _fail(_FINAL_SIZE_ERROR, frame_type, str(exc))
         if event is not None:
             conn._events.append(event)
+        if len(receiver._ranges):  # bytes wait behind a hole: engine_aioquic_credit.py
+            conn.note_behind_hole(stream_id)
     max_data.used += newly
     return pos
 

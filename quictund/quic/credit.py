@@ -100,6 +100,10 @@ def initial_stream_window(stream_window: int, initial: int | None = None) -> int
     return min(INITIAL_STREAM_WINDOW if initial is None else initial, stream_window)
 
 
+BEHIND_HOLE_WINDOWS = 3
+"""How many windows of extra credit a stream gets for bytes waiting behind a hole."""
+
+
 def connection_limit(*, used: int, retired: int, window: int, budget: int) -> int:
     """The MAX_DATA a receiver may announce: ``window`` in flight, ``budget`` in memory.
 
@@ -151,10 +155,18 @@ class StreamWindows:
     def window(self, stream_id: int) -> int:
         return self._window.get(stream_id, self.initial)
 
-    def limit(self, stream_id: int, *, consumed: int, advertised: int) -> int:
-        """The stream's new limit (never below ``advertised``) after its tunnel consumed."""
+    def limit(self, stream_id: int, *, consumed: int, advertised: int, behind: int = 0) -> int:
+        """The stream's new limit (never below ``advertised``) after its tunnel consumed.
+
+        ``behind`` is the extent received past a hole (a lost packet not yet resent): those
+        bytes wait in reassembly, not in a stalled tunnel, so they are credited as if
+        consumed, up to ``BEHIND_HOLE_WINDOWS`` windows.  Without it the sender stops one
+        window past the hole until the retransmission lands -- on a 5 %-loss path, where a
+        retransmission is itself lost now and then, for several round trips (docs/
+        performance.md).  The connection's budget still bounds what all streams hold.
+        """
         window = self._tune(stream_id, consumed, max(0, advertised - consumed))
-        target = consumed + window
+        target = consumed + window + min(behind, BEHIND_HOLE_WINDOWS * window)
         limit = advertised
         if target - advertised >= max(window // 4, 1) or advertised <= consumed:
             limit = max(advertised, target)

@@ -13,6 +13,9 @@ tunnel but not yet drained into its TCP/UNIX socket.  ``ConsumptionCredit`` is a
 
 from __future__ import annotations
 
+from typing import Any
+
+from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
@@ -87,6 +90,24 @@ class ConsumptionCredit(SlicedSending):
         self._activate(stream_id)
         self._credit_base += self._ledger.consume(stream_id, count)
         self._credit_dirty.add(stream_id)
+
+    def note_behind_hole(self, stream_id: int) -> None:
+        """Data of ``stream_id`` arrived past a hole: its credit may grow (``settle_stream_credit``)
+        although its tunnel consumed nothing, since nothing can be delivered until the hole
+        fills.  Called by the receive path for each such frame."""
+        if stream_id not in self._released:
+            self._credit_dirty.add(stream_id)
+            self._activate(stream_id)
+
+    def _handle_stream_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        # the pure-Python receive path (the compiled one calls note_behind_hole itself)
+        start = buf.tell()
+        stream_id = buf.pull_uint_var()
+        buf.seek(start)
+        super()._handle_stream_frame(context, frame_type, buf)
+        stream = self._streams.get(stream_id)
+        if stream is not None and len(stream.receiver._ranges):
+            self.note_behind_hole(stream_id)
 
     def release(self, stream_id: int) -> None:
         """Stop tracking ``stream_id``: drop its receive buffers, ignore what still comes.
@@ -204,11 +225,15 @@ class ConsumptionCredit(SlicedSending):
         sid = stream.stream_id
         if sid in self._credit_dirty:
             self._credit_dirty.discard(sid)
-            if stream.max_stream_data_local and not stream.receiver.is_finished:
+            receiver = stream.receiver
+            if stream.max_stream_data_local and not receiver.is_finished:
                 stream.max_stream_data_local = self._windows.limit(
                     sid,
                     consumed=self._ledger.consumed.get(sid, 0),
                     advertised=stream.max_stream_data_local,
+                    behind=receiver.highest_offset - receiver._buffer_start
+                    if len(receiver._ranges)
+                    else 0,
                 )
 
     def _write_stream_limits(
