@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioquic.buffer import Buffer
+from aioquic._buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
