@@ -32,7 +32,7 @@ PURE_TESTS = tests/test_engine.py tests/test_engines.py tests/test_engine_bbr.py
 	tests/test_send_budget.py tests/test_migrate.py tests/test_stateless_reset.py \
 	tests/test_quic_lb.py tests/test_udpflow_engines.py tests/e2e/test_daemon.py
 
-BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools iputils-ping
+BENCH_APT = stunnel4 openssh-server openssh-client redis-server redis-tools iputils-ping libjemalloc2
 BENCH_LINK ?= loopback,veth
 
 .PHONY: run test lint typecheck unit e2e e2e-qh3 clean bench bench-quick bench-deps deb e2e-systemd fuzz

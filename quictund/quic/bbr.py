@@ -222,8 +222,8 @@ class Bbr:
         # min_rtt takes the largest of the last MIN_RTT_CONFIRM samples: a packet or an ACK
         # that overtook the others on a reordering path reads 25 ms on a 50 ms path (both:
         # ~1 ms), and as min_rtt it shrinks the BDP and the window for 10 s.  With 1 % of
-        # packets and of ACKs jumping ahead, two such samples in a row came a few times a
-        # second at low rates, and min_rtt fell to 26, then 8 ms: the window to a third of
+        # packets and of ACKs jumping ahead, two such samples in a row came every few
+        # seconds at low rates, and min_rtt fell to 26, then 8 ms: the window to a third of
         # the path's BDP, the rate with it (bench/scenarios/lossy.py, "25 ms ahead").  A real
         # RTT drop shows in every sample.
         recent = self._recent_rtt
