@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 _LISTEN = re.compile(r"listening on (?:udp )?(\S+?)(?:,|$)")
 _drains: list[asyncio.Task[None]] = []
@@ -27,8 +28,24 @@ async def start(role: str, *args: str) -> tuple[asyncio.subprocess.Process, str]
 
 
 async def _discard(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+    """Read a daemon's log to its end; with ``QUICTUND_BENCH_LOGS=DIR`` keep it in DIR."""
+    log = _log_file(f"daemon-{id(stream):x}.log")
+    try:
+        while line := await stream.readline():
+            if log is not None:
+                log.write(line)
+                log.flush()
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _log_file(name: str) -> BinaryIO | None:
+    keep = os.environ.get("QUICTUND_BENCH_LOGS")
+    if not keep:
+        return None
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    return (Path(keep) / name).open("ab")
 
 
 def cpu_s(pid: int) -> float:

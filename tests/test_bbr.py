@@ -210,6 +210,19 @@ def test_pacer_keeps_the_average_rate_on_a_1ms_clock() -> None:
     assert wakes <= 1100  # about one timer per tick, not one per packet
 
 
+def test_packets_sent_past_the_pacer_do_not_hold_the_next_one_for_long() -> None:
+    """aioquic sends a packet whose ACK is due without asking the pacer (and counts each as a
+    full one): the ~40,000 ACKs of a 10 s upload left a server that paces at ~1 MB/s tens of
+    megabytes in debt, and its next answer waited seconds for an ACK to become due again."""
+    pacer = Pacer(max_datagram_size=MDS)
+    pacer.rate = 1e6
+    assert pacer.next_send_time(0.0) is None
+    for _ in range(40_000):
+        pacer.on_sent(MDS)  # ACK-only packets that left while an ACK was due
+    at = pacer.next_send_time(10.0)  # 10 s later, as that upload ended
+    assert at is None or at - 10.0 <= 2 * pacer.burst(1e6) / 1e6  # was ~48 s
+
+
 def test_unpaced_without_a_rate() -> None:
     pacer = Pacer(max_datagram_size=MDS)
     for _ in range(1000):
