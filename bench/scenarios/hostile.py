@@ -40,6 +40,8 @@ NAME = "hostile"
 CONNECTIONS = 4
 MiB = 1024
 SAFETY_KIB = 2 * 1024 * 1024  # stop the attack past this growth
+# QUICTUND_HOSTILE_ATTACKS=gap or =flood: one half of the attack alone (which one costs what)
+ATTACKS = os.environ.get("QUICTUND_HOSTILE_ATTACKS", "gap,flood").split(",")
 
 
 def _cores() -> tuple[set[int], set[int]]:
@@ -159,9 +161,9 @@ def _attack(ctx: BenchContext, wire: str, token: str, streams: int) -> list[Any]
                 "--source",
                 f"127.13.0.{i + 1}",
                 "--flood",
-                str(streams),
+                str(streams if "flood" in ATTACKS else 0),
                 "--gap",
-                str(streams),
+                str(streams if "gap" in ATTACKS else 0),
                 "--token",
                 token,
                 "--first",
