@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quictund import memory
+from quictund.policy.selfsigned import ensure_self_signed
 from quictund.quic import engine
 from quictund.quic.engine import EngineSettings, events
-from quictund.selfsigned import ensure_self_signed
 
 CLIENT = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 7500)

@@ -1,3 +1,3 @@
-from quictund.cli import main
+from quictund.cli.main import main
 
 main()

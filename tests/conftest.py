@@ -27,7 +27,7 @@ def ca(state_dir: Path) -> Path:
     """The test servers' self-signed certificate, which clients use as their CA."""
     import socket
 
-    from quictund import tls
+    from quictund.policy import tls
 
     cert, _ = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
     return cert

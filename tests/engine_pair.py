@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from quictund import tls
+from quictund.policy import tls
 from quictund.quic import engine
 from quictund.quic.engine import EngineSettings, events
 from quictund.quic.engine_aioquic import AioquicConnection

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quictund.addresses import (
+from quictund.policy.addresses import (
     HostPort,
     StreamAddress,
     format_host_port,

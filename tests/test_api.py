@@ -48,7 +48,7 @@ from quictund.api import (
 from quictund.api.openapi import openapi_document
 from quictund.api.views import TUNNEL_KEYS
 from quictund.errors import ConfigError
-from quictund.tunnels import TunnelRecord
+from quictund.tunnel.tunnels import TunnelRecord
 
 # ------------------------------------------------------------------------------ fake provider
 
@@ -994,7 +994,7 @@ def test_rate_tick_samples_established_tunnels_a_batch_per_loop_turn() -> None:
     # the daemon now awaits a loop turn between batches (daemon.py, "rate-tick").
     from quictund.api.provider import DaemonApi
     from quictund.metrics import Metrics
-    from quictund.tunnels import TunnelTable
+    from quictund.tunnel.tunnels import TunnelTable
 
     table = TunnelTable()
     records = []

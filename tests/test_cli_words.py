@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from quictund import reasons
-from quictund.config_files import load
-from quictund.tunnels import failure_category
+from quictund.config.files import load
+from quictund.tunnel import reasons
+from quictund.tunnel.tunnels import failure_category
 from quictund.wire import Ack, ErrorCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ async def test_tunnels_shows_each_uuid(tmp_path: Path) -> None:
 
 def test_demo_hint_works_without_netcat() -> None:
     """The hint runs with bash and python3 only (a fresh Debian 12 has no nc)."""
-    from quictund.demo import try_it
+    from quictund.cli.demo import try_it
 
     hint = try_it(1)
     assert "nc " not in hint and hint.startswith("python3 -c ")

@@ -1,4 +1,4 @@
-"""Bash completion for ``quictund`` (quictund/completion.py), loaded and run in a real bash."""
+"""Bash completion for ``quictund`` (quictund/cli/completion.py), loaded and run in a real bash."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 @pytest.fixture(scope="module")
 def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(
-        [sys.executable, "-m", "quictund.completion"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "quictund.cli.completion"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     path = tmp_path_factory.mktemp("completion") / "quictund"

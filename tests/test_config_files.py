@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from quictund import config_files
-from quictund.cli import EX_CONFIG, client_parser, compat_config, server_parser
-from quictund.config import ClientSettings, ServerSettings
-from quictund.config_files import (
+from quictund.cli.main import EX_CONFIG, client_parser, compat_config, server_parser
+from quictund.config import files as config_files
+from quictund.config.files import (
     ApiSection,
     Config,
     ConfigFile,
@@ -33,7 +32,8 @@ from quictund.config_files import (
     load,
     validation_lines,
 )
-from quictund.tls import ensure_self_signed
+from quictund.config.settings import ClientSettings, ServerSettings
+from quictund.policy.tls import ensure_self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "etc" / "quictun"

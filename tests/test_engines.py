@@ -14,9 +14,9 @@ import pytest
 from aioquic.quic.connection import QuicConnection
 from cryptography.x509.oid import NameOID
 
-from quictund import tls
 from quictund.errors import ConfigError
-from quictund.identity import Identity
+from quictund.policy import tls
+from quictund.policy.identity import Identity
 from quictund.quic import engine, tls_advice
 from quictund.quic.engine import EngineSettings, events
 from quictund.quic.engine_aioquic import AioquicConnection

@@ -32,11 +32,11 @@ import tomli_w
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from quictund.addresses import StreamAddress, parse_stream_address
 from quictund.api.app import Request, Router
-from quictund.config_files import ConfigProblems, dump, load
+from quictund.config.files import ConfigProblems, dump, load
 from quictund.errors import TokenError, TokenRejected
-from quictund.policy import Policy
+from quictund.policy.addresses import StreamAddress, parse_stream_address
+from quictund.policy.policy import Policy
 from quictund.tokens.parsers import Cleartext
 from quictund.tokens.signed import sign, verify
 from quictund.tokens.sources import Http

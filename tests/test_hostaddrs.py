@@ -10,7 +10,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quictund.hostaddrs import parse_messages
+from quictund.policy.hostaddrs import parse_messages
 
 
 def _attr(kind: int, value: bytes) -> bytes:

@@ -1,11 +1,12 @@
-"""The flood limits' pure state machines (quictund/limits.py), driven with explicit ``now``."""
+"""The flood limits' pure state machines (quictund/policy/limits.py), driven with explicit
+``now``."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quictund.limits import (
+from quictund.policy.limits import (
     Admission,
     AdmissionSettings,
     Decision,

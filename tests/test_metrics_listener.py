@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quictund import config_files
 from quictund.api import Router
 from quictund.api.metrics_listener import is_loopback, start_metrics
-from quictund.config_files import ConfigProblems
+from quictund.config import files as config_files
+from quictund.config.files import ConfigProblems
 from quictund.metrics import Metrics
 from tests.test_api import FakeProvider
 

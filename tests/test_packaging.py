@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from quictund import __version__
-from quictund.cli import build_parser
+from quictund.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "packaging" / "systemd"
@@ -108,7 +108,7 @@ def test_debian_install_lists_existing_files() -> None:
 
 
 def test_sysctl_drop_in_matches_the_default_socket_buffer() -> None:
-    from quictund.config import ClientSettings
+    from quictund.config.settings import ClientSettings
 
     default = ClientSettings.model_fields["socket_buffer"].default
     conf = configparser.ConfigParser()

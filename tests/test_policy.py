@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quictund.addresses import StreamAddress, parse_stream_address
-from quictund.policy import IPAddress, Policy, Rule, parse_rule
+from quictund.policy.addresses import StreamAddress, parse_stream_address
+from quictund.policy.policy import IPAddress, Policy, Rule, parse_rule
 
 
 def ips(*texts: str) -> list[IPAddress]:
@@ -437,7 +437,7 @@ def test_own_addresses_need_a_rule_that_names_them() -> None:
 
 
 def test_local_addresses_include_loopback() -> None:
-    from quictund.hostaddrs import host_addresses, proc_addresses
+    from quictund.policy.hostaddrs import host_addresses, proc_addresses
 
     # netlink and the /proc fallback must both work, also under systemd's sandbox (make
     # e2e-systemd runs this test inside the unit: RestrictAddressFamilies must allow

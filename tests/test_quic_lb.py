@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from quictund.config import ServerSettings
+from quictund.config.settings import ServerSettings
 from quictund.quic import quic_lb
 from quictund.quic.quic_lb import CidCodec, QuicLbError
 from quictund.quic.settings import EngineSettings

@@ -1,4 +1,4 @@
-"""The shipped JSON Schema of the TOML format (quictund/schema.py).
+"""The shipped JSON Schema of the TOML format (quictund/cli/schema.py).
 
 It must be what the models and docs generate today, accept the shipped examples, refuse what
 the loader refuses, and explain every key.
@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from quictund import config_files
-from quictund.schema import DOCS, SCHEMA_FILE, render, toml_schema
+from quictund.cli.schema import DOCS, SCHEMA_FILE, render, toml_schema
+from quictund.config import files as config_files
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "etc" / "quictun").glob("*.toml"))
@@ -33,13 +33,13 @@ def validator() -> Any:
 def test_committed_schema_is_up_to_date() -> None:
     assert SCHEMA_FILE.read_text() == render(toml_schema(DOCS.read_text())), (
         f"{SCHEMA_FILE.relative_to(ROOT)} is out of date with the models or "
-        "docs/configuration.md: run `python -m quictund.schema --write` and commit it"
+        "docs/configuration.md: run `python -m quictund.cli.schema --write` and commit it"
     )
 
 
 def test_module_prints_the_same() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "quictund.schema"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "quictund.cli.schema"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout == SCHEMA_FILE.read_text()
 

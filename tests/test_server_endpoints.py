@@ -7,8 +7,8 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from quictund.addresses import HostPort
-from quictund.config import ClientSettings
+from quictund.config.settings import ClientSettings
+from quictund.policy.addresses import HostPort
 from quictund.quic.pool import resolve
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quictund import tls
+from quictund.policy import tls
 from quictund.quic import engine
 from quictund.quic.engine_aioquic import AioquicConnection
 from quictund.quic.handlers import StreamHandler

@@ -1,4 +1,4 @@
-"""quictund.systemd against real AF_UNIX datagram sockets playing systemd's notify socket."""
+"""quictund.daemon.systemd against real AF_UNIX datagram sockets playing systemd's notify socket."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from quictund.systemd import Notifier
+from quictund.daemon.systemd import Notifier
 
-LOGGER = "quictund.systemd"
+LOGGER = "quictund.daemon.systemd"
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from quictund import tls
 from quictund.errors import ConfigError
+from quictund.policy import tls
 
 NOW = dt.datetime.now(dt.UTC)
 LOOPBACK: list[x509.GeneralName] = [
@@ -178,7 +178,7 @@ def test_second_call_reuses_files(
 ) -> None:
     cert_path, key_path = generated
     before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in generated]
-    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
+    with caplog.at_level(logging.INFO, logger="quictund.policy.selfsigned"):
         # a subset of the names (and a different order) is still covered
         again = tls.ensure_self_signed(tmp_path / "state", ["192.0.2.7", "localhost"])
     assert again == generated
@@ -191,7 +191,7 @@ def test_new_hostname_renews_cert_and_keeps_key(
 ) -> None:
     cert_path, key_path = generated
     old_cert, old_fp = cert_path.read_bytes(), tls.fingerprint_file(cert_path)
-    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
+    with caplog.at_level(logging.INFO, logger="quictund.policy.selfsigned"):
         tls.ensure_self_signed(tmp_path / "state", ["new.example.com"])
     assert cert_path.read_bytes() != old_cert
     assert "does not cover new.example.com" in caplog.text
@@ -205,7 +205,7 @@ def test_new_hostname_renews_cert_and_keeps_key(
 
 def test_expiring_cert_is_regenerated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cert_path, key_path = make_cert(tmp_path, "server", not_after=NOW + dt.timedelta(days=29))
-    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
+    with caplog.at_level(logging.INFO, logger="quictund.policy.selfsigned"):
         tls.ensure_self_signed(tmp_path, [])
     assert f"{cert_path} expires on" in caplog.text
     assert "in less than 30 days" in caplog.text
@@ -215,7 +215,7 @@ def test_expiring_cert_is_regenerated(tmp_path: Path, caplog: pytest.LogCaptureF
 def test_garbage_files_are_regenerated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "server.pem").write_text("garbage\n")
     (tmp_path / "server.key").write_text("garbage\n")
-    with caplog.at_level(logging.INFO, logger="quictund.selfsigned"):
+    with caplog.at_level(logging.INFO, logger="quictund.policy.selfsigned"):
         cert_path, key_path = tls.ensure_self_signed(tmp_path, ["h"])
     assert "not a PEM certificate file" in caplog.text
     assert "new self-signed certificate and key" in caplog.text

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quictund.addresses import StreamAddress
 from quictund.errors import ConfigError, TokenError, TokenRejected
+from quictund.policy.addresses import StreamAddress
 from quictund.tokens import TokenParser, TokenSource, make_parser, make_source
 from quictund.tokens.parsers import Cleartext
 from quictund.tokens.sources import File, Fixed, Http, parse_token_file

@@ -1,4 +1,4 @@
-"""Per-peer budget of a server's tunnel log lines (quictund/tunnels.py, ``LineThrottle``)."""
+"""Per-peer budget of a server's tunnel log lines (quictund/tunnel/tunnels.py, ``LineThrottle``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from quictund.tunnels import LINES_BURST, LineThrottle, TunnelRecord, TunnelTable
+from quictund.tunnel.tunnels import LINES_BURST, LineThrottle, TunnelRecord, TunnelTable
 
 
 def test_a_peer_gets_its_burst_then_its_rate() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from quictund.metrics import Metrics
-from quictund.reasons import client_reason
-from quictund.splice import RECLAIMED_HERE
-from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.tunnel.reasons import client_reason
+from quictund.tunnel.splice import RECLAIMED_HERE
+from quictund.tunnel.tunnels import TunnelRecord, TunnelTable
 from quictund.udpflow.flow import CONGESTION, FlowCounters
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quictund.addresses import parse_stream_address
 from quictund.errors import TokenRejected
+from quictund.policy.addresses import parse_stream_address
 from quictund.tokens.parsers import Cleartext
 from quictund.tokens.signed import Signed, SignedSource
 

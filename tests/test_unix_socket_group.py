@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from quictund.addresses import parse_stream_address
-from quictund.config import ClientSettings
+from quictund.config.settings import ClientSettings
 from quictund.errors import ConfigError
-from quictund.groups import chown_error
-from quictund.listeners import listen
+from quictund.policy.addresses import parse_stream_address
+from quictund.tunnel.groups import chown_error
+from quictund.tunnel.listeners import listen
 
 
 def _other_group() -> grp.struct_group:

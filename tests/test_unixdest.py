@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from quictund.addresses import StreamAddress
-from quictund.policy import Policy
-from quictund.unixdest import connect_unix
+from quictund.policy.addresses import StreamAddress
+from quictund.policy.policy import Policy
+from quictund.tunnel.unixdest import connect_unix
 
 
 def listening(path: Path) -> socket.socket:

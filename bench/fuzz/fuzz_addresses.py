@@ -5,7 +5,7 @@ from __future__ import annotations
 from _common import instrument_imports, main
 
 with instrument_imports():
-    from quictund.addresses import parse_host_port, parse_stream_address
+    from quictund.policy.addresses import parse_host_port, parse_stream_address
 
 
 def test_one(data: bytes) -> None:

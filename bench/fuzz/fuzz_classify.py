@@ -1,4 +1,5 @@
-"""The protocol classifiers (Spice, SSH, TLS) on both directions in any chunking (classify.py).
+"""The protocol classifiers (Spice, SSH, TLS) on both directions in any chunking
+(quictund/classify/).
 
 Findings: an exception inside a detector (the classifier logs it and treats it as DENY, so it
 never reaches a tunnel, but it is a bug), a protocol that changes once published, or a detector

@@ -7,8 +7,8 @@ import base64
 from _common import instrument_imports, main, one_line
 
 with instrument_imports():
-    from quictund.addresses import StreamAddress
     from quictund.errors import TokenRejected
+    from quictund.policy.addresses import StreamAddress
     from quictund.tokens.parsers import Cleartext
 
 PLAIN, BASE64 = Cleartext(""), Cleartext("base64")

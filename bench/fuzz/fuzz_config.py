@@ -1,6 +1,6 @@
 """TOML configuration: any file loads or gives ConfigProblems of one-line messages.
 
-And what loads survives ``dump`` -> ``load`` unchanged (quictund/config_files.py, config.py).
+And what loads survives ``dump`` -> ``load`` unchanged (quictund/config/files.py, config.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from _common import instrument_imports, main, one_line
 
 with instrument_imports():
-    from quictund.config_files import ConfigProblems, dump, load
+    from quictund.config.files import ConfigProblems, dump, load
 
 _DIR = Path(tempfile.mkdtemp(prefix="qt-fuzz-config-"))
 _PATH = _DIR / "fuzz.toml"

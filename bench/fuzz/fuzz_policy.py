@@ -1,4 +1,4 @@
-"""Policy rules and decisions (quictund/policy.py).
+"""Policy rules and decisions (quictund/policy/policy.py).
 
 Rules parse or raise ValueError; a decision never raises; loopback, link-local and unspecified
 addresses are allowed only by a rule whose CIDR lies inside their block (or an open policy).
@@ -11,8 +11,8 @@ import ipaddress
 from _common import FuzzedDataProvider, instrument_imports, main
 
 with instrument_imports():
-    from quictund.addresses import StreamAddress
-    from quictund.policy import Policy, parse_rule
+    from quictund.policy.addresses import StreamAddress
+    from quictund.policy.policy import Policy, parse_rule
 
 _SENSITIVE = [
     ipaddress.ip_network(n)

@@ -30,7 +30,7 @@ with instrument_imports():
     from quictund.quic.server import QuicServerProtocol
     from quictund.quic.session import QuicSession
 
-from quictund import tls
+from quictund.policy import tls
 from tests.quic_packets import (
     client_hello,
     client_initial_datagram,

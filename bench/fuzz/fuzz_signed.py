@@ -13,8 +13,8 @@ import json
 from _common import FuzzedDataProvider, instrument_imports, main, one_line
 
 with instrument_imports():
-    from quictund.addresses import parse_stream_address
     from quictund.errors import TokenRejected
+    from quictund.policy.addresses import parse_stream_address
     from quictund.tokens.signed import _b64, sign, verify
 
 SECRET = b"fuzz-secret-" * 4

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from quictund import __version__
-from quictund.cli_parser import build_parser
-from quictund.compat import client_parser, server_parser
+from quictund.cli.cli_parser import build_parser
+from quictund.config.compat import client_parser, server_parser
 
 DATE = "quictund " + __version__
 

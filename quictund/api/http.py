@@ -42,8 +42,8 @@ from quictund.api.app import App, Request, Response, error_response
 from quictund.api.peers import peer_of
 from quictund.api.slots import SlotPolicy, Slots
 from quictund.errors import ConfigError, os_reason
-from quictund.groups import gid_of, give_to_group
-from quictund.unixsock import remove_stale
+from quictund.tunnel.groups import gid_of, give_to_group
+from quictund.tunnel.unixsock import remove_stale
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import ipaddress
 import json
 import logging
 
-from quictund.addresses import parse_host_port
 from quictund.api.app import App, Request, Response, error_response, json_response
 from quictund.api.http import ApiServer, Limits, start_tcp
+from quictund.policy.addresses import parse_host_port
 
 logger = logging.getLogger(__name__)
 

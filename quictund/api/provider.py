@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 
 from quictund.api.rates import RateMeter
 from quictund.api.views import TunnelView, view_of
-from quictund.client_endpoint import ClientEndpoint
 from quictund.metrics import Metrics
-from quictund.server_endpoint import ServerEndpoint
-from quictund.tunnels import TunnelTable
+from quictund.tunnel.client_endpoint import ClientEndpoint
+from quictund.tunnel.server_endpoint import ServerEndpoint
+from quictund.tunnel.tunnels import TunnelTable
 
 Endpoint = ClientEndpoint | ServerEndpoint
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from quictund.api.rates import format_rate
-from quictund.tunnels import TunnelRecord
+from quictund.tunnel.tunnels import TunnelRecord
 
 # The JSON keys of a tunnel object, in output order.  openapi.py's schema must list exactly these.
 TUNNEL_KEYS: tuple[str, ...] = (

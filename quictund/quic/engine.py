@@ -29,7 +29,7 @@ from aioquic.quic.packet import (
 from cryptography import x509
 
 from quictund.errors import ConfigError
-from quictund.identity import Identity
+from quictund.policy.identity import Identity
 from quictund.quic.settings import ALPN, ALPN_QUICTUND, ENGINES, EngineName, EngineSettings
 
 __all__ = [

@@ -48,7 +48,7 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.stream import QuicStream
 
-from quictund.identity import ANONYMOUS, Identity
+from quictund.policy.identity import ANONYMOUS, Identity
 from quictund.quic import aioquic_cc  # registers "bbr" with aioquic
 from quictund.quic import engine_aioquic_build as build
 from quictund.quic import engine_aioquic_paths as paths

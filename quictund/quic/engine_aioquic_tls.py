@@ -15,7 +15,7 @@ from __future__ import annotations
 from aioquic import tls
 from aioquic._buffer import Buffer
 
-from quictund.identity import ANONYMOUS, Identity
+from quictund.policy.identity import ANONYMOUS, Identity
 from quictund.quic.peer_checks import (
     PeerRejected,
     check_client_certificate,

@@ -45,7 +45,7 @@ from cryptography import x509
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 
-from quictund.identity import ANONYMOUS, Identity
+from quictund.policy.identity import ANONYMOUS, Identity
 from quictund.quic.engine_qh3_core import announce_transport_parameters, new_core
 from quictund.quic.engine_qh3_events import FROM_QH3
 from quictund.quic.engine_qh3_gate import LIVE_STATES, GatedEvents

@@ -20,7 +20,7 @@ from qh3._hazmat import Buffer as QBuffer
 from qh3._hazmat import Certificate as QCertificate
 from qh3._hazmat import SignatureError, verify_with_public_key
 
-from quictund.identity import ANONYMOUS, Identity
+from quictund.policy.identity import ANONYMOUS, Identity
 from quictund.quic.peer_checks import (
     PeerRejected,
     check_client_certificate,

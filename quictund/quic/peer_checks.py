@@ -14,8 +14,8 @@ from aioquic import tls as _aioquic_tls
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from quictund.certload import fingerprint, is_ca
-from quictund.identity import Identity, identity_of, pinned_identity
+from quictund.policy.certload import fingerprint, is_ca
+from quictund.policy.identity import Identity, identity_of, pinned_identity
 
 # TLS alert numbers (RFC 8446 section 6)
 HANDSHAKE_FAILURE = 40

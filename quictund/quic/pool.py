@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from quictund._tasks import spawn
-from quictund.addresses import HostPort, format_host_port
+from quictund.policy.addresses import HostPort, format_host_port
 from quictund.quic import engine
 from quictund.quic.client import Connector, backoff
 from quictund.quic.session import QuicSession

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from quictund.limits import Admission, AdmissionSettings, Decision, Limit
+from quictund.policy.limits import Admission, AdmissionSettings, Decision, Limit
 from quictund.quic import engine
 from quictund.quic.session import Address, QuicSession
 from quictund.quic.stateless_reset import Responder

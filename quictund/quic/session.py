@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from quictund.identity import Identity
+from quictund.policy.identity import Identity
 from quictund.quic.engine import EngineConnection, StreamReclaimed, events
 from quictund.quic.handlers import Flushable, SessionOwner, StreamHandler
 from quictund.quic.reclaim import reclaimed_message

@@ -24,8 +24,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, TypeVar
 
-from quictund.addresses import StreamAddress
 from quictund.errors import ConfigError
+from quictund.policy.addresses import StreamAddress
 
 __all__ = [
     "TokenParser",

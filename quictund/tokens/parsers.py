@@ -18,8 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 
-from quictund.addresses import StreamAddress, parse_stream_address
 from quictund.errors import ConfigError, TokenRejected
+from quictund.policy.addresses import StreamAddress, parse_stream_address
 from quictund.tokens.base import TokenParser, register_parser
 
 __all__ = ["Cleartext"]

@@ -25,8 +25,8 @@ import stat
 import time
 from collections.abc import Callable
 
-from quictund.addresses import StreamAddress, parse_stream_address
 from quictund.errors import ConfigError, TokenError, TokenRejected, os_reason
+from quictund.policy.addresses import StreamAddress, parse_stream_address
 from quictund.tokens.base import TokenParser, TokenSource, register_parser, register_source
 
 PREFIX = "qt1"

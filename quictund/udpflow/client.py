@@ -17,14 +17,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from quictund.addresses import format_host_port
-from quictund.config import ClientSettings
+from quictund.config.settings import ClientSettings
 from quictund.errors import ConfigError, TokenError, os_reason
+from quictund.policy.addresses import format_host_port
 from quictund.quic.pool import Pool
 from quictund.quic.session import Address, QuicSession
 from quictund.quic.settings import ALPN_QUICTUND
 from quictund.tokens import TokenSource
-from quictund.tunnels import TunnelRecord, TunnelTable
+from quictund.tunnel.tunnels import TunnelRecord, TunnelTable
 from quictund.udpflow import codec
 from quictund.udpflow.flow import NOT_OPEN, FlowCounters, IdleTimer, mux_for, send
 from quictund.wire import Ack, ErrorCode, TokenTooLong, encode_token

@@ -20,7 +20,7 @@ from quictund.udpflow import codec
 
 if TYPE_CHECKING:
     from quictund.metrics import Metrics
-    from quictund.tunnels import TunnelTable
+    from quictund.tunnel.tunnels import TunnelTable
 
 logger = logging.getLogger(__name__)
 

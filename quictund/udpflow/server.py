@@ -15,17 +15,17 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from quictund.addresses import StreamAddress, format_host_port
 from quictund.errors import os_reason
+from quictund.policy.addresses import StreamAddress, format_host_port
 from quictund.quic.session import QuicSession
 from quictund.quic.settings import ALPN_QUICTUND
-from quictund.tunnels import TunnelRecord
+from quictund.tunnel.tunnels import TunnelRecord
 from quictund.udpflow import codec
 from quictund.udpflow.flow import UNREACHABLE, FlowCounters, IdleTimer, mux_for, send
 from quictund.wire import Ack, ErrorCode
 
 if TYPE_CHECKING:
-    from quictund.server_handshake import ServerHandshake
+    from quictund.tunnel.server_handshake import ServerHandshake
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from quictund.hostaddrs import HostAddresses
+from quictund.policy.hostaddrs import HostAddresses
 
 PORT, UDP = 7001, 7500
 NEW4, NEW6, MINE4, NAMED = "10.77.0.1", "fd00:77::1", "10.77.0.2", "10.88.0.1"

@@ -348,7 +348,7 @@ async def test_broad_allow_never_reaches_loopback(state_dir: Path) -> None:
 
 async def test_key_pinning_both_ways(state_dir: Path, tmp_path: Path) -> None:
     """server-fingerprint on the client, client-fingerprints on the server: only pinned keys."""
-    from quictund.tls import fingerprint_file
+    from quictund.policy.tls import fingerprint_file
 
     backend = await echo().tcp()
     server_cert = state_dir / "server.pem"

@@ -382,7 +382,7 @@ async def test_signals_while_exiting_never_kill_the_daemon(
 ) -> None:
     """SIGTERM after SIGTERM, ~10,000 a second, all through the shutdown: the daemon still
     exits 0, never -15 (the stop and reload signals are ignored from the moment it stops
-    handling them: quictund/_signals.py)."""
+    handling them: quictund/daemon/_signals.py)."""
     conf = short_tmp / "d.toml"
     conf.write_text(server_toml("s", free_udp_port(), state_dir, ["tcp:127.0.0.1:9"]))
     for _ in range(10):  # the window was microseconds wide: one round in 3-15 hit it

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from quictund import tls
-from quictund.identity import Identity
+from quictund.policy import tls
+from quictund.policy.identity import Identity
 from tests.e2e.harness import ENGINE_TOML, connect, echo
 from tests.e2e.test_bad_input import _issue
 from tests.e2e.test_daemon import Run, free_udp_port
@@ -72,7 +72,7 @@ async def test_policy_per_identity(short_tmp: Path, tmp_path: Path, state_dir: P
                 f'ca-file = "{server_cert}"\ncert-file = "{cert}"\nkey-file = "{key}"\n'
                 f'token-source = "{app.address}"\nconnect-wait = 3\n'
             )
-    from quictund import tls
+    from quictund.policy import tls
 
     tls.ensure_self_signed(state_dir, ["localhost"])
     conf = short_tmp / "d.toml"
@@ -138,7 +138,7 @@ async def test_allow_for_needs_client_certificates(
 
 
 async def test_signed_tokens_end_to_end(short_tmp: Path, state_dir: Path) -> None:
-    from quictund import tls
+    from quictund.policy import tls
 
     app = await echo().tcp()
     good, bad = short_tmp / "good.secret", short_tmp / "bad.secret"
@@ -334,9 +334,9 @@ async def test_pinned_certificate_must_be_a_valid_leaf(
 def test_allow_for_fingerprints_are_checked_and_names_without_a_ca_warned(
     tmp_path: Path,
 ) -> None:
-    from quictund import config_files
-    from quictund.build import Builder
-    from quictund.tunnels import TunnelTable
+    from quictund.config import files as config_files
+    from quictund.daemon.build import Builder
+    from quictund.tunnel.tunnels import TunnelTable
 
     pin = "sha256:" + "A" * 43 + "="
 

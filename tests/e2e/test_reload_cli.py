@@ -16,7 +16,7 @@ from tests.e2e.test_daemon import Run, client_toml, free_udp_port, server_toml
 
 @pytest.fixture
 def ca(state_dir: Path) -> Path:
-    from quictund import tls
+    from quictund.policy import tls
 
     cert, _ = tls.ensure_self_signed(state_dir, ["localhost", socket.gethostname()])
     return cert

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from quictund import tls
+from quictund.policy import tls
 from tests.e2e.harness import ENGINE_TOML, connect, echo
 from tests.e2e.test_daemon import Run, free_udp_port
 
@@ -114,7 +114,7 @@ async def test_wildcard_server_reached_by_ip_with_generated_ca(
 def _names(cert: Path) -> str:
     from cryptography import x509
 
-    from quictund.identity import identity_of
+    from quictund.policy.identity import identity_of
 
     return ", ".join(identity_of(x509.load_pem_x509_certificate(cert.read_bytes())).names)
 

@@ -1,6 +1,7 @@
 """A hostile peer cannot flood a server's log (issue 13): its tunnel lines are held back past a
 per-peer budget and reported in one summary; every failure is still counted in the metrics, and
-another peer's failures are still logged meanwhile (quictund/tunnels.py, ``LineThrottle``)."""
+another peer's failures are still logged meanwhile (quictund/tunnel/tunnels.py,
+``LineThrottle``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ async def failed_total(api: Path) -> int:
 async def test_a_peer_refused_600_times_gets_its_burst_and_one_summary(
     short_tmp: Path, state_dir: Path, ca: Path
 ) -> None:
-    from quictund.tunnels import LINES_BURST, LINES_PER_S
+    from quictund.tunnel.tunnels import LINES_BURST, LINES_PER_S
 
     backend = await echo().tcp()
     port = free_udp_port()

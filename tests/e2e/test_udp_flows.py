@@ -18,7 +18,7 @@ import pytest
 from aioquic.asyncio import serve
 from aioquic.quic.configuration import QuicConfiguration
 
-from quictund import tls
+from quictund.policy import tls
 from tests.e2e.harness import Endpoint, start_client, start_server
 
 NAME, ANSWER = "printer.internal", "10.77.0.9"

@@ -17,7 +17,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from quictund import tls
+from quictund.policy import tls
 from quictund.quic.engine import engine_available
 from tests.e2e.harness import (
     Backend,
