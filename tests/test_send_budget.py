@@ -170,3 +170,83 @@ def test_a_refresh_of_what_moved_reads_only_those_streams_and_keeps_the_total() 
     reads.clear()
     budget.refresh()  # the engine cannot tell: every tracked stream
     assert len(reads) == 999 and budget.total == 1000 * 10_000 - 14_000
+
+
+def test_ready_visits_only_tunnels_that_may_read() -> None:
+    """1,000 tunnels a peer never drains wait above their low-water mark; one that drains is
+    woken without the others being looked at (a scan of them all on every re-read took a
+    quarter of a millisecond, dozens of times a second, under a flooding peer)."""
+    engine = Engine()
+    budget: SendBudget[int] = SendBudget(16 * MiB, lambda s: engine.unsent.get(s, 0))
+    for sid in range(1, 1001):
+        read_until_told_to_wait(budget, engine, sid)
+    # The first 16 took the budget in 1 MiB shares; the rest read 4 KiB each and wait for room
+    # (below their low-water mark): each is moved to the wait-ordered queue once, here.
+    assert budget.ready() == [] and budget.examined >= 900
+    for _ in range(5):
+        read_until_told_to_wait(budget, engine, 0)
+        engine.drain(0)
+        budget.refresh({0})
+        assert budget.ready() == [0]
+        assert budget.examined <= 3
+        budget.refresh()  # nothing else moved: still nobody to look at
+        assert budget.ready() == [] and budget.examined == 0
+    assert budget.waiting == 1000
+
+
+class ScanningBudget(SendBudget[int]):
+    """The rule as first written: every waiting tunnel looked at on every ``ready``."""
+
+    def ready(self) -> list[int]:
+        room = self.budget - self.total
+        low = self.share // 4
+        woken = []
+        for sid, (_, handler) in list(self._waiting.items()):
+            queued = self._queued.get(sid, 0)
+            if queued > low:
+                continue
+            if room >= READ_CHUNK:
+                room -= READ_CHUNK
+            elif queued:
+                continue
+            woken.append(handler)
+        for sid in woken:
+            del self._waiting[sid]
+        return woken
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["read", "drain", "drain-some", "forget", "refresh-all"]),
+            st.integers(0, 11),
+            st.integers(1, 600_000),
+        ),
+        max_size=120,
+    )
+)
+def test_the_indexed_wake_order_is_the_scanning_one(steps: list[tuple[str, int, int]]) -> None:
+    """Whatever tunnels read, drain, end and however the counts are refreshed, ``ready``
+    wakes exactly whom (and in the order) a scan of every waiting tunnel would."""
+    engines = (Engine(), Engine())
+    budgets: tuple[SendBudget[int], SendBudget[int]] = (
+        SendBudget(2 * MiB, lambda s: engines[0].unsent.get(s, 0)),
+        ScanningBudget(2 * MiB, lambda s: engines[1].unsent.get(s, 0)),
+    )
+    for op, sid, n in steps:
+        for engine, budget in zip(engines, budgets, strict=True):
+            if op == "read" and sid not in budget._waiting:
+                count = min(n, budget.allowance(sid))
+                engine.queue(sid, count)
+                if budget.sent(sid, count):
+                    budget.wait(sid, sid)
+            elif op in ("drain", "drain-some"):
+                engine.drain(sid, None if op == "drain" else n)
+                budget.refresh({sid})
+            elif op == "forget":
+                engine.unsent.pop(sid, None)
+                budget.forget(sid)
+            elif op == "refresh-all":
+                budget.refresh()
+        assert budgets[0].ready() == budgets[1].ready()
+        assert budgets[0].total == budgets[1].total

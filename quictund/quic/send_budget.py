@@ -26,10 +26,17 @@ Rules (issue 13: a peer that never grants credit must not make the server read w
 
 Counts are exact when a tunnel sends and refreshed from the engine (``refresh``) after data went
 out; between refreshes they overestimate, which only makes tunnels wait a little longer.
+
+``ready`` looks only at tunnels that may read: waiting tunnels are indexed by their queued
+bytes (a heap, oldest first among equals), so the ones above the low-water mark -- a thousand
+tunnels a peer never drains -- are not visited at all.  Scanning them all on every re-read
+took a quarter of a millisecond a time, dozens of times a second, under one flooding peer
+(issue 13).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -53,7 +60,16 @@ class SendBudget(Generic[H]):
         self._unsent = unsent
         self._queued: dict[int, int] = {}  # stream id -> unsent bytes (non-zero entries only)
         self.total = 0
-        self._waiting: dict[int, H] = {}  # insertion order is the wake order
+        self._waiting: dict[int, tuple[int, H]] = {}  # stream id -> (wait order, handler)
+        self._order = 0
+        # Waiting tunnels indexed for ``ready``: (queued bytes when pushed, wait order, stream id)
+        # -- an entry is stale once the tunnel woke, waited again or its count changed (a newer
+        # entry stands for it); those found at or below the low-water mark, by wait order; and
+        # those with nothing queued, which wake even when there is no room.
+        self._heap: list[tuple[int, int, int]] = []
+        self._by_order: list[tuple[int, int]] = []
+        self._zeros: set[int] = set()
+        self.examined = 0  # heap entries the last ``ready`` looked at (tests; O(woken + stale))
 
     # ---- what tunnels do -----------------------------------------------------------------
 
@@ -73,22 +89,29 @@ class SendBudget(Generic[H]):
         if count:
             self._queued[stream_id] = queued
             self.total += count
+            if stream_id in self._waiting:
+                self._index(stream_id)
         return queued >= self.share or self.total >= self.budget
 
     def wait(self, stream_id: int, handler: H) -> None:
         """``handler`` stopped reading; it is woken by ``ready`` (at the back of the queue)."""
-        self._waiting.pop(stream_id, None)
-        self._waiting[stream_id] = handler
+        self._order += 1
+        self._waiting[stream_id] = (self._order, handler)
+        self._index(stream_id)
 
     def clear(self) -> None:
         """The connection is gone: drop every count and every waiting handler."""
         self._queued.clear()
         self._waiting.clear()
+        self._heap.clear()
+        self._by_order.clear()
+        self._zeros.clear()
         self.total = 0
 
     def forget(self, stream_id: int) -> None:
         self.total -= self._queued.pop(stream_id, 0)
-        self._waiting.pop(stream_id, None)
+        self._waiting.pop(stream_id, None)  # its heap entries are stale now
+        self._zeros.discard(stream_id)
 
     # ---- what the session does after sending -----------------------------------------------
 
@@ -111,26 +134,73 @@ class SendBudget(Generic[H]):
             if was is None:
                 continue  # moved, but not tracked (nothing queued)
             now = unsent(sid)
+            if now == was:
+                continue
             if now:
                 queued[sid] = now
             else:
                 del queued[sid]
             self.total += now - was
+            if sid in self._waiting:
+                self._index(sid)
 
     def ready(self) -> list[H]:
-        """Waiting handlers to wake now, oldest first (rule 3); they leave the queue."""
+        """Waiting handlers to wake now, oldest first (rule 3); they leave the queue.
+
+        Tunnels at or below the low-water mark leave the count-ordered heap for the wait-ordered
+        one; while there is room for a full read, the oldest of those wake, each taking a read's
+        room; once there is none, only those with nothing queued do.  Tunnels above the mark
+        are never visited.
+        """
         room = self.budget - self.total
         low = self.share // 4
+        waiting, queued, by_order = self._waiting, self._queued, self._by_order
+        examined = 0
+        heap = self._heap
+        while heap and heap[0][0] <= low:
+            count, order, sid = heapq.heappop(heap)
+            examined += 1
+            entry = waiting.get(sid)
+            if entry is not None and entry[0] == order and queued.get(sid, 0) == count:
+                heapq.heappush(by_order, (order, sid))
         woken: list[tuple[int, H]] = []
-        for sid, handler in self._waiting.items():
-            queued = self._queued.get(sid, 0)
-            if queued > low:
+        while room >= READ_CHUNK and by_order:
+            order, sid = heapq.heappop(by_order)
+            examined += 1
+            entry = waiting.get(sid)
+            if entry is None or entry[0] != order:
+                continue  # woke or waited again since
+            count = queued.get(sid, 0)
+            if count > low:  # the mark fell below it (more tunnels queue): back to waiting
+                heapq.heappush(heap, (count, order, sid))
                 continue
-            if room >= READ_CHUNK:
-                room -= READ_CHUNK
-            elif queued:
-                continue
-            woken.append((sid, handler))
-        for sid, _ in woken:
-            del self._waiting[sid]
+            room -= READ_CHUNK
+            woken.append(waiting.pop(sid))
+            self._zeros.discard(sid)
+        for sid in self._zeros:  # no room left: those with nothing queued still wake
+            examined += 1
+            woken.append(waiting.pop(sid))
+        self._zeros.clear()
+        self.examined = examined
+        woken.sort(key=lambda entry: entry[0])
         return [handler for _, handler in woken]
+
+    # ---- private -------------------------------------------------------------------------
+
+    def _index(self, stream_id: int) -> None:
+        """Index a waiting tunnel under its current count (older entries of it go stale);
+        rebuild the heaps once stale entries outnumber the live ones."""
+        order = self._waiting[stream_id][0]
+        count = self._queued.get(stream_id, 0)
+        if count:
+            self._zeros.discard(stream_id)
+        else:
+            self._zeros.add(stream_id)
+        heapq.heappush(self._heap, (count, order, stream_id))
+        if len(self._heap) + len(self._by_order) > 2 * len(self._waiting) + 64:
+            queued = self._queued
+            self._heap = [
+                (queued.get(sid, 0), order, sid) for sid, (order, _) in self._waiting.items()
+            ]
+            heapq.heapify(self._heap)
+            self._by_order = []
